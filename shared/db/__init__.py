@@ -1,0 +1,1 @@
+"""PostgreSQL layer: pool, migrations, LISTEN/NOTIFY, queues, the embedded server."""

@@ -1,0 +1,293 @@
+"""The ``imstack`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from typing import Annotated, NoReturn, TypeVar
+
+import asyncpg
+import typer
+
+from shared.config import Settings, SettingsError, load_settings, settings_table
+from shared.db import users as users_db
+from shared.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres
+from shared.db.migrate import migrate as apply_migrations
+from shared.db.pool import DatabaseUnavailable, retry_connect
+from shared.lifecycle import SERVICES, ServiceFailed, run_services
+from shared.logs import configure_logging
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="imstack: MSRP relay, SIP registrar and router, offline messages and chat rooms.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+user_app = typer.Typer(
+    help="Manage users (named by address: alice@example.com).", no_args_is_help=True
+)
+app.add_typer(user_app, name="user")
+
+EXIT_FAILURE = 1
+EXIT_UNAVAILABLE = 2  # bad configuration or a database that cannot be reached
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    typer.echo(f"imstack: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"imstack {version('imstack')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """imstack: MSRP relay, SIP registrar and router, offline messages and chat rooms."""
+
+
+def settings_or_exit() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        for line in exc.lines:
+            typer.echo(f"imstack: {line}", err=True)
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+@contextmanager
+def database(settings: Settings, *, announce: bool = False) -> Iterator[str]:
+    """The database URL: the configured one, or the embedded server (started if needed)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir)
+    try:
+        url = embedded.start()
+    except EmbeddedDatabaseError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    if announce:
+        typer.echo(f"imstack: embedded PostgreSQL, data in {embedded.pgdata}", err=True)
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+def run_async(coro: Awaitable[T]) -> T:
+    """Run a coroutine; a database that cannot be reached becomes one line and exit code 2."""
+
+    async def guarded() -> T:
+        return await coro
+
+    try:
+        return asyncio.run(guarded())
+    except DatabaseUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except users_db.UserError as exc:
+        fail(str(exc))
+
+
+async def with_connection(
+    settings: Settings, url: str, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    conn: asyncpg.Connection = await retry_connect(
+        url,
+        lambda: asyncpg.connect(url, timeout=10),
+        timeout=settings.database_connect_timeout,
+    )
+    try:
+        await apply_migrations(conn)
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+@app.command()
+def serve(
+    service: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help=f"Services to run: {', '.join(SERVICES)}. None: all of them in one process.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run the services (all of them, or those named) until SIGTERM or Ctrl-C."""
+    names = service or list(SERVICES)
+    unknown = [name for name in names if name not in SERVICES]
+    if unknown:
+        fail(
+            f"unknown service {unknown[0]!r} (choose from {', '.join(SERVICES)})", EXIT_UNAVAILABLE
+        )
+    settings = settings_or_exit()
+    with database(settings, announce=True) as url:
+        try:
+            run_async(run_services(list(dict.fromkeys(names)), settings, url))
+        except ServiceFailed as exc:
+            fail(f"service failed: {exc}")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending database migrations (services also do this at start)."""
+    settings = settings_or_exit()
+    with database(settings) as url:
+        applied = run_async(with_connection(settings, url, lambda conn: _no_op()))
+    del applied
+    typer.echo("database is up to date")
+
+
+async def _no_op() -> None:
+    return None
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the configuration reference (every IMSTACK_* variable) as a Markdown table."""
+    typer.echo(settings_table(), nl=False)
+
+
+def _address(settings: Settings, text: str) -> users_db.Address:
+    try:
+        return users_db.parse_address(text, settings.domain)
+    except users_db.UserError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        fail("no terminal to ask for the password on; pipe it in with --password-stdin")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        fail("the password must not be empty")
+    return password
+
+
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+]
+AddressArg = Annotated[str, typer.Argument(help="The user's address, e.g. alice@example.com.")]
+
+
+@user_app.command("add")
+def user_add(
+    address: AddressArg,
+    display_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    email: Annotated[str | None, typer.Option(help="E-mail address for notices.")] = None,
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Create a user (password from a prompt, or --password-stdin)."""
+    settings = settings_or_exit()
+    addr = _address(settings, address)
+    password = _read_password(password_stdin)
+    with database(settings) as url:
+        run_async(
+            with_connection(
+                settings,
+                url,
+                lambda conn: users_db.create_user(
+                    conn, addr, password, display_name=display_name, email=email
+                ),
+            )
+        )
+    typer.echo(f"created {addr}")
+
+
+@user_app.command("list")
+def user_list(
+    domain: Annotated[str | None, typer.Option(help="Only users of this domain.")] = None,
+) -> None:
+    """List users."""
+    settings = settings_or_exit()
+    with database(settings) as url:
+        found = run_async(
+            with_connection(
+                settings, url, lambda conn: users_db.list_users(conn, domain=domain, limit=10_000)
+            )
+        )
+    for user in found:
+        state = "disabled" if user.disabled else "active"
+        typer.echo(f"{user.address}\t{state}\t{user.display_name or ''}")
+
+
+@user_app.command("show")
+def user_show(address: AddressArg) -> None:
+    """Show one user (never their credentials)."""
+    settings = settings_or_exit()
+    addr = _address(settings, address)
+    with database(settings) as url:
+        user = run_async(with_connection(settings, url, lambda c: users_db.get_user(c, addr)))
+    if user is None:
+        fail(f"no such user: {addr}")
+    typer.echo(f"address:      {user.address}")
+    typer.echo(f"display name: {user.display_name or '-'}")
+    typer.echo(f"e-mail:       {user.email or '-'}")
+    typer.echo(f"state:        {'disabled' if user.disabled else 'active'}")
+    typer.echo(f"created:      {user.created_at.isoformat(timespec='seconds')}")
+
+
+@user_app.command("passwd")
+def user_passwd(address: AddressArg, password_stdin: PasswordStdin = False) -> None:
+    """Set a user's password."""
+    settings = settings_or_exit()
+    addr = _address(settings, address)
+    password = _read_password(password_stdin)
+    with database(settings) as url:
+        run_async(
+            with_connection(settings, url, lambda c: users_db.set_password(c, addr, password))
+        )
+    typer.echo(f"password of {addr} changed")
+
+
+@user_app.command("disable")
+def user_disable(address: AddressArg) -> None:
+    """Disable a user: registration, messages and MSRP AUTH are refused."""
+    _set_disabled(address, True)
+
+
+@user_app.command("enable")
+def user_enable(address: AddressArg) -> None:
+    """Enable a disabled user again."""
+    _set_disabled(address, False)
+
+
+def _set_disabled(address: str, disabled: bool) -> None:
+    settings = settings_or_exit()
+    addr = _address(settings, address)
+    with database(settings) as url:
+        run_async(
+            with_connection(settings, url, lambda c: users_db.set_disabled(c, addr, disabled))
+        )
+    typer.echo(f"{addr} {'disabled' if disabled else 'enabled'}")
+
+
+@user_app.command("remove")
+def user_remove(address: AddressArg) -> None:
+    """Delete a user."""
+    settings = settings_or_exit()
+    addr = _address(settings, address)
+    with database(settings) as url:
+        run_async(with_connection(settings, url, lambda c: users_db.delete_user(c, addr)))
+    typer.echo(f"removed {addr}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,164 @@
+"""Settings: one pydantic-settings model, every knob an ``IMSTACK_*`` environment variable.
+
+The names and defaults are part of the interface (compose.yaml, scripts and the README
+depend on them). ``imstack settings`` prints the reference table the README carries.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "IMSTACK_"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    """Every setting of the bundle. Field descriptions become the README reference."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user:password@host:5432/db). "
+        "Unset: an embedded PostgreSQL server with its data in IMSTACK_DATA_DIR.",
+    )
+    database_connect_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds to keep retrying the first database connection "
+        "(refused or unreachable) before giving up with exit code 2.",
+    )
+    database_pool_size: int = Field(
+        10, ge=1, le=1000, description="Maximum connections in each service's pool."
+    )
+    data_dir: Path = Field(
+        Path("./imstack-data"),
+        description="Data folder: the embedded database, generated certificates.",
+    )
+    domain: str = Field("localhost", min_length=1, description="SIP domain served.")
+    imc_domain: str | None = Field(
+        None, description="Chat room domain. Unset: conference.<IMSTACK_DOMAIN>."
+    )
+    sip_host: str = Field("0.0.0.0", description="SIP listen address (UDP, TCP and TLS).")
+    sip_port: Port = Field(5060, description="SIP port, UDP and TCP.")
+    sip_tls_port: Port = Field(5061, description="SIP over TLS port (needs a certificate).")
+    msrp_host: str = Field("0.0.0.0", description="MSRP listen address.")
+    msrp_port: Port = Field(
+        2855,
+        description="MSRP port: plain TCP and, when a certificate is configured, TLS "
+        "on the same port.",
+    )
+    tls_cert: Path | None = Field(
+        None, description="TLS certificate (PEM). Unset: TLS listeners are off."
+    )
+    tls_key: Path | None = Field(None, description="TLS private key (PEM).")
+    msrp_allow_insecure_auth: bool = Field(
+        False,
+        description="Allow MSRP AUTH over plain TCP (RFC 4976 wants TLS). "
+        "For development and tests only.",
+    )
+    api_host: str = Field("0.0.0.0", description="Control API listen address.")
+    api_port: Port = Field(8000, description="Control API port.")
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API bearer tokens accepted in addition to those "
+        "made with `imstack token create`. Unset: only those.",
+    )
+    log_format: LogFormat = Field(
+        LogFormat.TEXT, description="Log format: text (human-readable) or json (JSON lines)."
+    )
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+    shutdown_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a stopping service waits for in-flight work before aborting it.",
+    )
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [token.strip() for token in value.split(",") if token.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @field_validator("domain")
+    @classmethod
+    def _lower_domain(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @property
+    def conference_domain(self) -> str:
+        """The domain chat rooms live in."""
+        return (self.imc_domain or f"conference.{self.domain}").lower()
+
+
+class SettingsError(Exception):
+    """Invalid configuration, with one readable line per bad variable."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment; raise ``SettingsError`` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            value = error.get("input")
+            shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+            lines.append(f"invalid setting {env_name(field)}{shown}: {error['msg']}")
+        raise SettingsError(lines) from None
+
+
+def _default_text(field: str) -> str:
+    info = Settings.model_fields[field]
+    if field == "database_url":
+        return "unset (embedded PostgreSQL)"
+    if field == "imc_domain":
+        return "conference.<domain>"
+    default = info.get_default(call_default_factory=True)
+    if default is None or default == []:
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, StrEnum):
+        return default.value
+    if isinstance(default, Path) and not default.is_absolute():
+        return f"./{default}"
+    return str(default)
+
+
+def settings_table() -> str:
+    """The configuration reference as a Markdown table (kept in the README, checked by a test)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        rows.append(f"| `{env_name(name)}` | `{_default_text(name)}` | {info.description} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,146 @@
+"""``imstack serve`` as a user runs it: a real process, a real port, signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cli_helpers import IMSTACK, imstack_env, run_imstack
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start(env: dict[str, str], *services: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [IMSTACK, "serve", *services],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_ready(proc: subprocess.Popen[str], port: int, timeout: float = 30) -> float:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"imstack serve exited early:\n{proc.communicate()[0]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return time.monotonic() - began
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"not ready in {timeout}s:\n{proc.communicate()[0]}")
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str]:
+    proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"did not stop on {sig!r}:\n{out}") from None
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("services", [(), ("api",), ("relay", "msilo", "imc", "api")])
+def test_serve_becomes_ready_and_exits_0_on_sigterm(
+    database_url: str, services: tuple[str, ...]
+) -> None:
+    port = free_port()
+    env = imstack_env(
+        IMSTACK_DATABASE_URL=database_url,
+        IMSTACK_API_HOST="127.0.0.1",
+        IMSTACK_API_PORT=str(port),
+    )
+    proc = start(env, *services)
+    wait_ready(proc, port)
+    code, out = stop(proc)
+    assert code == 0, out
+    assert "stopped cleanly" in out
+
+
+def test_serve_logs_json_lines_when_asked(database_url: str) -> None:
+    port = free_port()
+    env = imstack_env(
+        IMSTACK_DATABASE_URL=database_url,
+        IMSTACK_API_HOST="127.0.0.1",
+        IMSTACK_API_PORT=str(port),
+        IMSTACK_LOG_FORMAT="json",
+    )
+    proc = start(env, "api")
+    wait_ready(proc, port)
+    code, out = stop(proc, signal.SIGINT)
+    assert code == 0
+
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any(r["msg"] == "stopped cleanly" and r["level"] == "INFO" for r in records)
+    assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+
+
+def test_serve_exits_nonzero_when_the_api_port_is_taken(database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = imstack_env(
+            IMSTACK_DATABASE_URL=database_url,
+            IMSTACK_API_HOST="127.0.0.1",
+            IMSTACK_API_PORT=str(port),
+        )
+        proc = start(env, "api")
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "could not listen on 127.0.0.1:" in out
+
+
+def test_embedded_database_serves_persists_and_stops(tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "imstack-data"
+    env = imstack_env(
+        IMSTACK_DATA_DIR=str(data),
+        IMSTACK_API_HOST="127.0.0.1",
+        IMSTACK_API_PORT=str(port),
+        IMSTACK_DOMAIN="example.test",
+    )
+    proc = start(env)
+    startup = wait_ready(proc, port, timeout=60)
+    # A CLI command joins the running embedded server rather than starting another.
+    added = run_imstack("user", "add", "alice", "--password-stdin", env=env, stdin="pw\n")
+    assert added.returncode == 0, added.stderr
+    code, out = stop(proc, signal.SIGINT)
+    assert code == 0, out
+    assert f"data in {data.resolve() / 'postgres'}" in out
+    assert not (data / "postgres" / "postmaster.pid").exists(), "embedded server left running"
+
+    # A second start reuses the data.
+    proc = start(env)
+    wait_ready(proc, port, timeout=60)
+    listed = run_imstack("user", "list", env=env)
+    assert "alice@example.test" in listed.stdout
+    code, out = stop(proc)
+    assert code == 0, out
+    assert not (data / "postgres" / "postmaster.pid").exists()
+    print(f"embedded start-up to ready: {startup:.1f}s")
+
+    # Without a running server, a CLI command starts it for its own duration only.
+    listed = run_imstack("user", "list", env=env)
+    assert "alice@example.test" in listed.stdout
+    assert not (data / "postgres" / "postmaster.pid").exists()
