@@ -17,7 +17,7 @@ from shared.db import users as users_db
 from shared.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres
 from shared.db.migrate import migrate as apply_migrations
 from shared.db.pool import DatabaseUnavailable, retry_connect
-from shared.lifecycle import SERVICES, ServiceFailed, run_services
+from shared.lifecycle import SERVICES, ServiceFailed, run_services, service_main
 from shared.logs import configure_logging
 
 T = TypeVar("T")
@@ -137,7 +137,7 @@ def serve(
     settings = settings_or_exit()
     with database(settings, announce=True) as url:
         try:
-            run_async(run_services(list(dict.fromkeys(names)), settings, url))
+            run_async(run_services({n: service_main(n) for n in names}, settings, url))
         except ServiceFailed as exc:
             fail(f"service failed: {exc}")
 

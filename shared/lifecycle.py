@@ -12,7 +12,7 @@ import asyncio
 import importlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import asyncpg
@@ -71,19 +71,18 @@ async def prepare_database(settings: Settings, database_url: str) -> asyncpg.Poo
 
 
 async def run_services(
-    names: Sequence[str],
+    services: Mapping[str, ServiceMain],
     settings: Settings,
     database_url: str,
     *,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run the named services until SIGTERM/SIGINT (or ``stop``), then drain and return.
+    """Run the services until SIGTERM/SIGINT (or ``stop``), then drain and return.
 
     Raises ``ServiceFailed`` if a service fails or ends on its own before the stop.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    mains = {name: service_main(name) for name in names}
     pool = await prepare_database(settings, database_url)
     tasks: list[asyncio.Task[None]] = []
 
@@ -127,10 +126,10 @@ async def run_services(
         for task in pending:
             task.cancel()
 
-    log.info("starting %s (database %s)", ", ".join(names), mask_url(database_url))
+    log.info("starting %s (database %s)", ", ".join(services), mask_url(database_url))
     try:
         async with asyncio.TaskGroup() as group:
-            for name, main in mains.items():
+            for name, main in services.items():
                 tasks.append(group.create_task(supervise(name, main), name=name))
             group.create_task(deadline(), name="shutdown-deadline")
     finally:
