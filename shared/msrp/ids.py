@@ -1,0 +1,57 @@
+"""Random identifiers: transaction ids, session ids and Message-IDs.
+
+RFC 4975 §7.1 requires at least 64 bits of randomness in a transaction id and
+§14.1 asks for unguessable session-ids (about 80 bits or more).  All ids here
+are drawn from the 62 ASCII alphanumerics with :mod:`secrets`, so every char
+carries log2(62) ≈ 5.95 bits.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+
+__all__ = [
+    "is_valid_ident",
+    "new_message_id",
+    "new_session_id",
+    "new_transaction_id",
+]
+
+_ALPHABET = string.ascii_letters + string.digits
+
+#: 16 chars ≈ 95 bits: comfortably above the 64 bits RFC 4975 §7.1 asks for.
+TRANSACTION_ID_LENGTH = 16
+#: 24 chars ≈ 142 bits: above the ~80 bits RFC 4975 §14.1 recommends.
+SESSION_ID_LENGTH = 24
+#: Message-IDs only need to be unique per sender; 16 chars ≈ 95 bits.
+MESSAGE_ID_LENGTH = 16
+
+# RFC 4975 §9: ident = ALPHANUM 3*31ident-char
+#              ident-char = ALPHANUM / "." / "-" / "+" / "%" / "="
+IDENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-+%=]{3,31}")
+
+
+def _random_alnum(length: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def new_transaction_id() -> str:
+    """Return a fresh transaction id (a valid RFC 4975 ``ident``)."""
+    return _random_alnum(TRANSACTION_ID_LENGTH)
+
+
+def new_session_id() -> str:
+    """Return a fresh, unguessable session-id for an MSRP URI path."""
+    return _random_alnum(SESSION_ID_LENGTH)
+
+
+def new_message_id() -> str:
+    """Return a fresh Message-ID value (a valid RFC 4975 ``ident``)."""
+    return _random_alnum(MESSAGE_ID_LENGTH)
+
+
+def is_valid_ident(value: str) -> bool:
+    """True if *value* matches the RFC 4975 ``ident`` production (4..32 chars)."""
+    return IDENT_RE.fullmatch(value) is not None

@@ -1,0 +1,336 @@
+"""Incremental, sans-IO MSRP parser (RFC 4975 §7.1, §9).
+
+Feed bytes with :meth:`MsrpParser.receive_data` in slices of any size (one
+byte at a time included) and drain events with :meth:`MsrpParser.next_event`
+or :meth:`MsrpParser.events`.
+
+The grammar is read top-down by a generator, in the manner of websockets'
+``StreamReader``: :meth:`_read_line` suspends until a whole CRLF-terminated
+line is buffered; the body reader streams bytes out as soon as they are known
+not to belong to the end-line.  RFC 4975 §9, simplified::
+
+    msrp-request  = req-start headers [content-stuff] end-line
+    msrp-response = resp-start headers end-line
+    req-start     = "MSRP" SP transact-id SP method CRLF
+    resp-start    = "MSRP" SP transact-id SP status-code [SP comment] CRLF
+    headers       = To-Path CRLF From-Path CRLF *( header CRLF )
+    content-stuff = *(Other-Mime-header CRLF) Content-Type 2CRLF data CRLF
+    end-line      = "-------" transact-id continuation-flag CRLF
+
+There is no Content-Length (RFC 4975 §5.1): the body ends at the first
+``CRLF "-------" transact-id flag CRLF``.  A body may contain ``CRLF -------``
+followed by anything else (another tid, a longer tid, no flag); that is body.
+
+Errors: malformed input raises :class:`RemoteProtocolError` with
+``status_hint`` 400 ("Unintelligible", RFC 4975 §10.2) and the transaction id
+when it could be read.  Oversized heads also get 400, not 413: in RFC 4975
+413 means "stop sending this message" (§10.6), a request about message
+content, while an over-long header section is simply a request this receiver
+cannot understand.  After an error the parser stays failed: the stream cannot
+be resynchronised, so the caller answers 400 if it can and closes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Generator, Iterator
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import (
+    BodyData,
+    Continuation,
+    EndOfMessage,
+    Event,
+    RequestHead,
+    ResponseHead,
+)
+from .uri import MsrpUri, parse_path
+
+__all__ = ["MsrpParser"]
+
+_START_RE = re.compile(rb"MSRP ([A-Za-z0-9][A-Za-z0-9.\-+%=]{3,31}) (.*)", re.DOTALL)
+_START_TID_RE = re.compile(rb"MSRP ([A-Za-z0-9][A-Za-z0-9.\-+%=]{3,31})(?: |$)")
+_METHOD_RE = re.compile(rb"[A-Z]+")
+_STATUS_RE = re.compile(rb"([0-9]{3})(?: (.*))?", re.DOTALL)
+# hname = ALPHA *token ; ":" SP hval.  Extra spaces/tabs around the value are
+# tolerated on receive and dropped.
+_HEADER_RE = re.compile(rb"([A-Za-z][A-Za-z0-9!#$%&'*+\-.^_`|~]*):[ \t]*(.*?)[ \t]*", re.DOTALL)
+# utf8text = *(HTAB / %x20-7E / UTF8-NONASCII): every other control is illegal.
+_CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_END_LINE_PREFIX = b"-------"
+_FLAGS: dict[int, Continuation] = {ord("$"): "$", ord("+"): "+", ord("#"): "#"}
+
+
+def _decode_text(raw: bytes, what: str) -> str:
+    if _CTL_RE.search(raw):
+        raise RemoteProtocolError(f"control character in {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(f"{what} is not valid UTF-8") from None
+
+
+def _partial_marker_suffix(buf: bytearray, marker: bytes) -> int:
+    """Length of the longest proper prefix of *marker* that *buf* ends with.
+
+    Those bytes might be the start of the end-line, so they are held back.
+    """
+    pos = buf.find(b"\r", max(0, len(buf) - (len(marker) - 1)))
+    while pos != -1:
+        if marker.startswith(bytes(buf[pos:])):
+            return len(buf) - pos
+        pos = buf.find(b"\r", pos + 1)
+    return 0
+
+
+class MsrpParser:
+    """Turns an MSRP byte stream into :mod:`~shared.msrp.events`.
+
+    Limits protect the receiver from unbounded buffering of the head; bodies
+    are never buffered beyond the few bytes that might start the end-line.
+    """
+
+    def __init__(
+        self,
+        *,
+        # Longest start line, CRLF excluded; "MSRP " + 32-char tid + method or
+        # status and comment fit in far less, the rest is comment slack.
+        max_start_line: int = 8192,
+        # Longest header line, CRLF excluded.  To-Path/From-Path with several
+        # relays and Digest Authorization lines stay well below this.
+        max_header_line: int = 4096,
+        # Most header lines per message, To-Path and From-Path included.
+        max_headers: int = 32,
+        # Most bytes in the header section (lines plus CRLFs, start line excluded).
+        max_header_bytes: int = 16384,
+    ) -> None:
+        self.max_start_line = max_start_line
+        self.max_header_line = max_header_line
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+        self._buf = bytearray()
+        self._events: deque[Event] = deque()
+        self._error: RemoteProtocolError | None = None
+        self._eof = False
+        # Transaction id of the message being parsed, once its start line is read.
+        self._current_tid: str | None = None
+        self._gen = self._parse_stream()
+        next(self._gen)  # run up to the first read; the buffer is empty
+
+    # -- public API ------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Append bytes read from the connection and parse as far as possible.
+
+        Raises the stored :class:`RemoteProtocolError` if the parser already
+        failed.  Errors found in *data* are raised by :meth:`next_event` once
+        the events preceding them have been drained.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._eof:
+            raise LocalProtocolError("receive_data() after receive_eof()")
+        if not data:
+            return
+        self._buf += data
+        try:
+            next(self._gen)
+        except RemoteProtocolError as err:
+            if err.transaction_id is None:
+                err.transaction_id = self._current_tid
+            self._error = err
+
+    def receive_eof(self) -> None:
+        """Signal that the peer closed the connection.
+
+        If a message was in progress, :meth:`next_event` raises a
+        :class:`RemoteProtocolError` after the pending events.
+        """
+        if self._error is not None or self._eof:
+            return
+        self._eof = True
+        if not self.at_message_boundary:
+            self._error = RemoteProtocolError(
+                "connection closed in the middle of a message",
+                transaction_id=self._current_tid,
+            )
+
+    def next_event(self) -> Event | None:
+        """Pop the next event; ``None`` means more data is needed."""
+        if self._events:
+            return self._events.popleft()
+        if self._error is not None:
+            raise self._error
+        return None
+
+    def events(self) -> Iterator[Event]:
+        """Yield every event available now (raises like :meth:`next_event`)."""
+        while (event := self.next_event()) is not None:
+            yield event
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet turned into events (held back)."""
+        return len(self._buf)
+
+    @property
+    def at_message_boundary(self) -> bool:
+        """True when no message is partially received."""
+        return self._current_tid is None and not self._buf
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    # -- stream readers --------------------------------------------------------
+
+    def _read_line(self, limit: int, what: str) -> Generator[None, None, bytes]:
+        """Wait for a CRLF-terminated line of at most *limit* bytes; consume it."""
+        scanned = 0
+        while True:
+            buf = self._buf
+            idx = buf.find(b"\r\n", scanned)
+            if idx != -1:
+                if idx > limit:
+                    raise RemoteProtocolError(f"{what} longer than {limit} bytes")
+                line = bytes(buf[:idx])
+                del buf[: idx + 2]
+                return line
+            if len(buf) > limit + 1:  # +1: a trailing CR may still be the line end
+                raise RemoteProtocolError(f"{what} longer than {limit} bytes")
+            scanned = max(0, len(buf) - 1)
+            yield
+
+    def _emit_body(self, tid: str, size: int) -> None:
+        if size <= 0:
+            return
+        with memoryview(self._buf) as view, view[:size] as part:
+            data = bytes(part)
+        del self._buf[:size]
+        self._events.append(BodyData(tid, data))
+
+    def _read_body(self, tid: str) -> Generator[None, None, Continuation]:
+        """Stream body bytes out until ``CRLF -------tid flag CRLF``."""
+        marker = b"\r\n" + _END_LINE_PREFIX + tid.encode("ascii")
+        end_len = len(marker) + 3  # flag + CRLF
+        search_from = 0
+        while True:
+            buf = self._buf
+            idx = buf.find(marker, search_from)
+            if idx == -1:
+                # Everything except a possible start of the end-line is body.
+                self._emit_body(tid, len(buf) - _partial_marker_suffix(buf, marker))
+                search_from = 0
+                yield
+                continue
+            if len(buf) < idx + end_len:
+                # Marker seen, flag/CRLF not yet: hold back from the marker on.
+                self._emit_body(tid, idx)
+                search_from = 0
+                yield
+                continue
+            flag = _FLAGS.get(buf[idx + len(marker)])
+            if flag is not None and buf[idx + len(marker) + 1 : idx + end_len] == b"\r\n":
+                self._emit_body(tid, idx)
+                del self._buf[:end_len]
+                return flag
+            # "CRLF -------tid" followed by something else: body bytes.
+            search_from = idx + 1
+
+    # -- grammar ---------------------------------------------------------------
+
+    def _parse_stream(self) -> Generator[None, None, None]:
+        while True:
+            yield from self._parse_message()
+
+    def _parse_start_line(self, line: bytes) -> tuple[str, str | None, int, str | None]:
+        """Return ``(tid, method, status, comment)``; method is None for responses."""
+        match = _START_RE.fullmatch(line)
+        if match is None:
+            partial = _START_TID_RE.match(line)
+            tid = partial[1].decode("ascii") if partial else None
+            raise RemoteProtocolError("malformed start line", transaction_id=tid)
+        tid = match[1].decode("ascii")
+        self._current_tid = tid
+        rest = match[2]
+        if _METHOD_RE.fullmatch(rest):
+            return tid, rest.decode("ascii"), 0, None
+        status = _STATUS_RE.fullmatch(rest)
+        if status is None:
+            raise RemoteProtocolError("start line has neither a method nor a status code")
+        comment = None if status[2] is None else _decode_text(status[2], "comment")
+        return tid, None, int(status[1]), comment
+
+    def _parse_message(self) -> Generator[None, None, None]:
+        self._current_tid = None
+        try:
+            start = yield from self._read_line(self.max_start_line, "start line")
+        except RemoteProtocolError as err:
+            partial = _START_TID_RE.match(self._buf)
+            if partial is not None:
+                err.transaction_id = partial[1].decode("ascii")
+            raise
+        tid, method, status, comment = self._parse_start_line(start)
+        end_line = _END_LINE_PREFIX + tid.encode("ascii")
+
+        to_path: tuple[MsrpUri, ...] | None = None
+        from_path: tuple[MsrpUri, ...] | None = None
+        headers: list[tuple[str, str]] = []
+        count = 0
+        header_bytes = 0
+        continuation: Continuation | None = None
+        while True:
+            line = yield from self._read_line(self.max_header_line, "header line")
+            header_bytes += len(line) + 2
+            if header_bytes > self.max_header_bytes:
+                raise RemoteProtocolError(f"header section over {self.max_header_bytes} bytes")
+            if not line:
+                break  # blank line: a body follows
+            if line.startswith(_END_LINE_PREFIX):
+                # No body: the end-line follows the last header directly.
+                flag = _FLAGS.get(line[-1])
+                if flag is None or line[:-1] != end_line:
+                    raise RemoteProtocolError("malformed end-line")
+                continuation = flag
+                break
+            count += 1
+            if count > self.max_headers:
+                raise RemoteProtocolError(f"more than {self.max_headers} header fields")
+            match = _HEADER_RE.fullmatch(line)
+            if match is None:
+                raise RemoteProtocolError("malformed header line")
+            name = match[1].decode("ascii")
+            value = _decode_text(match[2], f"{name} header")
+            lowered = name.lower()
+            # RFC 4975 §7.1.1 / §9: To-Path first, From-Path second, once each.
+            if count == 1:
+                if lowered != "to-path":
+                    raise RemoteProtocolError("first header is not To-Path")
+                to_path = parse_path(value)
+            elif count == 2:
+                if lowered != "from-path":
+                    raise RemoteProtocolError("second header is not From-Path")
+                from_path = parse_path(value)
+            elif lowered in ("to-path", "from-path"):
+                raise RemoteProtocolError(f"duplicate {name} header")
+            else:
+                headers.append((name, value))
+        if to_path is None or from_path is None:
+            raise RemoteProtocolError("missing To-Path or From-Path")
+
+        has_body = continuation is None
+        if method is None:
+            if has_body:
+                raise RemoteProtocolError("response with a body")
+            self._events.append(
+                ResponseHead(tid, status, comment, to_path, from_path, tuple(headers))
+            )
+        else:
+            self._events.append(
+                RequestHead(tid, method, to_path, from_path, tuple(headers), has_body)
+            )
+        if continuation is None:
+            continuation = yield from self._read_body(tid)
+        self._events.append(EndOfMessage(tid, continuation))
+        self._current_tid = None
