@@ -1,0 +1,421 @@
+"""Structured SIP header values: name-addr, Via, Contact, CSeq; building responses.
+
+Parsers take one header *value* (one element of a comma list; use
+``message.get_all(name)`` to get the elements) and raise ``ValueError`` on junk.
+They accept the linear whitespace RFC 3261 §25.1 allows around ``/ ; = :``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shared.sip.errors import LocalProtocolError
+from shared.sip.message import Headers, SipMessage, SipRequest, SipResponse
+from shared.sip.status import reason_phrase
+from shared.sip.uri import SipUri, TelUri, parse_uri
+
+__all__ = [
+    "CSeq",
+    "Contact",
+    "NameAddr",
+    "Params",
+    "Via",
+    "format_params",
+    "from_tag",
+    "get_tag",
+    "make_response",
+    "parse_contact",
+    "parse_cseq",
+    "parse_name_addr",
+    "parse_params",
+    "parse_via",
+    "to_tag",
+]
+
+#: Header parameters in order: (name, value or None for a valueless one).
+#: Quoted values are stored unquoted.
+Params = tuple[tuple[str, str | None], ...]
+
+_TOKEN = r"[A-Za-z0-9.!%*_+`'~\-]+"
+_TOKEN_RE = re.compile(_TOKEN)
+# A param value that needs no quotes: token, or host (IPv6 reference, IPv4, name).
+_BARE_VALUE_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+|\[[0-9A-Fa-f:.]+\]")
+_WS = " \t"
+
+
+def _unquote(text: str, i: int) -> tuple[str, int]:
+    """Read a quoted-string starting at ``text[i] == '"'``; return (value, index after)."""
+    out: list[str] = []
+    i += 1
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+        elif c == '"':
+            return "".join(out), i + 1
+        else:
+            out.append(c)
+            i += 1
+    raise ValueError("unterminated quoted string")
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_params(text: str) -> Params:
+    """Parse ``;name[=value]`` pairs with optional LWS; ``text`` must start with ';' or be blank."""
+    params: list[tuple[str, str | None]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in _WS:
+            i += 1
+        if i >= n:
+            return tuple(params)
+        if text[i] != ";":
+            raise ValueError(f"expected ';' in parameters at {text[i:]!r}")
+        i += 1
+        while i < n and text[i] in _WS:
+            i += 1
+        m = _TOKEN_RE.match(text, i)
+        if m is None:
+            raise ValueError("empty parameter name")
+        name = m.group()
+        i = m.end()
+        while i < n and text[i] in _WS:
+            i += 1
+        value: str | None = None
+        if i < n and text[i] == "=":
+            i += 1
+            while i < n and text[i] in _WS:
+                i += 1
+            if i < n and text[i] == '"':
+                value, i = _unquote(text, i)
+            else:
+                start = i
+                while i < n and text[i] not in ' \t;,"':
+                    i += 1
+                value = text[start:i]
+                if not value:
+                    raise ValueError(f"parameter {name!r} has an empty value")
+        params.append((name, value))
+
+
+def format_params(params: Params) -> str:
+    out = []
+    for name, value in params:
+        if value is None:
+            out.append(f";{name}")
+        elif name.startswith("+") or not _BARE_VALUE_RE.fullmatch(value):
+            # RFC 3840 §9: feature-parameter values are always quoted strings.
+            out.append(f";{name}={_quote(value)}")
+        else:
+            out.append(f";{name}={value}")
+    return "".join(out)
+
+
+def _param(params: Params, name: str) -> str | None:
+    key = name.lower()
+    for n, v in params:
+        if n.lower() == key:
+            return v
+    return None
+
+
+def _has_param(params: Params, name: str) -> bool:
+    key = name.lower()
+    return any(n.lower() == key for n, _ in params)
+
+
+# --- name-addr / addr-spec (RFC 3261 §20.10, §25.1) ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """``"Display" <uri>;params`` as used by From, To, Contact, Route, Refer-To..."""
+
+    uri: str
+    display_name: str | None = None
+    params: Params = ()
+
+    def param(self, name: str) -> str | None:
+        return _param(self.params, name)
+
+    @property
+    def tag(self) -> str | None:
+        return self.param("tag")
+
+    def with_param(self, name: str, value: str | None) -> NameAddr:
+        kept = tuple((n, v) for n, v in self.params if n.lower() != name.lower())
+        return NameAddr(self.uri, self.display_name, (*kept, (name, value)))
+
+    def parsed_uri(self) -> SipUri | TelUri:
+        return parse_uri(self.uri)
+
+    def __str__(self) -> str:
+        # Always the name-addr form: safe whatever the URI contains (§20.10).
+        name = "" if self.display_name is None else _quote(self.display_name) + " "
+        return f"{name}<{self.uri}>{format_params(self.params)}"
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    text = value.strip(" \t")
+    lt = _find_unquoted(text, "<")
+    if lt < 0:
+        # addr-spec: parameters after the URI belong to the header (§20.10).
+        semi = text.find(";")
+        uri = (text if semi < 0 else text[:semi]).strip(" \t")
+        rest = "" if semi < 0 else text[semi:]
+        if not uri or any(c in uri for c in ' \t<>"'):
+            raise ValueError(f"invalid addr-spec {uri!r}")
+        return NameAddr(uri, None, parse_params(rest))
+    head = text[:lt].strip(" \t")
+    display: str | None
+    if head.startswith('"'):
+        display, end = _unquote(head, 0)
+        if head[end:].strip(" \t"):
+            raise ValueError("junk after quoted display name")
+    elif head:
+        if not all(_TOKEN_RE.fullmatch(word) for word in head.split()):
+            raise ValueError(f"invalid display name {head!r}")
+        display = " ".join(head.split())
+    else:
+        display = None
+    gt = text.find(">", lt)
+    if gt < 0:
+        raise ValueError("unterminated <uri>")
+    uri = text[lt + 1 : gt].strip(" \t")
+    if not uri or any(c in uri for c in " \t<"):
+        raise ValueError(f"invalid URI in name-addr {uri!r}")
+    return NameAddr(uri, display, parse_params(text[gt + 1 :]))
+
+
+def _find_unquoted(text: str, char: str) -> int:
+    in_quotes = False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if in_quotes:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_quotes = False
+        elif c == '"':
+            in_quotes = True
+        elif c == char:
+            return i
+        i += 1
+    return -1
+
+
+def get_tag(value: str | None) -> str | None:
+    """The ``tag`` parameter of a From/To value, or None (also for junk)."""
+    if value is None:
+        return None
+    try:
+        return parse_name_addr(value).tag
+    except ValueError:
+        return None
+
+
+def from_tag(message: SipMessage) -> str | None:
+    return get_tag(message.get("From"))
+
+
+def to_tag(message: SipMessage) -> str | None:
+    return get_tag(message.get("To"))
+
+
+# --- Contact (§20.10; RFC 5626 +sip.instance, reg-id) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One Contact element, or the wildcard ``*`` (REGISTER removing all bindings)."""
+
+    address: NameAddr | None  # None for "*"
+
+    @property
+    def is_star(self) -> bool:
+        return self.address is None
+
+    @property
+    def params(self) -> Params:
+        return () if self.address is None else self.address.params
+
+    @property
+    def q(self) -> float | None:
+        value = _param(self.params, "q")
+        if value is None:
+            return None
+        try:
+            q = float(value)
+        except ValueError:
+            return None
+        return q if 0.0 <= q <= 1.0 else None
+
+    @property
+    def expires(self) -> int | None:
+        value = _param(self.params, "expires")
+        return int(value) if value is not None and value.isdigit() else None
+
+    @property
+    def instance(self) -> str | None:
+        """The ``+sip.instance`` value without its ``<>`` (RFC 5626 §4.1)."""
+        value = _param(self.params, "+sip.instance")
+        if value is None:
+            return None
+        return value[1:-1] if value.startswith("<") and value.endswith(">") else value
+
+    @property
+    def reg_id(self) -> int | None:
+        value = _param(self.params, "reg-id")
+        return int(value) if value is not None and value.isdigit() else None
+
+    def __str__(self) -> str:
+        return "*" if self.address is None else str(self.address)
+
+
+def parse_contact(value: str) -> Contact:
+    if value.strip(" \t") == "*":
+        return Contact(None)
+    return Contact(parse_name_addr(value))
+
+
+# --- Via (§20.42, RFC 3581 rport) ----------------------------------------------------
+
+_VIA_RE = re.compile(
+    rf"\s*({_TOKEN})\s*/\s*({_TOKEN})\s*/\s*({_TOKEN})\s+"  # sent-protocol
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)"  # sent-by host
+    r"(?:\s*:\s*(\d{1,5}))?"  # sent-by port
+    r"\s*(;.*)?",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    transport: str  # upper-case: UDP, TCP, TLS, WS, WSS, SCTP
+    host: str
+    port: int | None = None
+    params: Params = ()
+    protocol: str = "SIP/2.0"
+
+    def param(self, name: str) -> str | None:
+        return _param(self.params, name)
+
+    @property
+    def branch(self) -> str | None:
+        return self.param("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.param("received")
+
+    @property
+    def maddr(self) -> str | None:
+        return self.param("maddr")
+
+    @property
+    def has_rport(self) -> bool:
+        """True when the client asked for symmetric response routing (RFC 3581)."""
+        return _has_param(self.params, "rport")
+
+    @property
+    def rport(self) -> int | None:
+        value = self.param("rport")
+        return int(value) if value is not None and value.isdigit() else None
+
+    def with_param(self, name: str, value: str | None) -> Via:
+        kept = tuple((n, v) for n, v in self.params if n.lower() != name.lower())
+        return Via(self.transport, self.host, self.port, (*kept, (name, value)), self.protocol)
+
+    def __str__(self) -> str:
+        port = "" if self.port is None else f":{self.port}"
+        return f"{self.protocol}/{self.transport} {self.host}{port}{format_params(self.params)}"
+
+
+def parse_via(value: str) -> Via:
+    m = _VIA_RE.fullmatch(value)
+    if m is None:
+        raise ValueError(f"invalid Via {value!r}")
+    name, version, transport, host, port, params = m.groups()
+    port_number = int(port) if port is not None else None
+    if port_number is not None and port_number > 65535:
+        raise ValueError(f"Via port out of range: {port}")
+    return Via(
+        transport=transport.upper(),
+        host=host,
+        port=port_number,
+        params=parse_params(params or ""),
+        protocol=f"{name.upper()}/{version}",
+    )
+
+
+# --- CSeq (§20.16) -------------------------------------------------------------------
+
+_CSEQ_MAX = 2**31  # §8.1.1.5: the sequence number MUST be less than 2**31
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    seq: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+
+def parse_cseq(value: str) -> CSeq:
+    parts = value.split()
+    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 12:
+        raise ValueError(f"invalid CSeq {value!r}")
+    seq = int(parts[0])
+    if seq >= _CSEQ_MAX or not _TOKEN_RE.fullmatch(parts[1]):
+        raise ValueError(f"invalid CSeq {value!r}")
+    return CSeq(seq, parts[1])
+
+
+# --- responses (§8.2.6) ----------------------------------------------------------------
+
+RESPONSE_COPIED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def make_response(
+    request: SipRequest,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> SipResponse:
+    """A response to ``request`` per RFC 3261 §8.2.6.2.
+
+    Copies every Via (in order), From, Call-ID and CSeq, and To, adding a
+    To-tag unless the request has one or the status is 100 (when ``to_tag``
+    is None a random tag is made). ``headers`` are appended;
+    Content-Length is computed from ``body``. Raises LocalProtocolError if
+    the request lacks one of the headers a response needs.
+    """
+    out = Headers()
+    for name in RESPONSE_COPIED_HEADERS:
+        values = request.headers.raw(name)
+        if not values:
+            raise LocalProtocolError(f"cannot answer a request without {name}")
+        for value in values:
+            if name == "To" and status > 100 and get_tag(value) is None:
+                value = f"{value};tag={to_tag or secrets.token_hex(8)}"
+            out.add(name, value)
+    for name, value in headers:
+        out.add(name, value)
+    return SipResponse(
+        status=status,
+        reason=reason if reason is not None else reason_phrase(status),
+        headers=out,
+        body=body,
+    )

@@ -1,0 +1,306 @@
+"""SIP message objects: requests, responses and their ordered, case-insensitive headers.
+
+Header names are normalised on the way in: compact forms (RFC 3261 §7.3.3 and
+the extensions that registered one) become full names, and known names get
+their canonical spelling. Values are kept as received (folding already undone
+by the parser), so a message serialises back the way it came, except that
+Content-Length is always recomputed from the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from shared.sip.errors import LocalProtocolError
+
+__all__ = [
+    "COMMA_LIST_HEADERS",
+    "Headers",
+    "SipMessage",
+    "SipRequest",
+    "SipResponse",
+    "canonical_name",
+    "split_comma_list",
+]
+
+SIP_VERSION = "SIP/2.0"
+
+# RFC 3261 §7.3.3 plus RFC 3265 (o, u), RFC 3515 (r), RFC 3892 (b), RFC 4028 (x).
+COMPACT_FORMS = {
+    "i": "Call-ID",
+    "m": "Contact",
+    "e": "Content-Encoding",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "f": "From",
+    "s": "Subject",
+    "k": "Supported",
+    "t": "To",
+    "v": "Via",
+    "o": "Event",
+    "u": "Allow-Events",
+    "r": "Refer-To",
+    "b": "Referred-By",
+    "x": "Session-Expires",
+}
+
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        *COMPACT_FORMS.values(),
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Authentication-Info",
+        "Authorization",
+        "Call-Info",
+        "CSeq",
+        "Date",
+        "Error-Info",
+        "Expires",
+        "In-Reply-To",
+        "Max-Forwards",
+        "Min-Expires",
+        "Min-SE",
+        "MIME-Version",
+        "Organization",
+        "Path",
+        "Priority",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "Record-Route",
+        "Reply-To",
+        "Require",
+        "Retry-After",
+        "Route",
+        "Server",
+        "Service-Route",
+        "Timestamp",
+        "Unsupported",
+        "User-Agent",
+        "Warning",
+        "WWW-Authenticate",
+    )
+}
+
+#: Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1): a line
+#: with several values means the same as several lines. Authentication
+#: headers are not here: their parameters are themselves comma-separated.
+COMMA_LIST_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Call-Info",
+        "Contact",
+        "Content-Encoding",
+        "Error-Info",
+        "In-Reply-To",
+        "Path",
+        "Proxy-Require",
+        "Record-Route",
+        "Require",
+        "Route",
+        "Service-Route",
+        "Supported",
+        "Unsupported",
+        "Via",
+        "Warning",
+    )
+)
+
+
+def canonical_name(name: str) -> str:
+    """Full, canonically spelled header name (``i`` → ``Call-ID``, ``cseq`` → ``CSeq``)."""
+    lower = name.lower()
+    if lower in COMPACT_FORMS:
+        return COMPACT_FORMS[lower]
+    return _CANONICAL.get(lower, name)
+
+
+def split_comma_list(value: str) -> list[str]:
+    """Split on commas outside quoted strings and ``<...>``; empty elements dropped."""
+    parts: list[str] = []
+    start = 0
+    in_quotes = False
+    in_angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if in_quotes:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_quotes = False
+        elif c == '"':
+            in_quotes = True
+        elif c == "<":
+            in_angle = True
+        elif c == ">":
+            in_angle = False
+        elif c == "," and not in_angle:
+            parts.append(value[start:i])
+            start = i + 1
+        i += 1
+    parts.append(value[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+class Headers:
+    """Ordered (name, value) pairs with case-insensitive, compact-form-aware lookup."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = canonical_name(name).lower()
+        return any(n.lower() == key for n, _ in self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+    def raw(self, name: str) -> list[str]:
+        """The values of every line named ``name``, unsplit."""
+        key = canonical_name(name).lower()
+        return [v for n, v in self._items if n.lower() == key]
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name`` in order; comma-list headers are split into elements."""
+        values = self.raw(name)
+        if canonical_name(name).lower() in COMMA_LIST_HEADERS:
+            return [part for v in values for part in split_comma_list(v)]
+        return values
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of ``name`` (the topmost element for comma-list headers)."""
+        values = self.get_all(name)
+        return values[0] if values else default
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((canonical_name(name), value))
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert before every other header (a proxy adding its Via, §16.6 step 8)."""
+        self._items.insert(0, (canonical_name(name), value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every ``name`` line by one, where the first one was (else at the end)."""
+        key = canonical_name(name).lower()
+        index = next((i for i, (n, _) in enumerate(self._items) if n.lower() == key), None)
+        self.remove(name)
+        item = (canonical_name(name), value)
+        if index is None:
+            self._items.append(item)
+        else:
+            self._items.insert(index, item)
+
+    def remove(self, name: str) -> None:
+        key = canonical_name(name).lower()
+        self._items = [(n, v) for n, v in self._items if n.lower() != key]
+
+    def pop_first_value(self, name: str) -> str | None:
+        """Remove and return the topmost element of a header (e.g. the top Via, §16.7)."""
+        key = canonical_name(name).lower()
+        for i, (n, v) in enumerate(self._items):
+            if n.lower() != key:
+                continue
+            parts = split_comma_list(v) if key in COMMA_LIST_HEADERS else [v.strip()]
+            if len(parts) <= 1:
+                del self._items[i]
+            else:
+                self._items[i] = (n, ", ".join(parts[1:]))
+            return parts[0] if parts else None
+        return None
+
+    def copy(self) -> Headers:
+        return Headers(self._items)
+
+
+def _check_header(name: str, value: str) -> None:
+    # Never let a caller inject extra header lines or a body (CRLF injection).
+    if not name or any(c in name for c in " \t\r\n:"):
+        raise LocalProtocolError(f"invalid header name {name!r}")
+    if "\r" in value or "\n" in value:
+        raise LocalProtocolError(f"invalid characters in header {name!r}")
+
+
+@dataclass(eq=True, kw_only=True)
+class SipMessage:
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name, default)
+
+    def get_all(self, name: str) -> list[str]:
+        return self.headers.get_all(name)
+
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialise; Content-Length is always written (in place), computed from the body."""
+        start = self.start_line()
+        if "\r" in start or "\n" in start:
+            raise LocalProtocolError("line break in start line")
+        lines = [start]
+        length_written = False
+        for name, value in self.headers:
+            if name == "Content-Length":
+                # Keep its position; the value always comes from the body.
+                if not length_written:
+                    lines.append(f"Content-Length: {len(self.body)}")
+                    length_written = True
+                continue
+            _check_header(name, value)
+            lines.append(f"{name}: {value}")
+        if not length_written:
+            lines.append(f"Content-Length: {len(self.body)}")
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        return head.encode("utf-8", "surrogateescape") + self.body
+
+
+@dataclass(eq=True, kw_only=True)
+class SipRequest(SipMessage):
+    method: str = ""
+    uri: str = ""
+
+    def start_line(self) -> str:
+        if not self.method or " " in self.method or not self.uri or " " in self.uri:
+            raise LocalProtocolError("invalid request line")
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+
+@dataclass(eq=True, kw_only=True)
+class SipResponse(SipMessage):
+    status: int = 200
+    reason: str = "OK"
+
+    def start_line(self) -> str:
+        if not 100 <= self.status <= 699:
+            raise LocalProtocolError(f"invalid status code {self.status}")
+        return f"{SIP_VERSION} {self.status} {self.reason}"

@@ -1,0 +1,290 @@
+"""SIP message parsing: whole datagrams (UDP) and an incremental stream framer (TCP/TLS).
+
+Bytes in, messages out. Everything the peer got wrong raises
+:class:`RemoteProtocolError` carrying the status to answer with and, when the
+start line and headers could be read, the partly parsed message
+(``error.partial``) so that a 400 can still be built from its Via, From, To,
+Call-ID and CSeq.
+
+Tolerance for real clients: header folding (LWS continuation lines), any
+whitespace around the colon, any case in names, compact names, bare-LF line
+ends, a missing reason phrase, arbitrary body bytes. Header bytes that are not
+UTF-8 are kept with ``surrogateescape`` so a message re-serialises unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from shared.sip.errors import RemoteProtocolError
+from shared.sip.headers import parse_cseq
+from shared.sip.message import Headers, SipRequest, SipResponse
+from shared.sip.status import StatusCode
+
+__all__ = [
+    "DEFAULT_MAX_DATAGRAM_SIZE",
+    "DEFAULT_MAX_HEADERS",
+    "DEFAULT_MAX_LINE_LENGTH",
+    "KeepAlivePing",
+    "SipStreamParser",
+    "StreamEvent",
+    "parse_datagram",
+    "parse_head",
+]
+
+DEFAULT_MAX_DATAGRAM_SIZE = 65535  # the largest UDP payload (RFC 768 length field)
+DEFAULT_MAX_HEADERS = 64  # header fields (after unfolding) per message
+DEFAULT_MAX_LINE_LENGTH = 8192  # one unfolded header field, name included
+DEFAULT_MAX_HEAD_SIZE = 65535  # start line + headers on a stream, in bytes
+DEFAULT_MAX_BODY_SIZE = 1 << 20  # bytes; IM bodies are small, bulk content goes over MSRP
+
+# RFC 3261 §8.1.1: the header fields every request needs.
+REQUIRED_REQUEST_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards")
+# §18.1.2 / §8.1.3.3: a response without these cannot be matched; it is dropped.
+REQUIRED_RESPONSE_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+
+_TOO_LARGE = StatusCode.MESSAGE_TOO_LARGE
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
+_LINE_END_RE = re.compile(r"\r?\n")
+_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+_STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.IGNORECASE | re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlivePing:
+    """A CRLFCRLF keep-alive on a stream (RFC 5626 §3.5.1): answer it with a CRLF."""
+
+
+StreamEvent = SipRequest | SipResponse | KeepAlivePing
+
+
+def _parse_start_line(line: str) -> SipRequest | SipResponse:
+    if line[:4].upper() == "SIP/":
+        m = _STATUS_RE.fullmatch(line)
+        if m is None:
+            raise RemoteProtocolError(f"invalid status line {line[:80]!r}")
+        return SipResponse(status=int(m.group(1)), reason=(m.group(2) or "").strip())
+    parts = line.split(" ")
+    if len(parts) != 3 or not all(parts):
+        # RFC 4475 §3.1.2.11: exactly one SP between the request-line elements.
+        raise RemoteProtocolError(f"invalid request line {line[:80]!r}")
+    method, uri, version = parts
+    if not _TOKEN_RE.fullmatch(method):
+        raise RemoteProtocolError(f"invalid method {method[:40]!r}")
+    if version.upper() != "SIP/2.0":
+        status = StatusCode.VERSION_NOT_SUPPORTED if version[:4].upper() == "SIP/" else 400
+        raise RemoteProtocolError(f"unsupported version {version[:20]!r}", status_hint=status)
+    if any(c < " " or c in '\x7f<>"' for c in uri):
+        # RFC 4475 §3.1.2.7: a Request-URI in <> is invalid.
+        raise RemoteProtocolError(f"invalid Request-URI {uri[:80]!r}")
+    return SipRequest(method=method, uri=uri)
+
+
+def parse_head(
+    head: bytes,
+    *,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+) -> SipRequest | SipResponse:
+    """Parse a start line and headers (no blank line, no body) and validate them."""
+    text = head.decode("utf-8", "surrogateescape")
+    lines = _LINE_END_RE.split(text)
+    if "\r" in lines[0]:
+        raise RemoteProtocolError("bare CR in start line")
+    message = _parse_start_line(lines[0])
+    fields: list[list[str]] = []
+    for line in lines[1:]:
+        if "\r" in line:
+            raise RemoteProtocolError("bare CR in header", partial=message)
+        if line[:1] in (" ", "\t"):
+            # §7.3.1: a continuation line; the fold is equivalent to one SP.
+            if not fields:
+                raise RemoteProtocolError("continuation before any header", partial=message)
+            fields[-1].append(line.strip(" \t"))
+            continue
+        fields.append([line])
+    headers = Headers()
+    message.headers = headers
+    if len(fields) > max_headers:
+        raise RemoteProtocolError("too many headers", status_hint=_TOO_LARGE, partial=message)
+    for parts in fields:
+        field = " ".join(p for p in parts if p)
+        if len(field) > max_line_length:
+            raise RemoteProtocolError(
+                "header line too long", status_hint=_TOO_LARGE, partial=message
+            )
+        name, colon, value = field.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not _TOKEN_RE.fullmatch(name):
+            raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
+        headers.add(name, value.strip(" \t"))
+    _validate(message)
+    return message
+
+
+def _validate(message: SipRequest | SipResponse) -> None:
+    required = (
+        REQUIRED_REQUEST_HEADERS if isinstance(message, SipRequest) else REQUIRED_RESPONSE_HEADERS
+    )
+    for name in required:
+        if not message.headers.raw(name):
+            raise RemoteProtocolError(f"missing {name} header", partial=message)
+    for name in ("From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length"):
+        if len(message.headers.raw(name)) > 1:
+            # §7.3.1: these may not be repeated; two CSeqs make matching ambiguous.
+            raise RemoteProtocolError(f"repeated {name} header", partial=message)
+    try:
+        cseq = parse_cseq(message.headers.raw("CSeq")[0])
+    except ValueError as exc:
+        raise RemoteProtocolError(str(exc), partial=message) from None
+    if isinstance(message, SipRequest):
+        # §8.2.2 (and RFC 4475 §3.1.2.16): CSeq method must equal the request method.
+        if cseq.method != message.method:
+            raise RemoteProtocolError("CSeq method does not match request", partial=message)
+        max_forwards = message.headers.raw("Max-Forwards")[0]
+        if not max_forwards.isdigit() or int(max_forwards) > 255:
+            raise RemoteProtocolError("invalid Max-Forwards", partial=message)
+    if not message.headers.raw("Call-ID")[0]:
+        raise RemoteProtocolError("empty Call-ID", partial=message)
+
+
+def _content_length(message: SipRequest | SipResponse) -> int | None:
+    values = message.headers.raw("Content-Length")
+    if not values:
+        return None
+    value = values[0]
+    if not value.isdigit() or len(value) > 12:
+        raise RemoteProtocolError(f"invalid Content-Length {value[:20]!r}", partial=message)
+    return int(value)
+
+
+def parse_datagram(
+    data: bytes,
+    *,
+    max_size: int = DEFAULT_MAX_DATAGRAM_SIZE,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+) -> SipRequest | SipResponse | None:
+    """Parse one UDP datagram; None for a keep-alive (only CR/LF bytes, or empty).
+
+    §18.3: without Content-Length the body runs to the end of the datagram;
+    bytes beyond Content-Length are discarded; fewer bytes than it is an error.
+    """
+    if len(data) > max_size:
+        raise RemoteProtocolError("datagram too large", status_hint=_TOO_LARGE)
+    # §7.5: CRLFs before the start line are ignored.
+    data = data.lstrip(b"\r\n")
+    if not data:
+        return None
+    m = _HEAD_END_RE.search(data)
+    if m is None:
+        head, body = data.rstrip(b"\r\n"), b""
+    else:
+        head, body = data[: m.start()], data[m.end() :]
+    message = parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    length = _content_length(message)
+    if length is not None:
+        if length > len(body):
+            raise RemoteProtocolError("body shorter than Content-Length", partial=message)
+        body = body[:length]
+    message.body = body
+    return message
+
+
+class SipStreamParser:
+    """Frames SIP messages on a TCP/TLS byte stream; accepts any split of the input.
+
+    ``receive_data`` buffers the bytes and returns an iterator over the
+    events completed so far (messages and :class:`KeepAlivePing`). Errors are
+    raised from that iterator once every earlier event has been delivered;
+    after one, the stream's framing is lost and the connection should be
+    closed (after answering ``error.partial`` if it is a request).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
+        self._max_head_size = max_head_size
+        self._max_body_size = max_body_size
+        self._max_headers = max_headers
+        self._max_line_length = max_line_length
+        self._buffer = bytearray()
+        self._scan_from = 0  # where to resume the search for the end of the head
+        self._pending: tuple[SipRequest | SipResponse, int] | None = None
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a returned event."""
+        return len(self._buffer)
+
+    def receive_data(self, data: bytes) -> Iterator[StreamEvent]:
+        if self._error is None:  # after an error nothing more is parsed: don't hoard
+            self._buffer += data
+        return self._events()
+
+    def _events(self) -> Iterator[StreamEvent]:
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                event = self._next_event()
+            except RemoteProtocolError as exc:
+                self._error = exc
+                raise
+            if event is None:
+                return
+            yield event
+
+    def _next_event(self) -> StreamEvent | None:
+        buf = self._buffer
+        if self._pending is None:
+            # Between messages: CRLFCRLF is a ping, a lone CRLF (a pong, or
+            # §7.5 padding) is ignored. Wait while a ping is still possible.
+            while bytes(buf[:1]) in (b"\r", b"\n"):
+                if buf[:4] == b"\r\n\r\n":
+                    del buf[:4]
+                    return KeepAlivePing()
+                if b"\r\n\r\n".startswith(bytes(buf[:4])):
+                    return None
+                del buf[: 2 if buf[:2] == b"\r\n" else 1]
+            m = _HEAD_END_RE.search(buf, self._scan_from)
+            if m is None:
+                if len(buf) > self._max_head_size:
+                    raise RemoteProtocolError("header section too large", status_hint=_TOO_LARGE)
+                self._scan_from = max(0, len(buf) - 3)
+                return None
+            head = bytes(buf[: m.start()])
+            del buf[: m.end()]
+            self._scan_from = 0
+            if len(head) > self._max_head_size:
+                raise RemoteProtocolError("header section too large", status_hint=_TOO_LARGE)
+            message = parse_head(
+                head, max_headers=self._max_headers, max_line_length=self._max_line_length
+            )
+            length = _content_length(message)
+            if length is None:
+                # §18.3: on a stream Content-Length is the only framing there is.
+                raise RemoteProtocolError("missing Content-Length on a stream", partial=message)
+            if length > self._max_body_size:
+                raise RemoteProtocolError(
+                    "body too large",
+                    status_hint=StatusCode.REQUEST_ENTITY_TOO_LARGE,
+                    partial=message,
+                )
+            self._pending = (message, length)
+        message, length = self._pending
+        if len(buf) < length:
+            return None
+        message.body = bytes(buf[:length])
+        del buf[:length]
+        self._pending = None
+        return message

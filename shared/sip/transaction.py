@@ -1,0 +1,554 @@
+"""RFC 3261 §17 transactions as sans-IO state machines (client/server, INVITE/non-INVITE).
+
+The clock is an input: every call takes ``now``; :meth:`get_timer` says when
+to call :meth:`handle_timer` next (``None``: no timer armed). Calls return the
+events the adapter must act on: :class:`SendBytes` to the peer,
+:class:`ResponseReceived` for the TU, :class:`TimedOut`,
+:class:`TransportFailed`, and finally :class:`Terminated` (forget the
+transaction). Retransmission timers (A, E, G) run only over unreliable
+transports; the "wait for stragglers" timers (D, I, J, K) are zero over
+reliable ones.
+
+Transitions are tables keyed by (state, input); a missing key means the
+caller fed an input the RFC does not allow there and raises
+LocalProtocolError. Not yet done: the RFC 6026 "Accepted" state for 2xx to
+INVITE (here, as in RFC 3261, a 2xx terminates the INVITE transaction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import TypeAlias
+
+from shared.sip.errors import LocalProtocolError
+from shared.sip.headers import make_response, parse_via
+from shared.sip.message import Headers, SipRequest, SipResponse
+
+__all__ = [
+    "ClientTransaction",
+    "ResponseReceived",
+    "SendBytes",
+    "ServerTransaction",
+    "State",
+    "Terminated",
+    "TimedOut",
+    "TransactionEvent",
+    "TransportFailed",
+    "client_key",
+    "server_key",
+]
+
+DEFAULT_T1 = 0.5  # §17.1.1.1: RTT estimate, seconds
+DEFAULT_T2 = 4.0  # maximum retransmit interval for non-INVITE requests and INVITE responses
+DEFAULT_T4 = 5.0  # maximum duration a message will remain in the network
+
+
+# --- events out ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendBytes:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """A response the client transaction passes up to the TU."""
+
+    response: SipResponse
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """Timer B, F or H fired: the TU treats it as a 408 (§8.1.3.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportFailed:
+    """The transport reported a failure (§17.1.4, §17.2.4): treated as a 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class Terminated:
+    """The transaction is over; the adapter drops it."""
+
+
+TransactionEvent: TypeAlias = SendBytes | ResponseReceived | TimedOut | TransportFailed | Terminated
+
+
+# --- states, inputs, actions -----------------------------------------------------------
+
+
+class State(StrEnum):
+    CALLING = "calling"
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    CONFIRMED = "confirmed"
+    TERMINATED = "terminated"
+
+
+class Input(Enum):
+    RESPONSE_1XX = "1xx"  # from the network (client) or the TU (server)
+    RESPONSE_2XX = "2xx"
+    RESPONSE_FINAL = "300-699"
+    REQUEST = "request"  # a retransmission of the request (server)
+    ACK = "ack"
+    TIMER_A = "A"
+    TIMER_B = "B"
+    TIMER_D = "D"
+    TIMER_E = "E"
+    TIMER_F = "F"
+    TIMER_G = "G"
+    TIMER_H = "H"
+    TIMER_I = "I"
+    TIMER_J = "J"
+    TIMER_K = "K"
+    TRANSPORT_ERROR = "transport-error"
+
+
+class Timer(StrEnum):
+    A = "A"
+    B = "B"
+    D = "D"
+    E = "E"
+    F = "F"
+    G = "G"
+    H = "H"
+    I = "I"  # noqa: E741 - the RFC's name
+    J = "J"
+    K = "K"
+
+    @property
+    def input(self) -> Input:
+        return Input[f"TIMER_{self.value}"]
+
+
+class Action(Enum):
+    SEND_REQUEST = "send request"
+    SEND_ACK = "send ACK"  # §17.1.1.3, for 300-699 only
+    SEND_RESPONSE = "send response"  # the TU's response, remembered as the last one
+    RESEND_RESPONSE = "resend last response"
+    DELIVER = "deliver response to TU"
+    TIMEOUT = "report timeout"
+    TRANSPORT_ERROR = "report transport error"
+    BACKOFF = "double the interval (capped at T2 for E and G) and re-arm"
+    REARM_T2 = "re-arm with T2"  # Timer E in Proceeding, §17.1.2.2
+
+
+Step: TypeAlias = tuple[State, tuple[Action | Timer, ...]]  # a Timer in actions = start it
+Table: TypeAlias = dict[tuple[State, Input], Step]
+
+S, In, Act, T = State, Input, Action, Timer
+
+# Figure 5, INVITE client transaction (§17.1.1):
+#
+#                 INVITE sent, Timer A (unreliable) and B started
+#     +-----------+   Timer A: resend, A = 2*A
+#     |  Calling  |----------------------------------+ 2xx: to TU -> Terminated
+#     +-----------+                                  | Timer B / transport err: inform TU
+#       | 1xx: to TU                                 |
+#       v                                            |
+#     +------------+ 1xx: to TU                      |
+#     | Proceeding | 2xx: to TU ---------------------+
+#     +------------+                                 |
+#       | 300-699: send ACK, to TU, start Timer D    |
+#       v                                            |
+#     +-----------+ 300-699: send ACK                |
+#     | Completed | Timer D -------------------------+--> Terminated
+#     +-----------+
+INVITE_CLIENT: Table = {
+    (S.CALLING, In.TIMER_A): (S.CALLING, (Act.SEND_REQUEST, Act.BACKOFF)),
+    (S.CALLING, In.TIMER_B): (S.TERMINATED, (Act.TIMEOUT,)),
+    (S.CALLING, In.RESPONSE_1XX): (S.PROCEEDING, (Act.DELIVER,)),
+    (S.CALLING, In.RESPONSE_2XX): (S.TERMINATED, (Act.DELIVER,)),
+    (S.CALLING, In.RESPONSE_FINAL): (S.COMPLETED, (Act.SEND_ACK, Act.DELIVER, T.D)),
+    (S.CALLING, In.TRANSPORT_ERROR): (S.TERMINATED, (Act.TRANSPORT_ERROR,)),
+    (S.PROCEEDING, In.RESPONSE_1XX): (S.PROCEEDING, (Act.DELIVER,)),
+    (S.PROCEEDING, In.RESPONSE_2XX): (S.TERMINATED, (Act.DELIVER,)),
+    (S.PROCEEDING, In.RESPONSE_FINAL): (S.COMPLETED, (Act.SEND_ACK, Act.DELIVER, T.D)),
+    (S.PROCEEDING, In.TRANSPORT_ERROR): (S.TERMINATED, (Act.TRANSPORT_ERROR,)),
+    (S.COMPLETED, In.RESPONSE_1XX): (S.COMPLETED, ()),
+    (S.COMPLETED, In.RESPONSE_2XX): (S.COMPLETED, ()),
+    (S.COMPLETED, In.RESPONSE_FINAL): (S.COMPLETED, (Act.SEND_ACK,)),
+    (S.COMPLETED, In.TIMER_D): (S.TERMINATED, ()),
+    (S.COMPLETED, In.TRANSPORT_ERROR): (S.TERMINATED, (Act.TRANSPORT_ERROR,)),
+}
+
+# Figure 6, non-INVITE client transaction (§17.1.2):
+#
+#     Request sent, Timer E (unreliable) and F started
+#     +--------+ Timer E: resend, E = min(2E, T2)
+#     | Trying | Timer F / transport err: inform TU ------------+
+#     +--------+                                                |
+#       | 1xx: to TU            200-699: to TU, start K ---+    |
+#       v                                                  |    |
+#     +------------+ Timer E: resend, E = T2; 1xx: to TU   |    |
+#     | Proceeding | Timer F / transport err: inform TU ---|----+
+#     +------------+ 200-699: to TU, start K --+           |    |
+#                                              v           v    |
+#                                           +-----------+       |
+#                                           | Completed | Timer K --> Terminated
+#                                           +-----------+
+NON_INVITE_CLIENT: Table = {
+    (S.TRYING, In.TIMER_E): (S.TRYING, (Act.SEND_REQUEST, Act.BACKOFF)),
+    (S.TRYING, In.TIMER_F): (S.TERMINATED, (Act.TIMEOUT,)),
+    (S.TRYING, In.RESPONSE_1XX): (S.PROCEEDING, (Act.DELIVER,)),
+    (S.TRYING, In.RESPONSE_2XX): (S.COMPLETED, (Act.DELIVER, T.K)),
+    (S.TRYING, In.RESPONSE_FINAL): (S.COMPLETED, (Act.DELIVER, T.K)),
+    (S.TRYING, In.TRANSPORT_ERROR): (S.TERMINATED, (Act.TRANSPORT_ERROR,)),
+    (S.PROCEEDING, In.TIMER_E): (S.PROCEEDING, (Act.SEND_REQUEST, Act.REARM_T2)),
+    (S.PROCEEDING, In.TIMER_F): (S.TERMINATED, (Act.TIMEOUT,)),
+    (S.PROCEEDING, In.RESPONSE_1XX): (S.PROCEEDING, (Act.DELIVER,)),
+    (S.PROCEEDING, In.RESPONSE_2XX): (S.COMPLETED, (Act.DELIVER, T.K)),
+    (S.PROCEEDING, In.RESPONSE_FINAL): (S.COMPLETED, (Act.DELIVER, T.K)),
+    (S.PROCEEDING, In.TRANSPORT_ERROR): (S.TERMINATED, (Act.TRANSPORT_ERROR,)),
+    (S.COMPLETED, In.RESPONSE_1XX): (S.COMPLETED, ()),
+    (S.COMPLETED, In.RESPONSE_2XX): (S.COMPLETED, ()),
+    (S.COMPLETED, In.RESPONSE_FINAL): (S.COMPLETED, ()),
+    (S.COMPLETED, In.TIMER_K): (S.TERMINATED, ()),
+}
+
+# Figure 7, INVITE server transaction (§17.2.1):
+#
+#     INVITE received: 100 Trying sent (unless the TU answers within 200 ms)
+#     +------------+ INVITE: resend last response; TU 1xx: send
+#     | Proceeding | TU 2xx: send ----------------------------------+
+#     +------------+ transport err: inform TU ----------------------+
+#       | TU 300-699: send, start G (unreliable) and H              |
+#       v                                                           |
+#     +-----------+ INVITE: resend; Timer G: resend, G = min(2G,T2) |
+#     | Completed | Timer H / transport err: inform TU -------------+
+#     +-----------+                                                 |
+#       | ACK: start Timer I                                        |
+#       v                                                           v
+#     +-----------+ ACK: absorb                                  Terminated
+#     | Confirmed | Timer I ------------------------------------------^
+#     +-----------+
+INVITE_SERVER: Table = {
+    (S.PROCEEDING, In.REQUEST): (S.PROCEEDING, (Act.RESEND_RESPONSE,)),
+    (S.PROCEEDING, In.ACK): (S.PROCEEDING, ()),  # an ACK for a 2xx is not ours: ignore
+    (S.PROCEEDING, In.RESPONSE_1XX): (S.PROCEEDING, (Act.SEND_RESPONSE,)),
+    (S.PROCEEDING, In.RESPONSE_2XX): (S.TERMINATED, (Act.SEND_RESPONSE,)),
+    (S.PROCEEDING, In.RESPONSE_FINAL): (S.COMPLETED, (Act.SEND_RESPONSE, T.G, T.H)),
+    (S.PROCEEDING, In.TRANSPORT_ERROR): (S.TERMINATED, (Act.TRANSPORT_ERROR,)),
+    (S.COMPLETED, In.REQUEST): (S.COMPLETED, (Act.RESEND_RESPONSE,)),
+    (S.COMPLETED, In.TIMER_G): (S.COMPLETED, (Act.RESEND_RESPONSE, Act.BACKOFF)),
+    (S.COMPLETED, In.TIMER_H): (S.TERMINATED, (Act.TIMEOUT,)),
+    (S.COMPLETED, In.ACK): (S.CONFIRMED, (T.I,)),
+    (S.COMPLETED, In.TRANSPORT_ERROR): (S.TERMINATED, (Act.TRANSPORT_ERROR,)),
+    (S.CONFIRMED, In.REQUEST): (S.CONFIRMED, ()),
+    (S.CONFIRMED, In.ACK): (S.CONFIRMED, ()),
+    (S.CONFIRMED, In.TIMER_I): (S.TERMINATED, ()),
+}
+
+# Figure 8, non-INVITE server transaction (§17.2.2):
+#
+#     Request received: passed to the TU
+#     +--------+ request: absorb
+#     | Trying | TU 1xx: send --> Proceeding; TU 200-699: send --+
+#     +--------+                                                 |
+#     +------------+ request: resend last; TU 1xx: send          |
+#     | Proceeding | TU 200-699: send ---------------------------+
+#     +------------+ transport err: inform TU --> Terminated     v
+#                                                        +-----------+ request: resend
+#                                                        | Completed | Timer J --> Terminated
+#                                                        +-----------+
+NON_INVITE_SERVER: Table = {
+    (S.TRYING, In.REQUEST): (S.TRYING, ()),
+    (S.TRYING, In.RESPONSE_1XX): (S.PROCEEDING, (Act.SEND_RESPONSE,)),
+    (S.TRYING, In.RESPONSE_2XX): (S.COMPLETED, (Act.SEND_RESPONSE, T.J)),
+    (S.TRYING, In.RESPONSE_FINAL): (S.COMPLETED, (Act.SEND_RESPONSE, T.J)),
+    (S.PROCEEDING, In.REQUEST): (S.PROCEEDING, (Act.RESEND_RESPONSE,)),
+    (S.PROCEEDING, In.RESPONSE_1XX): (S.PROCEEDING, (Act.SEND_RESPONSE,)),
+    (S.PROCEEDING, In.RESPONSE_2XX): (S.COMPLETED, (Act.SEND_RESPONSE, T.J)),
+    (S.PROCEEDING, In.RESPONSE_FINAL): (S.COMPLETED, (Act.SEND_RESPONSE, T.J)),
+    (S.PROCEEDING, In.TRANSPORT_ERROR): (S.TERMINATED, (Act.TRANSPORT_ERROR,)),
+    (S.COMPLETED, In.REQUEST): (S.COMPLETED, (Act.RESEND_RESPONSE,)),
+    (S.COMPLETED, In.TIMER_J): (S.TERMINATED, ()),
+    (S.COMPLETED, In.TRANSPORT_ERROR): (S.TERMINATED, (Act.TRANSPORT_ERROR,)),
+}
+
+# Timers that may stay armed in each state; leaving a state cancels the others.
+_STATE_TIMERS: dict[State, frozenset[Timer]] = {
+    S.CALLING: frozenset({T.A, T.B}),
+    S.TRYING: frozenset({T.E, T.F}),
+    S.PROCEEDING: frozenset({T.E, T.F}),  # only the non-INVITE client has timers here
+    S.COMPLETED: frozenset({T.D, T.K, T.G, T.H, T.J}),
+    S.CONFIRMED: frozenset({T.I}),
+    S.TERMINATED: frozenset(),
+}
+
+
+def _response_input(status: int) -> Input:
+    if 100 <= status < 200:
+        return In.RESPONSE_1XX
+    if 200 <= status < 300:
+        return In.RESPONSE_2XX
+    return In.RESPONSE_FINAL
+
+
+class _Transaction:
+    def __init__(
+        self,
+        table: Table,
+        state: State,
+        request: SipRequest,
+        *,
+        reliable: bool,
+        t1: float,
+        t2: float,
+        t4: float,
+    ) -> None:
+        self._table = table
+        self.state = state
+        self.request = request
+        self.reliable = reliable
+        self.t1, self.t2, self.t4 = t1, t2, t4
+        self._deadlines: dict[Timer, float] = {}
+        self._intervals: dict[Timer, float] = {}
+        self._events: list[TransactionEvent] = []
+
+    # Timer values, §17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2 and Table 4 (§A).
+    def _initial_interval(self, timer: Timer) -> float | None:
+        if timer in (T.A, T.E, T.G):
+            return None if self.reliable else self.t1
+        if timer in (T.B, T.F, T.H):
+            return 64 * self.t1
+        if timer is T.D:
+            return 0.0 if self.reliable else 32.0
+        if timer in (T.I, T.K):
+            return 0.0 if self.reliable else self.t4
+        return 0.0 if self.reliable else 64 * self.t1  # Timer J
+
+    def _start(self, timer: Timer, now: float, interval: float | None = None) -> None:
+        if interval is None:
+            interval = self._initial_interval(timer)
+        if interval is None:
+            return
+        self._intervals[timer] = interval
+        self._deadlines[timer] = now + interval
+
+    def get_timer(self) -> float | None:
+        return min(self._deadlines.values(), default=None)
+
+    def handle_timer(self, now: float) -> list[TransactionEvent]:
+        while self._deadlines:
+            timer, deadline = min(self._deadlines.items(), key=lambda item: item[1])
+            if deadline > now:
+                break
+            del self._deadlines[timer]
+            self._step(timer.input, now, fired=timer)
+        return self._take()
+
+    def transport_error(self, now: float) -> list[TransactionEvent]:
+        self._step(In.TRANSPORT_ERROR, now)
+        return self._take()
+
+    def _take(self) -> list[TransactionEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def _step(
+        self,
+        event: Input,
+        now: float,
+        *,
+        fired: Timer | None = None,
+        response: SipResponse | None = None,
+    ) -> None:
+        try:
+            new_state, actions = self._table[(self.state, event)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"{type(self).__name__}: {event.value} not allowed in state {self.state}"
+            ) from None
+        for action in actions:
+            if isinstance(action, Timer):
+                self._start(action, now)
+            elif action in (Act.BACKOFF, Act.REARM_T2):
+                assert fired is not None
+                interval = 2 * self._intervals[fired]
+                if fired is not T.A:
+                    interval = min(interval, self.t2)
+                self._start(fired, now, self.t2 if action is Act.REARM_T2 else interval)
+            else:
+                self._act(action, response)
+        if new_state is not self.state:
+            self.state = new_state
+            allowed = _STATE_TIMERS[new_state]
+            self._deadlines = {t: d for t, d in self._deadlines.items() if t in allowed}
+            if new_state is S.TERMINATED:
+                self._events.append(Terminated())
+        # Zero-length timers (D, I, J, K over reliable transports) fire at once.
+        due = [t for t, d in self._deadlines.items() if d <= now and self._intervals[t] == 0]
+        for timer in due:
+            if timer in self._deadlines:
+                del self._deadlines[timer]
+                self._step(timer.input, now, fired=timer)
+
+    def _act(self, action: Action, response: SipResponse | None) -> None:
+        raise NotImplementedError
+
+
+class ClientTransaction(_Transaction):
+    """Sends ``request`` and follows it to a final response (§17.1)."""
+
+    def __init__(
+        self,
+        request: SipRequest,
+        *,
+        now: float,
+        reliable: bool,
+        t1: float = DEFAULT_T1,
+        t2: float = DEFAULT_T2,
+        t4: float = DEFAULT_T4,
+    ) -> None:
+        if request.method == "ACK":
+            raise LocalProtocolError("ACK never creates a client transaction (§17.1)")
+        self.is_invite = request.method == "INVITE"
+        table, state = (
+            (INVITE_CLIENT, S.CALLING) if self.is_invite else (NON_INVITE_CLIENT, S.TRYING)
+        )
+        super().__init__(table, state, request, reliable=reliable, t1=t1, t2=t2, t4=t4)
+        self._request_bytes = request.to_bytes()
+        self._events.append(SendBytes(self._request_bytes))
+        for timer in (T.A, T.B) if self.is_invite else (T.E, T.F):
+            self._start(timer, now)
+
+    def start(self) -> list[TransactionEvent]:
+        """The events of creation: the request to send."""
+        return self._take()
+
+    def receive_response(self, response: SipResponse, now: float) -> list[TransactionEvent]:
+        self._step(_response_input(response.status), now, response=response)
+        return self._take()
+
+    def _act(self, action: Action, response: SipResponse | None) -> None:
+        if action is Act.SEND_REQUEST:
+            self._events.append(SendBytes(self._request_bytes))
+        elif action is Act.DELIVER:
+            assert response is not None
+            self._events.append(ResponseReceived(response))
+        elif action is Act.SEND_ACK:
+            assert response is not None
+            self._events.append(SendBytes(self._ack_for(response).to_bytes()))
+        elif action is Act.TIMEOUT:
+            self._events.append(TimedOut())
+        elif action is Act.TRANSPORT_ERROR:
+            self._events.append(TransportFailed())
+        else:
+            raise LocalProtocolError(f"client transaction cannot {action.value}")
+
+    def _ack_for(self, response: SipResponse) -> SipRequest:
+        """The ACK for a 300-699 response (§17.1.1.3): same branch, To from the response."""
+        req = self.request
+        headers = Headers()
+        top_via = req.get("Via")
+        if top_via is not None:
+            headers.add("Via", top_via)
+        for route in req.headers.raw("Route"):
+            headers.add("Route", route)
+        headers.add("Max-Forwards", "70")
+        for name in ("From", "Call-ID"):
+            value = req.get(name)
+            if value is not None:
+                headers.add(name, value)
+        headers.add("To", response.get("To") or req.get("To") or "")
+        cseq = (req.get("CSeq") or "").split()
+        headers.add("CSeq", f"{cseq[0] if cseq else '1'} ACK")
+        return SipRequest(method="ACK", uri=req.uri, headers=headers)
+
+
+class ServerTransaction(_Transaction):
+    """Absorbs retransmissions of ``request`` and sends the TU's responses (§17.2).
+
+    For INVITE a 100 Trying is sent at once unless ``send_trying`` is False
+    (the TU promises a response within 200 ms, §17.2.1).
+    """
+
+    def __init__(
+        self,
+        request: SipRequest,
+        *,
+        now: float,
+        reliable: bool,
+        send_trying: bool = True,
+        t1: float = DEFAULT_T1,
+        t2: float = DEFAULT_T2,
+        t4: float = DEFAULT_T4,
+    ) -> None:
+        if request.method == "ACK":
+            raise LocalProtocolError("ACK never creates a server transaction (§17.2)")
+        self.is_invite = request.method == "INVITE"
+        table, state = (
+            (INVITE_SERVER, S.PROCEEDING) if self.is_invite else (NON_INVITE_SERVER, S.TRYING)
+        )
+        super().__init__(table, state, request, reliable=reliable, t1=t1, t2=t2, t4=t4)
+        self._last_response: bytes | None = None
+        if self.is_invite and send_trying:
+            self._step(In.RESPONSE_1XX, now, response=make_response(request, 100))
+
+    def start(self) -> list[TransactionEvent]:
+        """The events of creation: the 100 Trying for an INVITE, if any."""
+        return self._take()
+
+    def receive_request(self, request: SipRequest, now: float) -> list[TransactionEvent]:
+        """A retransmission of the request, or (INVITE) the ACK for a 300-699 response."""
+        self._step(In.ACK if request.method == "ACK" else In.REQUEST, now)
+        return self._take()
+
+    def send_response(self, response: SipResponse, now: float) -> list[TransactionEvent]:
+        """Send a response from the TU."""
+        self._step(_response_input(response.status), now, response=response)
+        return self._take()
+
+    def _act(self, action: Action, response: SipResponse | None) -> None:
+        if action is Act.SEND_RESPONSE:
+            assert response is not None
+            self._last_response = response.to_bytes()
+            self._events.append(SendBytes(self._last_response))
+        elif action is Act.RESEND_RESPONSE:
+            if self._last_response is not None:
+                self._events.append(SendBytes(self._last_response))
+        elif action is Act.TIMEOUT:
+            self._events.append(TimedOut())
+        elif action is Act.TRANSPORT_ERROR:
+            self._events.append(TransportFailed())
+        else:
+            raise LocalProtocolError(f"server transaction cannot {action.value}")
+
+
+# --- matching (§17.1.3, §17.2.3) --------------------------------------------------------
+
+MAGIC_COOKIE = "z9hG4bK"  # §8.1.1.7: branch IDs of RFC 3261 elements start with this
+
+
+def client_key(response: SipResponse) -> tuple[str, str] | None:
+    """(branch, CSeq method) of a response; the client transaction it belongs to."""
+    try:
+        branch = parse_via(response.get("Via") or "").branch
+    except ValueError:
+        return None
+    cseq = (response.get("CSeq") or "").split()
+    if branch is None or len(cseq) != 2:
+        return None
+    return branch, cseq[1]
+
+
+def server_key(request: SipRequest) -> tuple[str, str, str] | None:
+    """(branch, sent-by, method) of a request; ACK maps to its INVITE's transaction.
+
+    None for pre-RFC 3261 branches (no magic cookie), which need the §17.2.3
+    fallback matching the caller has to do itself.
+    """
+    try:
+        via = parse_via(request.get("Via") or "")
+    except ValueError:
+        return None
+    if via.branch is None or not via.branch.startswith(MAGIC_COOKIE):
+        return None
+    sent_by = via.host.lower() + ("" if via.port is None else f":{via.port}")
+    method = "INVITE" if request.method == "ACK" else request.method
+    return via.branch, sent_by, method
