@@ -69,6 +69,55 @@ class Settings(BaseSettings):
         description="Allow MSRP AUTH over plain TCP (RFC 4976 wants TLS). "
         "For development and tests only.",
     )
+    msrp_public_host: str | None = Field(
+        None,
+        description="Host name or address this relay puts in the Use-Path URIs it hands "
+        "out (what clients and other relays connect to). Unset: IMSTACK_DOMAIN.",
+    )
+    msrp_auth_min_expires: int = Field(
+        60, ge=1, description="Shortest MSRP AUTH Expires accepted (below: 423 + Min-Expires)."
+    )
+    msrp_auth_max_expires: int = Field(
+        3600,
+        ge=1,
+        description="Longest MSRP AUTH Expires accepted (above: 423 + Max-Expires); "
+        "also granted when the AUTH asks for none.",
+    )
+    msrp_max_auth_failures: int = Field(
+        3, ge=1, description="Failed MSRP AUTH attempts after which the connection is closed."
+    )
+    msrp_nonce_lifetime: float = Field(
+        30.0, gt=0, description="Seconds an MSRP digest nonce stays valid."
+    )
+    msrp_transaction_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds to wait for the next hop's response to a forwarded request; "
+        "then the sender gets a failure REPORT (408).",
+    )
+    msrp_idle_timeout: float = Field(
+        60.0, gt=0, description="Seconds before a connection with no MSRP session is closed."
+    )
+    msrp_max_connections: int = Field(
+        20000, ge=1, description="Most MSRP connections held at once; more are refused."
+    )
+    msrp_buffer_limit: int = Field(
+        1048576,
+        ge=4096,
+        description="Bytes buffered for a slow next hop before the relay stops reading from "
+        "the sender (back-pressure).",
+    )
+    msrp_interrupt_bytes: int = Field(
+        262144,
+        ge=2048,
+        description="Body bytes after which a long outgoing chunk is interrupted ('+') when "
+        "other messages wait for the same connection; the rest follows as a new chunk.",
+    )
+    msrp_tls_verify: bool = Field(
+        True,
+        description="Verify the certificates of relays and endpoints this relay connects to "
+        "over msrps.",
+    )
     api_host: str = Field("0.0.0.0", description="Control API listen address.")
     api_port: Port = Field(8000, description="Control API port.")
     api_tokens: Annotated[list[str], NoDecode] = Field(
@@ -105,6 +154,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_domain(cls, value: str) -> str:
         return value.strip().lower()
+
+    @property
+    def msrp_host_name(self) -> str:
+        """The host in the Use-Path URIs this relay issues."""
+        return self.msrp_public_host or self.domain
 
     @property
     def conference_domain(self) -> str:

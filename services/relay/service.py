@@ -1,20 +1,58 @@
-"""``imstack serve relay``: runs until stopped.
-
-Its work arrives with the MSRP relay (issue 3) and the SIP edge (issue 4).
-"""
+"""``imstack serve relay``: the network edge (the MSRP relay; the SIP edge joins it)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
+from services.relay.msrp.listener import MsrpListener
+from services.relay.msrp.relay import MsrpRelay
+from services.relay.tls import TlsConfigError, client_context, server_context
 from shared.lifecycle import ServiceContext
 
 log = logging.getLogger(__name__)
 
+SWEEP_INTERVAL = 5.0  # seconds between session-expiry / idle-connection sweeps
+
 
 async def run(ctx: ServiceContext) -> None:
-    log.info(
-        "relay: started; no work is defined for it yet (%s)",
-        "the MSRP relay (issue 3) and the SIP edge (issue 4)",
+    settings = ctx.settings
+    try:
+        server_ssl = server_context(settings)
+    except TlsConfigError as exc:
+        raise RuntimeError(str(exc)) from None
+    relay = MsrpRelay(
+        settings, ctx.pool, server_ssl=server_ssl, client_ssl=client_context(settings)
     )
-    await ctx.stop.wait()
+    listener = MsrpListener(relay, settings.msrp_host, settings.msrp_port, server_ssl)
+    await listener.start()
+    sweeper = asyncio.create_task(_sweep(relay, ctx.stop), name="msrp-sweep")
+    try:
+        await ctx.stop.wait()
+        listener.close()
+        await drain(relay, settings.shutdown_timeout)
+    finally:
+        listener.close()
+        sweeper.cancel()
+        for conn in list(relay.connections):
+            conn.abort()
+
+
+async def drain(relay: MsrpRelay, limit: float) -> None:
+    """Let messages in flight finish (for at most ``limit`` seconds), then close connections."""
+    try:
+        async with asyncio.timeout(limit):
+            await relay.wait_idle()
+    except TimeoutError:
+        log.warning("MSRP: transfers still in flight after %.0fs; closing anyway", limit)
+    for conn in list(relay.connections):
+        conn.close()
+
+
+async def _sweep(relay: MsrpRelay, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL)
+        relay.sweep(loop.time())

@@ -1,0 +1,630 @@
+"""The relay core: AUTH (RFC 4976 §5), request routing and forwarding (§7), transactions,
+failure REPORTs (RFC 4975 §7.1.2).
+
+A request is routed when its head arrives and its body streams on to the next hop as it
+comes in; nothing holds a whole message. SEND and other methods travel downstream as new
+transactions; only responses to transactions this relay sent on that very connection are
+accepted, everything else is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import asyncpg
+
+from services.relay.msrp.connection import MsrpConnection, OutFrame
+from services.relay.msrp.sessions import RelaySession, SessionTable, same_endpoint
+from shared.config import Settings
+from shared.db.users import Address, get_credentials
+from shared.digest import AuthResult, DigestParseError, NonceManager, parse_credentials, verify
+from shared.msrp import (
+    BodyData,
+    ByteRange,
+    EndOfMessage,
+    Event,
+    MsrpUri,
+    RemoteProtocolError,
+    RequestHead,
+    ResponseHead,
+    make_response,
+    new_transaction_id,
+    parse_uri,
+    serialize_end_line,
+    serialize_head,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MsrpStats:
+    connections_open: int = 0
+    connections_total: int = 0
+    connections_refused: int = 0
+    auth_ok: int = 0
+    auth_failed: int = 0
+    requests_relayed: int = 0
+    bytes_relayed: int = 0
+    reports_sent: int = 0
+    responses_dropped: int = 0
+    rejects: Counter[int] = field(default_factory=Counter)
+
+
+class Reject(Exception):
+    """Refuse the current request with ``status`` (answered unless it is a REPORT)."""
+
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(f"{status} {comment}")
+        self.status = status
+        self.comment = comment
+
+
+@dataclass(eq=False)
+class Forward:
+    """A request from ``upstream`` on its way to ``downstream``."""
+
+    upstream: MsrpConnection
+    head: RequestHead  # as received
+    reporter: MsrpUri  # our URI the sender addressed: From-Path of our REPORTs/responses
+    downstream: MsrpConnection
+    frame: OutFrame
+    ended: bool = False
+    dead: bool = False
+    reported: bool = False
+
+
+@dataclass(eq=False)
+class Pending:
+    """A transaction this relay sent downstream, waiting for its response."""
+
+    forward: Forward
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class Discard:
+    """The rest of a refused request: its body is dropped, then it is answered."""
+
+    head: RequestHead | ResponseHead
+    reject: Reject | None = None
+
+
+@dataclass(eq=False)
+class AuthRequest:
+    head: RequestHead
+
+
+Inbound = Forward | Discard | AuthRequest
+
+
+def _failure_report(head: RequestHead) -> str:
+    value = (head.get_header("Failure-Report") or "yes").strip().lower()
+    return value if value in ("yes", "no", "partial") else "yes"
+
+
+class MsrpRelay:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool | None,
+        *,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
+        self.sessions = SessionTable()
+        self.stats = MsrpStats()
+        self.nonces = NonceManager(secrets.token_bytes(32), lifetime=settings.msrp_nonce_lifetime)
+        self.connections: set[MsrpConnection] = set()
+        self.outbound: dict[tuple[str, str, int], MsrpConnection] = {}
+        self.pending: dict[MsrpConnection, dict[str, Pending]] = {}
+        self.inbound: dict[MsrpConnection, Inbound] = {}
+        self.local_hosts: set[object] = {_host_key(settings.msrp_host_name), "localhost"}
+        self.local_ports: set[int] = {settings.msrp_port}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.get_running_loop()
+        self._progress = asyncio.Event()
+
+    # -- connections --------------------------------------------------------------------
+
+    def accepting(self) -> bool:
+        return len(self.connections) < self.settings.msrp_max_connections
+
+    def connection_opened(self, conn: MsrpConnection) -> None:
+        self.connections.add(conn)
+        self.pending[conn] = {}
+        self.stats.connections_open = len(self.connections)
+        self.stats.connections_total += 1
+        if conn.outbound_key is None:
+            self.local_hosts.add(_host_key(conn.local[0]))
+            self.local_ports.add(conn.local[1])
+
+    def connection_closed(self, conn: MsrpConnection) -> None:
+        self.connections.discard(conn)
+        self.stats.connections_open = len(self.connections)
+        if conn.outbound_key is not None and self.outbound.get(conn.outbound_key) is conn:
+            del self.outbound[conn.outbound_key]
+        dropped = self.sessions.drop_connection(conn)
+        if dropped:
+            log.info("%s closed; dropped %d session(s)", conn.peer, len(dropped))
+        self.progress()
+        state = self.inbound.pop(conn, None)
+        if isinstance(state, Forward) and not state.ended:
+            state.dead = True
+            state.downstream.abort_frame(state.frame)
+        for pending in self.pending.pop(conn, {}).values():
+            if pending.timer is not None:
+                pending.timer.cancel()
+            self._fail(pending.forward, 408, "Session got disconnected")
+
+    def sweep(self, now: float) -> None:
+        """Expire sessions; close connections idle without a session."""
+        self.sessions.purge_expired(now)
+        limit = self.settings.msrp_idle_timeout
+        for conn in list(self.connections):
+            if (
+                now - conn.last_activity > limit
+                and not self.sessions.has_sessions(conn)
+                and conn.idle
+                and not self.pending.get(conn)
+                and conn not in self.inbound
+            ):
+                log.info("%s idle for %.0fs without a session; closing", conn.peer, limit)
+                conn.close()
+
+    def progress(self) -> None:
+        """Something finished (a frame written, a transaction answered, a peer gone)."""
+        self._progress.set()
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is in flight."""
+        while self.busy:
+            self._progress.clear()
+            await self._progress.wait()
+
+    @property
+    def busy(self) -> bool:
+        """Something is in flight: a message streaming, a transaction open."""
+        return (
+            any(self.inbound.values())
+            or any(self.pending.values())
+            or any(not conn.idle for conn in self.connections)
+        )
+
+    # -- events -------------------------------------------------------------------------
+
+    def handle_event(self, conn: MsrpConnection, event: Event) -> None:
+        if isinstance(event, BodyData):
+            state = self.inbound.get(conn)
+            if isinstance(state, Forward) and not state.dead:
+                state.frame.feed(event.data)
+                state.downstream.frame_fed(state.frame)
+            return
+        if isinstance(event, EndOfMessage):
+            state = self.inbound.pop(conn, None)
+            if state is not None:
+                self._message_ended(conn, state, event)
+            self.progress()
+            return
+        if isinstance(event, ResponseHead):
+            self._response(conn, event)
+            self.inbound[conn] = Discard(event)
+            return
+        try:
+            self.inbound[conn] = self._request(conn, event)
+        except Reject as reject:
+            self.stats.rejects[reject.status] += 1
+            log.info("%s: %s %s refused: %s", conn.peer, event.method, event.transaction_id, reject)
+            self.inbound[conn] = Discard(event, reject)
+        except RemoteProtocolError as exc:
+            self.stats.rejects[400] += 1
+            log.info("%s: %s %s malformed: %s", conn.peer, event.method, event.transaction_id, exc)
+            self.inbound[conn] = Discard(event, Reject(400, "Bad Request"))
+
+    def protocol_error(self, conn: MsrpConnection, exc: RemoteProtocolError) -> None:
+        """Unparsable input: answer 400 when a transaction-id is known, then close (the
+        stream cannot be resynchronised)."""
+        self.stats.rejects[400] += 1
+        log.warning("%s: malformed MSRP, closing the connection: %s", conn.peer, exc)
+        if exc.transaction_id and conn.transport is not None and not conn.closed:
+            me = self._self_uri(conn, None)
+            head = ResponseHead(exc.transaction_id, 400, "Bad Request", (me,), (me,))
+            conn.transport.write(serialize_head(head) + serialize_end_line(exc.transaction_id))
+        self.inbound.pop(conn, None)
+        conn.close()
+
+    def _message_ended(self, conn: MsrpConnection, state: Inbound, end: EndOfMessage) -> None:
+        if isinstance(state, Forward):
+            state.ended = True
+            if not state.dead:
+                state.frame.end = end.continuation
+                state.downstream.frame_fed(state.frame)
+            if (
+                state.head.method == "SEND"
+                and not state.dead
+                and _failure_report(state.head) == "yes"
+            ):
+                self._answer(conn, state.head, 200, "OK", state.reporter)
+        elif isinstance(state, AuthRequest):
+            task = asyncio.create_task(self._auth(conn, state.head), name=f"msrp-auth-{conn.peer}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif isinstance(state.head, RequestHead) and state.reject is not None:
+            fr = _failure_report(state.head)
+            if state.head.method == "SEND" and fr == "no":
+                return
+            self._answer(conn, state.head, state.reject.status, state.reject.comment, None)
+
+    def _answer(
+        self,
+        conn: MsrpConnection,
+        head: RequestHead,
+        status: int,
+        comment: str,
+        responder: MsrpUri | None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        if head.method == "REPORT" or conn.closed or not head.from_path or not head.to_path:
+            return
+        conn.send_bytes(make_response(head, status, comment, headers=headers, from_uri=responder))
+
+    # -- routing ------------------------------------------------------------------------
+
+    def _is_self(self, uri: MsrpUri) -> bool:
+        if uri.scheme.lower() not in ("msrp", "msrps"):
+            return False
+        if uri.effective_port not in self.local_ports:
+            return False
+        return _host_key(uri.host_address) in self.local_hosts
+
+    def _self_uri(self, conn: MsrpConnection, session_id: str | None) -> MsrpUri:
+        return MsrpUri(
+            scheme="msrps" if conn.secure else "msrp",
+            host=_bracket(self.settings.msrp_host_name),
+            port=conn.local[1] or self.settings.msrp_port,
+            session_id=session_id,
+        )
+
+    def _request(self, conn: MsrpConnection, head: RequestHead) -> Inbound:
+        if not head.to_path or not head.from_path:
+            raise Reject(400, "Missing path")
+        first = head.to_path[0]
+        if not self._is_self(first):
+            raise Reject(403, "Not this relay")
+        if head.method == "AUTH" and len(head.to_path) == 1:
+            if head.has_body:
+                raise Reject(400, "AUTH has no body")
+            return AuthRequest(head)
+        if head.method == "SEND":
+            if head.message_id is None:
+                raise Reject(400, "Missing Message-ID")
+            _ = head.byte_range  # 400 if malformed
+        to_path, from_path, target = self._resolve(conn, head)
+        return self._forward(conn, head, first, to_path, from_path, target)
+
+    def _resolve(
+        self, conn: MsrpConnection, head: RequestHead
+    ) -> tuple[tuple[MsrpUri, ...], tuple[MsrpUri, ...], MsrpConnection]:
+        """Consume this relay's URIs at the front of To-Path (RFC 4976 §7.2) and find the
+        connection to the next hop."""
+        to_path, from_path = head.to_path, head.from_path
+        came_from: MsrpConnection | None = conn
+        now = self.loop.time()
+        while True:
+            first = to_path[0]
+            session = self.sessions.get(first.session_id, now)
+            if session is None:
+                raise Reject(481, "Session does not exist")
+            rest = to_path[1:]
+            if not rest:
+                raise Reject(400, "Nowhere to forward")
+            from_path = (first, *from_path)
+            if came_from is session.conn:
+                # From the client that AUTHed this session, on its own connection.
+                if not same_endpoint(head.from_path[-1], session.client_uri):
+                    raise Reject(403, "From-Path does not match the session")
+                session.bytes_in += 0
+            else:
+                # Towards the client of this session: only its own URI may follow.
+                if len(rest) != 1 or not same_endpoint(rest[0], session.client_uri):
+                    if came_from is not None and same_endpoint(
+                        head.from_path[-1], session.client_uri
+                    ):
+                        raise Reject(506, "Session already in use")
+                    raise Reject(403, "To-Path does not match the session")
+                return rest, from_path, session.conn
+            to_path = rest
+            if self._is_self(to_path[0]) and to_path[0].session_id is not None:
+                came_from = None  # both ends on this relay: route on without a network hop
+                continue
+            return to_path, from_path, self._connection_to(to_path[0])
+
+    def _connection_to(self, uri: MsrpUri) -> MsrpConnection:
+        """A connection to another relay or an endpoint without a session here: reused per
+        authority, opened on first use (msrps → TLS)."""
+        scheme = uri.scheme.lower()
+        key = (scheme, str(_host_key(uri.host_address)), uri.effective_port)
+        conn = self.outbound.get(key)
+        if conn is not None and not conn.closed:
+            return conn
+        secure = scheme == "msrps"
+        conn = MsrpConnection(self, secure=secure, outbound_key=key)
+        self.outbound[key] = conn
+        self.pending[conn] = {}
+        task = asyncio.create_task(self._connect(conn, uri), name=f"msrp-connect-{key}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return conn
+
+    async def _connect(self, conn: MsrpConnection, uri: MsrpUri) -> None:
+        ssl_context = (self.client_ssl or ssl.create_default_context()) if conn.secure else None
+        try:
+            async with asyncio.timeout(self.settings.msrp_transaction_timeout):
+                await self.loop.create_connection(
+                    lambda: conn,
+                    uri.host_address,
+                    uri.effective_port,
+                    ssl=ssl_context,
+                    server_hostname=uri.host_address if ssl_context else None,
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            log.warning("cannot connect to %s: %s", uri.authority, exc)
+            if self.outbound.get(conn.outbound_key or ("", "", 0)) is conn:
+                del self.outbound[conn.outbound_key or ("", "", 0)]
+            conn.closed = True
+            for pending in self.pending.pop(conn, {}).values():
+                self._fail(pending.forward, 408, "Next hop unreachable")
+
+    def _forward(
+        self,
+        conn: MsrpConnection,
+        head: RequestHead,
+        reporter: MsrpUri,
+        to_path: tuple[MsrpUri, ...],
+        from_path: tuple[MsrpUri, ...],
+        target: MsrpConnection,
+    ) -> Forward:
+        if target.closed:
+            raise Reject(481, "Session does not exist")
+        # REPORTs get no response, so they keep their transaction-id.
+        tid = head.transaction_id if head.method == "REPORT" else new_transaction_id()
+        out_head = replace(head, transaction_id=tid, to_path=to_path, from_path=from_path)
+        frame = OutFrame(out_head, source=conn)
+        forward = Forward(conn, head, reporter, target, frame)
+        if head.method != "REPORT":
+            frame.on_sent = lambda sent: self._sent(forward, sent)
+            frame.on_split = lambda old, new: self._split(forward, new)
+            self.pending.setdefault(target, {})[tid] = Pending(forward)
+        self.stats.requests_relayed += 1
+        target.send_frame(frame)
+        return forward
+
+    def _split(self, forward: Forward, rest: OutFrame) -> None:
+        forward.frame = rest
+        self.pending.setdefault(forward.downstream, {})[rest.transaction_id] = Pending(forward)
+
+    def _sent(self, forward: Forward, frame: OutFrame) -> None:
+        pending = self.pending.get(forward.downstream, {}).get(frame.transaction_id)
+        if pending is not None:
+            pending.timer = self.loop.call_later(
+                self.settings.msrp_transaction_timeout,
+                self._timeout,
+                forward.downstream,
+                frame.transaction_id,
+            )
+
+    def _timeout(self, conn: MsrpConnection, tid: str) -> None:
+        pending = self.pending.get(conn, {}).pop(tid, None)
+        if pending is not None:
+            self.progress()
+            log.info("%s: no response to %s in time", conn.peer, tid)
+            self._fail(pending.forward, 408, "Request Timeout")
+
+    def _response(self, conn: MsrpConnection, head: ResponseHead) -> None:
+        pending = self.pending.get(conn, {}).pop(head.transaction_id, None)
+        if pending is None:
+            # Never forward a response we did not ask for (Kamailio does: forged 200s).
+            self.stats.responses_dropped += 1
+            log.debug("%s: dropped unmatched response %s", conn.peer, head.transaction_id)
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        self.progress()
+        forward = pending.forward
+        if forward.head.method == "SEND":
+            if head.status != 200:
+                if not forward.ended:
+                    forward.dead = True
+                    forward.upstream.resume_for(forward.frame)
+                self._fail(forward, head.status, head.comment or "")
+            return
+        # End-to-end response (AUTH onward, extensions): route it back the way it came.
+        to_path, from_path = head.to_path, head.from_path
+        while to_path and self._is_self(to_path[0]) and to_path[0].session_id:
+            from_path = (to_path[0], *from_path)
+            to_path = to_path[1:]
+        if not to_path or forward.upstream.closed:
+            return
+        forward.upstream.send_bytes(
+            replace(
+                head,
+                transaction_id=forward.head.transaction_id,
+                to_path=to_path,
+                from_path=from_path,
+            )
+        )
+
+    def _fail(self, forward: Forward, status: int, comment: str) -> None:
+        """The next hop refused or never answered: tell the sender (RFC 4975 §7.1.2)."""
+        forward.dead = forward.dead or not forward.ended
+        upstream = forward.upstream
+        if upstream.closed or forward.reported:
+            return
+        head = forward.head
+        if head.method != "SEND":
+            forward.reported = True
+            self._answer(upstream, head, status, comment, forward.reporter)
+            return
+        if _failure_report(head) == "no":
+            return
+        forward.reported = True
+        byte_range = head.byte_range or ByteRange.default()
+        report = RequestHead(
+            transaction_id=new_transaction_id(),
+            method="REPORT",
+            to_path=head.from_path,
+            from_path=(forward.reporter,),
+            headers=(
+                ("Message-ID", head.message_id or ""),
+                ("Byte-Range", str(byte_range)),
+                ("Status", f"000 {status:03d} {comment}".rstrip()),
+            ),
+        )
+        self.stats.reports_sent += 1
+        upstream.send_bytes(report)
+
+    # -- AUTH (RFC 4976 §5) -------------------------------------------------------------
+
+    async def _auth(self, conn: MsrpConnection, head: RequestHead) -> None:
+        transport = conn.transport
+        if transport is None or conn.closed:
+            return
+        transport.pause_reading()  # one AUTH at a time; later requests wait for its answer
+        try:
+            status, comment, headers = await self._check_auth(conn, head)
+        finally:
+            if not conn.closed and not conn.reading_paused:
+                transport.resume_reading()
+        if status != 200:
+            self.stats.rejects[status] += 1
+        self._answer(conn, head, status, comment, head.to_path[0], headers)
+        if conn.auth_failures >= self.settings.msrp_max_auth_failures:
+            log.warning("%s: %d failed AUTH attempts; closing", conn.peer, conn.auth_failures)
+            conn.close()
+
+    def _challenge(self, conn: MsrpConnection, stale: bool = False) -> tuple[str, str]:
+        challenge = self.nonces.challenge(
+            self.loop.time(), _binding(conn), self.settings.domain, stale=stale
+        )
+        return ("WWW-Authenticate", challenge.to_header())
+
+    async def _check_auth(
+        self, conn: MsrpConnection, head: RequestHead
+    ) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+        settings = self.settings
+        if not conn.secure and not settings.msrp_allow_insecure_auth:
+            return 403, "AUTH requires TLS (msrps)", ()
+        try:
+            expires = head.expires
+        except RemoteProtocolError:
+            return 400, "Bad Expires", ()
+        if expires is not None and expires < settings.msrp_auth_min_expires:
+            return (
+                423,
+                "Interval Out Of Bounds",
+                (("Min-Expires", str(settings.msrp_auth_min_expires)),),
+            )
+        if expires is not None and expires > settings.msrp_auth_max_expires:
+            return (
+                423,
+                "Interval Out Of Bounds",
+                (("Max-Expires", str(settings.msrp_auth_max_expires)),),
+            )
+        granted = expires if expires is not None else settings.msrp_auth_max_expires
+        authorization = head.get_header("Authorization")
+        if authorization is None:
+            return 401, "Unauthorized", (self._challenge(conn),)
+        try:
+            credentials = parse_credentials(authorization)
+            named = parse_uri(credentials.uri)
+        except (DigestParseError, RemoteProtocolError):
+            conn.auth_failures += 1
+            return 400, "Bad Authorization", ()
+        if named != head.to_path[0]:
+            conn.auth_failures += 1
+            return 401, "Unauthorized", (self._challenge(conn),)
+        try:
+            address = Address(credentials.username, settings.domain)
+            stored = None if self.pool is None else await get_credentials(self.pool, address)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.error("AUTH for %s: database unavailable: %s", credentials.username, exc)
+            return 403, "Authentication service unavailable", ()
+        ha1 = None
+        if stored is not None:
+            ha1 = stored.ha1_sha256 if credentials.algorithm.value == "SHA-256" else stored.ha1_md5
+        result = verify(
+            credentials,
+            method="AUTH",
+            ha1_hex=ha1,
+            nonces=self.nonces,
+            now=self.loop.time(),
+            binding=_binding(conn),
+            realm=settings.domain,
+        )
+        if result is AuthResult.STALE_NONCE:
+            return 401, "Unauthorized", (self._challenge(conn, stale=True),)
+        if not result.ok:
+            conn.auth_failures += 1
+            self.stats.auth_failed += 1
+            log.info("%s: AUTH for %s refused (%s)", conn.peer, address, result.value)
+            return 401, "Unauthorized", (self._challenge(conn),)
+        assert stored is not None
+        if stored.disabled:
+            conn.auth_failures += 1
+            self.stats.auth_failed += 1
+            return 403, "User disabled", ()
+        now = self.loop.time()
+        first = head.to_path[0]
+        if first.session_id is not None:
+            session = self.sessions.get(first.session_id, now)
+            if session is None or session.conn is not conn or session.user != str(address):
+                return 481, "Session does not exist", ()
+            session.expires_at = now + granted  # refresh keeps the same Use-Path
+        else:
+            session = self.sessions.issue(
+                user=str(address),
+                base_uri=self._self_uri(conn, None),
+                client_uri=head.from_path[-1],
+                conn=conn,
+                now=now,
+                expires=granted,
+            )
+            log.info(
+                "%s: %s AUTHed, session %s for %ds",
+                conn.peer,
+                address,
+                session.session_id[:6],
+                granted,
+            )
+        self.stats.auth_ok += 1
+        return 200, "OK", (("Use-Path", str(session.uri)), ("Expires", str(granted)))
+
+    def session_list(self) -> list[RelaySession]:
+        return list(self.sessions)
+
+
+def _binding(conn: MsrpConnection) -> str:
+    """Nonces are bound to one connection (RFC 4976 wants them short-lived and local)."""
+    return f"{id(conn)}:{conn.peer}"
+
+
+def _host_key(host: str) -> object:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.lower().rstrip(".")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
