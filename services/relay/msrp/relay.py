@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import asyncpg
 
+from services.relay.msrp.auth import MsrpAuthenticator
 from services.relay.msrp.connection import MsrpConnection, OutFrame
 from services.relay.msrp.sessions import RelaySession, SessionTable, same_endpoint
 from shared.config import Settings
-from shared.db.users import Address, get_credentials
-from shared.digest import AuthResult, DigestParseError, NonceManager, parse_credentials, verify
 from shared.msrp import (
     BodyData,
     ByteRange,
@@ -34,7 +32,6 @@ from shared.msrp import (
     ResponseHead,
     make_response,
     new_transaction_id,
-    parse_uri,
     serialize_end_line,
     serialize_head,
 )
@@ -123,7 +120,7 @@ class MsrpRelay:
         self.client_ssl = client_ssl
         self.sessions = SessionTable()
         self.stats = MsrpStats()
-        self.nonces = NonceManager(secrets.token_bytes(32), lifetime=settings.msrp_nonce_lifetime)
+        self.authenticator = MsrpAuthenticator(settings, pool, self.sessions, self.stats)
         self.connections: set[MsrpConnection] = set()
         self.outbound: dict[tuple[str, str, int], MsrpConnection] = {}
         self.pending: dict[MsrpConnection, dict[str, Pending]] = {}
@@ -236,7 +233,7 @@ class MsrpRelay:
         self.stats.rejects[400] += 1
         log.warning("%s: malformed MSRP, closing the connection: %s", conn.peer, exc)
         if exc.transaction_id and conn.transport is not None and not conn.closed:
-            me = self._self_uri(conn, None)
+            me = self.authenticator.base_uri(conn)
             head = ResponseHead(exc.transaction_id, 400, "Bad Request", (me,), (me,))
             conn.transport.write(serialize_head(head) + serialize_end_line(exc.transaction_id))
         self.inbound.pop(conn, None)
@@ -285,14 +282,6 @@ class MsrpRelay:
         if uri.effective_port not in self.local_ports:
             return False
         return _host_key(uri.host_address) in self.local_hosts
-
-    def _self_uri(self, conn: MsrpConnection, session_id: str | None) -> MsrpUri:
-        return MsrpUri(
-            scheme="msrps" if conn.secure else "msrp",
-            host=_bracket(self.settings.msrp_host_name),
-            port=conn.local[1] or self.settings.msrp_port,
-            session_id=session_id,
-        )
 
     def _request(self, conn: MsrpConnection, head: RequestHead) -> Inbound:
         if not head.to_path or not head.from_path:
@@ -500,7 +489,7 @@ class MsrpRelay:
             return
         transport.pause_reading()  # one AUTH at a time; later requests wait for its answer
         try:
-            status, comment, headers = await self._check_auth(conn, head)
+            status, comment, headers = await self.authenticator.check(conn, head)
         finally:
             if not conn.closed and not conn.reading_paused:
                 transport.resume_reading()
@@ -511,110 +500,8 @@ class MsrpRelay:
             log.warning("%s: %d failed AUTH attempts; closing", conn.peer, conn.auth_failures)
             conn.close()
 
-    def _challenge(self, conn: MsrpConnection, stale: bool = False) -> tuple[str, str]:
-        challenge = self.nonces.challenge(
-            self.loop.time(), _binding(conn), self.settings.domain, stale=stale
-        )
-        return ("WWW-Authenticate", challenge.to_header())
-
-    async def _check_auth(
-        self, conn: MsrpConnection, head: RequestHead
-    ) -> tuple[int, str, tuple[tuple[str, str], ...]]:
-        settings = self.settings
-        if not conn.secure and not settings.msrp_allow_insecure_auth:
-            return 403, "AUTH requires TLS (msrps)", ()
-        try:
-            expires = head.expires
-        except RemoteProtocolError:
-            return 400, "Bad Expires", ()
-        if expires is not None and expires < settings.msrp_auth_min_expires:
-            return (
-                423,
-                "Interval Out Of Bounds",
-                (("Min-Expires", str(settings.msrp_auth_min_expires)),),
-            )
-        if expires is not None and expires > settings.msrp_auth_max_expires:
-            return (
-                423,
-                "Interval Out Of Bounds",
-                (("Max-Expires", str(settings.msrp_auth_max_expires)),),
-            )
-        granted = expires if expires is not None else settings.msrp_auth_max_expires
-        authorization = head.get_header("Authorization")
-        if authorization is None:
-            return 401, "Unauthorized", (self._challenge(conn),)
-        try:
-            credentials = parse_credentials(authorization)
-            named = parse_uri(credentials.uri)
-        except (DigestParseError, RemoteProtocolError):
-            conn.auth_failures += 1
-            return 400, "Bad Authorization", ()
-        if named != head.to_path[0]:
-            conn.auth_failures += 1
-            return 401, "Unauthorized", (self._challenge(conn),)
-        try:
-            address = Address(credentials.username, settings.domain)
-            stored = None if self.pool is None else await get_credentials(self.pool, address)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.error("AUTH for %s: database unavailable: %s", credentials.username, exc)
-            return 403, "Authentication service unavailable", ()
-        ha1 = None
-        if stored is not None:
-            ha1 = stored.ha1_sha256 if credentials.algorithm.value == "SHA-256" else stored.ha1_md5
-        result = verify(
-            credentials,
-            method="AUTH",
-            ha1_hex=ha1,
-            nonces=self.nonces,
-            now=self.loop.time(),
-            binding=_binding(conn),
-            realm=settings.domain,
-        )
-        if result is AuthResult.STALE_NONCE:
-            return 401, "Unauthorized", (self._challenge(conn, stale=True),)
-        if not result.ok:
-            conn.auth_failures += 1
-            self.stats.auth_failed += 1
-            log.info("%s: AUTH for %s refused (%s)", conn.peer, address, result.value)
-            return 401, "Unauthorized", (self._challenge(conn),)
-        assert stored is not None
-        if stored.disabled:
-            conn.auth_failures += 1
-            self.stats.auth_failed += 1
-            return 403, "User disabled", ()
-        now = self.loop.time()
-        first = head.to_path[0]
-        if first.session_id is not None:
-            session = self.sessions.get(first.session_id, now)
-            if session is None or session.conn is not conn or session.user != str(address):
-                return 481, "Session does not exist", ()
-            session.expires_at = now + granted  # refresh keeps the same Use-Path
-        else:
-            session = self.sessions.issue(
-                user=str(address),
-                base_uri=self._self_uri(conn, None),
-                client_uri=head.from_path[-1],
-                conn=conn,
-                now=now,
-                expires=granted,
-            )
-            log.info(
-                "%s: %s AUTHed, session %s for %ds",
-                conn.peer,
-                address,
-                session.session_id[:6],
-                granted,
-            )
-        self.stats.auth_ok += 1
-        return 200, "OK", (("Use-Path", str(session.uri)), ("Expires", str(granted)))
-
     def session_list(self) -> list[RelaySession]:
         return list(self.sessions)
-
-
-def _binding(conn: MsrpConnection) -> str:
-    """Nonces are bound to one connection (RFC 4976 wants them short-lived and local)."""
-    return f"{id(conn)}:{conn.peer}"
 
 
 def _host_key(host: str) -> object:
@@ -624,7 +511,3 @@ def _host_key(host: str) -> object:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return host.lower().rstrip(".")
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
