@@ -88,6 +88,15 @@ def database(settings: Settings, *, announce: bool = False) -> Iterator[str]:
         embedded.stop()
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (it roughly doubles the relay's message rate)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run_async(coro: Awaitable[T]) -> T:
     """Run a coroutine; a database that cannot be reached becomes one line and exit code 2."""
 
@@ -95,7 +104,8 @@ def run_async(coro: Awaitable[T]) -> T:
         return await coro
 
     try:
-        return asyncio.run(guarded())
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(guarded())
     except DatabaseUnavailable as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
     except users_db.UserError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from services.relay.msrp.listener import MsrpListener
@@ -12,8 +11,6 @@ from services.relay.tls import TlsConfigError, client_context, server_context
 from shared.lifecycle import ServiceContext
 
 log = logging.getLogger(__name__)
-
-SWEEP_INTERVAL = 5.0  # seconds between session-expiry / idle-connection sweeps
 
 
 async def run(ctx: ServiceContext) -> None:
@@ -27,14 +24,14 @@ async def run(ctx: ServiceContext) -> None:
     )
     listener = MsrpListener(relay, settings.msrp_host, settings.msrp_port, server_ssl)
     await listener.start()
-    sweeper = asyncio.create_task(_sweep(relay, ctx.stop), name="msrp-sweep")
+    relay.start_timers()
     try:
         await ctx.stop.wait()
         listener.close()
         await drain(relay, settings.shutdown_timeout)
     finally:
         listener.close()
-        sweeper.cancel()
+        relay.stop_timers()
         for conn in list(relay.connections):
             conn.abort()
 
@@ -48,11 +45,3 @@ async def drain(relay: MsrpRelay, limit: float) -> None:
         log.warning("MSRP: transfers still in flight after %.0fs; closing anyway", limit)
     for conn in list(relay.connections):
         conn.close()
-
-
-async def _sweep(relay: MsrpRelay, stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL)
-        relay.sweep(loop.time())

@@ -2,15 +2,14 @@
 
 RFC 4975 §7.1 requires at least 64 bits of randomness in a transaction id and
 §14.1 asks for unguessable session-ids (about 80 bits or more).  All ids here
-are drawn from the 62 ASCII alphanumerics with :mod:`secrets`, so every char
-carries log2(62) ≈ 5.95 bits.
+are hex text of bytes from :mod:`secrets` (the OS CSPRNG, one call per id), so
+every char carries 4 bits.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-import string
 
 __all__ = [
     "is_valid_ident",
@@ -19,14 +18,12 @@ __all__ = [
     "new_transaction_id",
 ]
 
-_ALPHABET = string.ascii_letters + string.digits
-
-#: 16 chars ≈ 95 bits: comfortably above the 64 bits RFC 4975 §7.1 asks for.
-TRANSACTION_ID_LENGTH = 16
-#: 24 chars ≈ 142 bits: above the ~80 bits RFC 4975 §14.1 recommends.
-SESSION_ID_LENGTH = 24
-#: Message-IDs only need to be unique per sender; 16 chars ≈ 95 bits.
-MESSAGE_ID_LENGTH = 16
+#: 20 chars = 80 bits: above the 64 bits RFC 4975 §7.1 asks for.
+TRANSACTION_ID_LENGTH = 20
+#: 30 chars = 120 bits: above the ~80 bits RFC 4975 §14.1 recommends.
+SESSION_ID_LENGTH = 30
+#: Message-IDs only need to be unique per sender; 20 chars = 80 bits.
+MESSAGE_ID_LENGTH = 20
 
 # RFC 4975 §9: ident = ALPHANUM 3*31ident-char
 #              ident-char = ALPHANUM / "." / "-" / "+" / "%" / "="
@@ -34,7 +31,8 @@ IDENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-+%=]{3,31}")
 
 
 def _random_alnum(length: int) -> str:
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+    """``length`` (even) hex characters of CSPRNG output."""
+    return secrets.token_hex(length // 2)
 
 
 def new_transaction_id() -> str:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .errors import RemoteProtocolError
 
@@ -69,6 +70,9 @@ class MsrpUri:
     transport: str | None = "tcp"
     userinfo: str | None = None
     params: tuple[str, ...] = ()
+    #: The text as parsed (set by :func:`parse_uri` only), so forwarding re-emits it
+    #: without rebuilding it. A copy made with ``dataclasses.replace`` must pass ``text=None``.
+    text: str | None = field(default=None, repr=False)
 
     # -- derived views -------------------------------------------------------
 
@@ -122,6 +126,8 @@ class MsrpUri:
         return hash(self.comparison_key())
 
     def __str__(self) -> str:
+        if self.text is not None:
+            return self.text
         parts = [self.scheme, "://"]
         if self.userinfo is not None:
             parts += [self.userinfo, "@"]
@@ -135,6 +141,7 @@ class MsrpUri:
         return "".join(parts)
 
 
+@lru_cache(maxsize=4096)
 def _host_key(host: str) -> _HostKey:
     if host.startswith("["):
         return ipaddress.IPv6Address(host[1:-1])
@@ -147,8 +154,12 @@ def _invalid(value: str, why: str) -> RemoteProtocolError:
     return RemoteProtocolError(f"invalid MSRP URI {value[:200]!r}: {why}", status_hint=400)
 
 
+@lru_cache(maxsize=8192)
 def parse_uri(value: str) -> MsrpUri:
-    """Parse one MSRP URI; raise :class:`RemoteProtocolError` (400) on junk."""
+    """Parse one MSRP URI; raise :class:`RemoteProtocolError` (400) on junk.
+
+    Results are cached: the same paths come back with every chunk of a session.
+    """
     match = _URI_RE.fullmatch(value)
     if match is None:
         raise _invalid(value, "syntax")
@@ -191,9 +202,11 @@ def parse_uri(value: str) -> MsrpUri:
         transport=transport,
         userinfo=match["userinfo"],
         params=params,
+        text=value,
     )
 
 
+@lru_cache(maxsize=8192)
 def parse_path(value: str) -> tuple[MsrpUri, ...]:
     """Parse a To-Path / From-Path / Use-Path value: URIs separated by single spaces."""
     if not value:
@@ -203,4 +216,4 @@ def parse_path(value: str) -> tuple[MsrpUri, ...]:
 
 def format_path(path: tuple[MsrpUri, ...]) -> str:
     """Inverse of :func:`parse_path`."""
-    return " ".join(str(uri) for uri in path)
+    return " ".join([uri.text or str(uri) for uri in path])

@@ -64,10 +64,12 @@ async def running_relay(
     listener = MsrpListener(relay, host, 0, server_ssl)
     await listener.start()
     relay.local_ports.add(listener.port)
+    relay.start_timers()
     try:
         yield RunningRelay(relay, listener, host)
     finally:
         listener.close()
+        relay.stop_timers()
         for conn in list(relay.connections):
             conn.abort()
         await asyncio.sleep(0)

@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from shared.msrp import (
     ByteRange,
@@ -96,10 +96,10 @@ class MsrpConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         limit = self.relay.settings.msrp_buffer_limit
-        transport.set_write_buffer_limits(high=limit // 4, low=limit // 16)
+        self.transport.set_write_buffer_limits(high=limit // 4, low=limit // 16)
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.peer = _format_address(peer)
@@ -114,13 +114,17 @@ class MsrpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = asyncio.get_running_loop().time()
         self.parser.receive_data(data)
+        relay = self.relay
+        relay.batching = True  # pumps wait until every event of this read is handled
         try:
             for event in self.parser.events():
-                self.relay.handle_event(self, event)
+                relay.handle_event(self, event)
                 if self.closed:
                     return
         except RemoteProtocolError as exc:
-            self.relay.protocol_error(self, exc)
+            relay.protocol_error(self, exc)
+        finally:
+            relay.flush()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -164,7 +168,7 @@ class MsrpConnection(asyncio.Protocol):
             frame.aborted = True
             return
         self.queue.append(frame)
-        self.pump()
+        self.relay.schedule(self)
 
     def send_bytes(self, head: RequestHead | ResponseHead) -> None:
         """Queue a complete body-less message (a response, a REPORT)."""
@@ -173,7 +177,7 @@ class MsrpConnection(asyncio.Protocol):
     def frame_fed(self, frame: OutFrame) -> None:
         """The sender added bytes to (or ended) ``frame``: write what can be written."""
         if frame is self.active:
-            self.pump()
+            self.relay.schedule(self)
         if (
             len(frame.buffer) > self.relay.settings.msrp_buffer_limit
             and frame.source is not None
@@ -185,6 +189,14 @@ class MsrpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
+        out: list[bytes] = []  # one write per pump, not one per piece
+        try:
+            self._fill(out)
+        finally:
+            if out:
+                transport.write(b"".join(out))
+
+    def _fill(self, out: list[bytes]) -> None:
         while not self.writing_paused:
             frame = self.active
             if frame is None:
@@ -192,18 +204,18 @@ class MsrpConnection(asyncio.Protocol):
                     return
                 frame = self.active = self.queue.popleft()
             if not frame.started:
-                transport.write(serialize_head(frame.head))
+                out.append(serialize_head(frame.head))
                 frame.started = True
             if frame.buffer:
                 data = bytes(frame.buffer)
                 frame.buffer.clear()
-                transport.write(data)
+                out.append(data)
                 frame.body_written += len(data)
                 self.relay.stats.bytes_relayed += len(data)
                 if frame.source is not None:
                     frame.source.resume_for(frame)
             if frame.end is not None:
-                transport.write(
+                out.append(
                     serialize_end_line(frame.transaction_id, frame.end, after_body=frame.has_body)
                 )
                 self.active = None
@@ -214,11 +226,11 @@ class MsrpConnection(asyncio.Protocol):
                 self.relay.progress()
                 continue
             if self.queue and frame.body_written >= self.relay.settings.msrp_interrupt_bytes:
-                self._interrupt(frame)
+                self._interrupt(frame, out)
                 continue
             return  # the active frame waits for more bytes from its sender
 
-    def _interrupt(self, frame: OutFrame) -> None:
+    def _interrupt(self, frame: OutFrame, out: list[bytes]) -> None:
         """End ``frame`` with ``+`` and queue the rest of its chunk as a new transaction."""
         assert self.transport is not None and isinstance(frame.head, RequestHead)
         head = frame.head
@@ -236,7 +248,7 @@ class MsrpConnection(asyncio.Protocol):
             rest_head, source=frame.source, on_sent=frame.on_sent, on_split=frame.on_split
         )
         frame.end = "+"
-        self.transport.write(serialize_end_line(frame.transaction_id, "+", after_body=True))
+        out.append(serialize_end_line(frame.transaction_id, "+", after_body=True))
         self.active = None
         if frame.source is not None:
             frame.source.resume_for(frame)

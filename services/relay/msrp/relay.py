@@ -10,10 +10,12 @@ accepted, everything else is dropped.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import asyncpg
 
@@ -37,6 +39,8 @@ from shared.msrp import (
 )
 
 log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 5.0  # seconds between session-expiry / idle-connection sweeps
 
 
 @dataclass
@@ -81,7 +85,7 @@ class Pending:
     """A transaction this relay sent downstream, waiting for its response."""
 
     forward: Forward
-    timer: asyncio.TimerHandle | None = None
+    deadline: float | None = None  # set once the request is fully written
 
 
 @dataclass(eq=False)
@@ -130,6 +134,13 @@ class MsrpRelay:
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
         self._progress = asyncio.Event()
+        # While one read is being handled, connections to write to are collected here and
+        # written once at the end (one write per connection, not one per frame piece).
+        self._timers: asyncio.Task[None] | None = None
+        self.batching = False
+        self._dirty: dict[MsrpConnection, None] = {}
+        # Transactions waiting for a response, oldest first (the timeout is one constant).
+        self._deadlines: deque[tuple[float, MsrpConnection, str]] = deque()
 
     # -- connections --------------------------------------------------------------------
 
@@ -159,8 +170,6 @@ class MsrpRelay:
             state.dead = True
             state.downstream.abort_frame(state.frame)
         for pending in self.pending.pop(conn, {}).values():
-            if pending.timer is not None:
-                pending.timer.cancel()
             self._fail(pending.forward, 408, "Session got disconnected")
 
     def sweep(self, now: float) -> None:
@@ -177,6 +186,41 @@ class MsrpRelay:
             ):
                 log.info("%s idle for %.0fs without a session; closing", conn.peer, limit)
                 conn.close()
+
+    def start_timers(self) -> None:
+        """Transaction timeouts (checked several times per timeout) and the periodic sweep."""
+        self._timers = asyncio.create_task(self._run_timers(), name="msrp-timers")
+
+    def stop_timers(self) -> None:
+        if self._timers is not None:
+            self._timers.cancel()
+            self._timers = None
+
+    async def _run_timers(self) -> None:
+        tick = min(1.0, self.settings.msrp_transaction_timeout / 4)
+        next_sweep = self.loop.time() + SWEEP_INTERVAL
+        while True:
+            await asyncio.sleep(tick)
+            now = self.loop.time()
+            self.expire_transactions(now)
+            if now >= next_sweep:
+                self.sweep(now)
+                next_sweep = now + SWEEP_INTERVAL
+
+    def schedule(self, conn: MsrpConnection) -> None:
+        """``conn`` has something to write: now, or at the end of the current read."""
+        if self.batching:
+            self._dirty[conn] = None
+        else:
+            conn.pump()
+
+    def flush(self) -> None:
+        self.batching = False
+        while self._dirty:
+            dirty = list(self._dirty)
+            self._dirty.clear()
+            for conn in dirty:
+                conn.pump()
 
     def progress(self) -> None:
         """Something finished (a frame written, a transaction answered, a peer gone)."""
@@ -404,12 +448,15 @@ class MsrpRelay:
     def _sent(self, forward: Forward, frame: OutFrame) -> None:
         pending = self.pending.get(forward.downstream, {}).get(frame.transaction_id)
         if pending is not None:
-            pending.timer = self.loop.call_later(
-                self.settings.msrp_transaction_timeout,
-                self._timeout,
-                forward.downstream,
-                frame.transaction_id,
-            )
+            pending.deadline = self.loop.time() + self.settings.msrp_transaction_timeout
+            self._deadlines.append((pending.deadline, forward.downstream, frame.transaction_id))
+
+    def expire_transactions(self, now: float) -> None:
+        """Fail transactions whose next hop did not answer in time (408 REPORT upstream)."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, conn, tid = deadlines.popleft()
+            self._timeout(conn, tid)
 
     def _timeout(self, conn: MsrpConnection, tid: str) -> None:
         pending = self.pending.get(conn, {}).pop(tid, None)
@@ -425,8 +472,6 @@ class MsrpRelay:
             self.stats.responses_dropped += 1
             log.debug("%s: dropped unmatched response %s", conn.peer, head.transaction_id)
             return
-        if pending.timer is not None:
-            pending.timer.cancel()
         self.progress()
         forward = pending.forward
         if forward.head.method == "SEND":
@@ -504,9 +549,8 @@ class MsrpRelay:
         return list(self.sessions)
 
 
+@lru_cache(maxsize=4096)
 def _host_key(host: str) -> object:
-    import ipaddress
-
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
