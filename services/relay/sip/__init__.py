@@ -1,1 +1,0 @@
-"""The SIP edge of the relay: transports, transactions, registrar, router, outbound delivery."""
