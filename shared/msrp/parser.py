@@ -84,6 +84,50 @@ def _partial_marker_suffix(buf: bytearray, marker: bytes) -> int:
     return 0
 
 
+def _end_flag(line: bytes, end_line: bytes) -> Continuation:
+    flag = _FLAGS.get(line[-1]) if line else None
+    if flag is None or line[:-1] != end_line:
+        raise RemoteProtocolError("malformed end-line")
+    return flag
+
+
+class _HeadFields:
+    """The header section being read: To-Path, From-Path, the rest in order."""
+
+    __slots__ = ("count", "from_path", "header_bytes", "headers", "to_path")
+
+    def __init__(self) -> None:
+        self.to_path: tuple[MsrpUri, ...] | None = None
+        self.from_path: tuple[MsrpUri, ...] | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.count = 0
+        self.header_bytes = 0
+
+    def add(self, line: bytes, parser: MsrpParser) -> None:
+        self.count += 1
+        if self.count > parser.max_headers:
+            raise RemoteProtocolError(f"more than {parser.max_headers} header fields")
+        match = _HEADER_RE.fullmatch(line)
+        if match is None:
+            raise RemoteProtocolError("malformed header line")
+        name = match[1].decode("ascii")
+        value = _decode_text(match[2], f"{name} header")
+        lowered = name.lower()
+        # RFC 4975 §7.1.1 / §9: To-Path first, From-Path second, once each.
+        if self.count == 1:
+            if lowered != "to-path":
+                raise RemoteProtocolError("first header is not To-Path")
+            self.to_path = parse_path(value)
+        elif self.count == 2:
+            if lowered != "from-path":
+                raise RemoteProtocolError("second header is not From-Path")
+            self.from_path = parse_path(value)
+        elif lowered in ("to-path", "from-path"):
+            raise RemoteProtocolError(f"duplicate {name} header")
+        else:
+            self.headers.append((name, value))
+
+
 class MsrpParser:
     """Turns an MSRP byte stream into :mod:`~shared.msrp.events`.
 
@@ -238,6 +282,34 @@ class MsrpParser:
             # "CRLF -------tid" followed by something else: body bytes.
             search_from = idx + 1
 
+    def _header_block(self, end_line: bytes) -> tuple[list[bytes], Continuation | None] | None:
+        """The header lines and how the section ends, if all of it is buffered; else None.
+
+        The section ends at a blank line (a body follows) or at the end-line (no body).
+        """
+        buf = self._buf
+        limit = self.max_header_bytes + 4
+        blank = buf.find(b"\r\n\r\n", 0, limit)
+        ended = buf.find(b"\r\n" + end_line, 0, limit)
+        if ended != -1 and (blank == -1 or ended < blank):
+            close = buf.find(b"\r\n", ended + 2)
+            if close == -1:
+                return None
+            lines = bytes(buf[:ended]).split(b"\r\n")
+            flag = _end_flag(bytes(buf[ended + 2 : close]), end_line)
+            del buf[: close + 2]
+        elif blank != -1:
+            lines = bytes(buf[:blank]).split(b"\r\n")
+            flag = None
+            del buf[: blank + 4]
+        else:
+            return None
+        if blank + 4 > limit and flag is None:
+            raise RemoteProtocolError(f"header section over {self.max_header_bytes} bytes")
+        if any(len(line) > self.max_header_line for line in lines):
+            raise RemoteProtocolError(f"header line longer than {self.max_header_line} bytes")
+        return lines, flag
+
     # -- grammar ---------------------------------------------------------------
 
     def _parse_stream(self) -> Generator[None, None, None]:
@@ -274,48 +346,30 @@ class MsrpParser:
         tid, method, status, comment = self._parse_start_line(start)
         end_line = _END_LINE_PREFIX + tid.encode("ascii")
 
-        to_path: tuple[MsrpUri, ...] | None = None
-        from_path: tuple[MsrpUri, ...] | None = None
-        headers: list[tuple[str, str]] = []
-        count = 0
-        header_bytes = 0
+        fields = _HeadFields()
         continuation: Continuation | None = None
-        while True:
-            line = yield from self._read_line(self.max_header_line, "header line")
-            header_bytes += len(line) + 2
-            if header_bytes > self.max_header_bytes:
-                raise RemoteProtocolError(f"header section over {self.max_header_bytes} bytes")
-            if not line:
-                break  # blank line: a body follows
-            if line.startswith(_END_LINE_PREFIX):
-                # No body: the end-line follows the last header directly.
-                flag = _FLAGS.get(line[-1])
-                if flag is None or line[:-1] != end_line:
-                    raise RemoteProtocolError("malformed end-line")
-                continuation = flag
-                break
-            count += 1
-            if count > self.max_headers:
-                raise RemoteProtocolError(f"more than {self.max_headers} header fields")
-            match = _HEADER_RE.fullmatch(line)
-            if match is None:
-                raise RemoteProtocolError("malformed header line")
-            name = match[1].decode("ascii")
-            value = _decode_text(match[2], f"{name} header")
-            lowered = name.lower()
-            # RFC 4975 §7.1.1 / §9: To-Path first, From-Path second, once each.
-            if count == 1:
-                if lowered != "to-path":
-                    raise RemoteProtocolError("first header is not To-Path")
-                to_path = parse_path(value)
-            elif count == 2:
-                if lowered != "from-path":
-                    raise RemoteProtocolError("second header is not From-Path")
-                from_path = parse_path(value)
-            elif lowered in ("to-path", "from-path"):
-                raise RemoteProtocolError(f"duplicate {name} header")
-            else:
-                headers.append((name, value))
+        block = self._header_block(end_line)
+        if block is not None:
+            # Fast path: the whole header section is already buffered.
+            lines, continuation = block
+            for line in lines:
+                fields.add(line, self)
+        else:
+            while True:
+                line = yield from self._read_line(self.max_header_line, "header line")
+                fields.header_bytes += len(line) + 2
+                if fields.header_bytes > self.max_header_bytes:
+                    raise RemoteProtocolError(
+                        f"header section over {self.max_header_bytes} bytes"
+                    )
+                if not line:
+                    break  # blank line: a body follows
+                if line.startswith(_END_LINE_PREFIX):
+                    # No body: the end-line follows the last header directly.
+                    continuation = _end_flag(line, end_line)
+                    break
+                fields.add(line, self)
+        to_path, from_path, headers = fields.to_path, fields.from_path, fields.headers
         if to_path is None or from_path is None:
             raise RemoteProtocolError("missing To-Path or From-Path")
 

@@ -88,12 +88,16 @@ def _header_lines(
     return lines
 
 
-def serialize_head(head: RequestHead | ResponseHead) -> bytes:
+def serialize_head(head: RequestHead | ResponseHead, *, check: bool = True) -> bytes:
     """Start line and header section.
 
     For a request with ``has_body`` the result ends with the blank line that
-    separates headers from the body (RFC 4975 §7.1).
+    separates headers from the body (RFC 4975 §7.1).  ``check=False`` skips the
+    validation of every field: for heads built from parsed input (a relay
+    forwarding what its parser accepted), where it would only repeat the parser's work.
     """
+    if not check:
+        return _format_head(head)
     _check_tid(head.transaction_id)
     if isinstance(head, RequestHead):
         if not _METHOD_RE.fullmatch(head.method):
@@ -111,6 +115,28 @@ def serialize_head(head: RequestHead | ResponseHead) -> bytes:
     if isinstance(head, RequestHead) and head.has_body:
         text += "\r\n"
     return text.encode("utf-8")
+
+
+def _format_head(head: RequestHead | ResponseHead) -> bytes:
+    if isinstance(head, RequestHead):
+        start = f"MSRP {head.transaction_id} {head.method}"
+        tail = "\r\n\r\n" if head.has_body else "\r\n"
+    else:
+        start = f"MSRP {head.transaction_id} {head.status:03d}"
+        if head.comment:
+            start += f" {head.comment}"
+        tail = "\r\n"
+    parts = [
+        start,
+        "\r\nTo-Path: ",
+        format_path(head.to_path),
+        "\r\nFrom-Path: ",
+        format_path(head.from_path),
+    ]
+    for name, value in head.headers:
+        parts += ("\r\n", name, ": ", value)
+    parts.append(tail)
+    return "".join(parts).encode("utf-8")
 
 
 def serialize_end_line(

@@ -168,3 +168,22 @@ def test_make_response_accepts_explicit_responder_and_no_comment() -> None:
 def test_report_gets_no_response() -> None:
     with pytest.raises(LocalProtocolError):
         make_response(send_head(method="REPORT", has_body=False), 200)
+
+
+def test_unchecked_head_serialization_matches_the_checked_one() -> None:
+    from shared.msrp import RequestHead, ResponseHead, make_response, parse_uri
+    from shared.msrp.serializer import serialize_head
+
+    to = (parse_uri("msrp://relay.example.com:2855/s1;tcp"), parse_uri("msrps://[::1]/x;tcp"))
+    frm = (parse_uri("msrp://alice.example.com:7777/a1;tcp"),)
+    heads: list[RequestHead | ResponseHead] = [
+        RequestHead(
+            "tid12345", "SEND", to, frm, (("Message-ID", "m"), ("Content-Type", "t/p")), True
+        ),
+        RequestHead("tid12345", "AUTH", to, frm),
+        ResponseHead("tid12345", 200, None, frm, to),
+        ResponseHead("tid12345", 481, "Session does not exist", frm, to, (("X-A", "b"),)),
+    ]
+    heads.append(make_response(heads[0], 413))  # type: ignore[arg-type]
+    for head in heads:
+        assert serialize_head(head, check=False) == serialize_head(head)

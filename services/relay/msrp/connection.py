@@ -204,7 +204,7 @@ class MsrpConnection(asyncio.Protocol):
                     return
                 frame = self.active = self.queue.popleft()
             if not frame.started:
-                out.append(serialize_head(frame.head))
+                out.append(serialize_head(frame.head, check=False))  # parsed or ours
                 frame.started = True
             if frame.buffer:
                 data = bytes(frame.buffer)
