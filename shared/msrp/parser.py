@@ -359,9 +359,7 @@ class MsrpParser:
                 line = yield from self._read_line(self.max_header_line, "header line")
                 fields.header_bytes += len(line) + 2
                 if fields.header_bytes > self.max_header_bytes:
-                    raise RemoteProtocolError(
-                        f"header section over {self.max_header_bytes} bytes"
-                    )
+                    raise RemoteProtocolError(f"header section over {self.max_header_bytes} bytes")
                 if not line:
                     break  # blank line: a body follows
                 if line.startswith(_END_LINE_PREFIX):

@@ -430,9 +430,7 @@ class MsrpRelay:
             raise Reject(481, "Session does not exist")
         # REPORTs get no response, so they keep their transaction-id.
         tid = head.transaction_id if head.method == "REPORT" else new_transaction_id()
-        out_head = RequestHead(
-            tid, head.method, to_path, from_path, head.headers, head.has_body
-        )
+        out_head = RequestHead(tid, head.method, to_path, from_path, head.headers, head.has_body)
         frame = OutFrame(out_head, source=conn)
         forward = Forward(conn, head, reporter, target, frame)
         if head.method != "REPORT":
