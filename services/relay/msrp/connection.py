@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, cast
 
@@ -48,10 +47,10 @@ class OutFrame:
     end: Continuation | None = None
     #: Connection whose reading is paused while this frame's buffer is over the limit.
     source: MsrpConnection | None = None
-    #: Called with the frame's transaction-id once its end-line is written.
-    on_sent: Callable[[OutFrame], None] | None = None
-    #: Called with the new frame when the scheduler splits this one (interrupt + resume).
-    on_split: Callable[[OutFrame, OutFrame], None] | None = None
+    #: The relay waits for a response to this frame: it is told when the frame is written
+    #: and when the scheduler splits it (interrupt + resume). No callback objects, so a
+    #: frame and its transaction never form a reference cycle for the GC to chase.
+    tracked: bool = False
     started: bool = False
     body_written: int = 0
     aborted: bool = False
@@ -221,8 +220,8 @@ class MsrpConnection(asyncio.Protocol):
                 self.active = None
                 if frame.source is not None:
                     frame.source.resume_for(frame)
-                if frame.on_sent is not None:
-                    frame.on_sent(frame)
+                if frame.tracked:
+                    self.relay.frame_sent(self, frame)
                 self.relay.progress()
                 continue
             if self.queue and frame.body_written >= self.relay.settings.msrp_interrupt_bytes:
@@ -244,18 +243,15 @@ class MsrpConnection(asyncio.Protocol):
                 str(ByteRange(declared.start + frame.body_written, None, declared.total)),
             ),
         )
-        rest = OutFrame(
-            rest_head, source=frame.source, on_sent=frame.on_sent, on_split=frame.on_split
-        )
+        rest = OutFrame(rest_head, source=frame.source, tracked=frame.tracked)
         frame.end = "+"
         out.append(serialize_end_line(frame.transaction_id, "+", after_body=True))
         self.active = None
         if frame.source is not None:
             frame.source.resume_for(frame)
-        if frame.on_split is not None:
-            frame.on_split(frame, rest)
-        if frame.on_sent is not None:
-            frame.on_sent(frame)
+        if frame.tracked:
+            self.relay.frame_split(self, frame, rest)
+            self.relay.frame_sent(self, frame)
         self.queue.append(rest)
 
     def abort_frame(self, frame: OutFrame) -> None:

@@ -431,25 +431,28 @@ class MsrpRelay:
         # REPORTs get no response, so they keep their transaction-id.
         tid = head.transaction_id if head.method == "REPORT" else new_transaction_id()
         out_head = RequestHead(tid, head.method, to_path, from_path, head.headers, head.has_body)
-        frame = OutFrame(out_head, source=conn)
+        tracked = head.method != "REPORT"
+        frame = OutFrame(out_head, source=conn, tracked=tracked)
         forward = Forward(conn, head, reporter, target, frame)
-        if head.method != "REPORT":
-            frame.on_sent = lambda sent: self._sent(forward, sent)
-            frame.on_split = lambda old, new: self._split(forward, new)
+        if tracked:
             self.pending.setdefault(target, {})[tid] = Pending(forward)
         self.stats.requests_relayed += 1
         target.send_frame(frame)
         return forward
 
-    def _split(self, forward: Forward, rest: OutFrame) -> None:
-        forward.frame = rest
-        self.pending.setdefault(forward.downstream, {})[rest.transaction_id] = Pending(forward)
+    def frame_split(self, conn: MsrpConnection, old: OutFrame, rest: OutFrame) -> None:
+        """The scheduler interrupted ``old``; its rest goes out as a new transaction."""
+        pending = self.pending.get(conn, {}).get(old.transaction_id)
+        if pending is not None:
+            pending.forward.frame = rest
+            self.pending[conn][rest.transaction_id] = Pending(pending.forward)
 
-    def _sent(self, forward: Forward, frame: OutFrame) -> None:
-        pending = self.pending.get(forward.downstream, {}).get(frame.transaction_id)
+    def frame_sent(self, conn: MsrpConnection, frame: OutFrame) -> None:
+        """A request is fully written: its response is due within the transaction timeout."""
+        pending = self.pending.get(conn, {}).get(frame.transaction_id)
         if pending is not None:
             pending.deadline = self.loop.time() + self.settings.msrp_transaction_timeout
-            self._deadlines.append((pending.deadline, forward.downstream, frame.transaction_id))
+            self._deadlines.append((pending.deadline, conn, frame.transaction_id))
 
     def expire_transactions(self, now: float) -> None:
         """Fail transactions whose next hop did not answer in time (408 REPORT upstream)."""
