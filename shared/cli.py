@@ -32,6 +32,8 @@ user_app = typer.Typer(
     help="Manage users (named by address: alice@example.com).", no_args_is_help=True
 )
 app.add_typer(user_app, name="user")
+tls_app = typer.Typer(help="TLS certificates.", no_args_is_help=True)
+app.add_typer(tls_app, name="tls")
 
 EXIT_FAILURE = 1
 EXIT_UNAVAILABLE = 2  # bad configuration or a database that cannot be reached
@@ -297,6 +299,31 @@ def user_remove(address: AddressArg) -> None:
     with database(settings) as url:
         run_async(with_connection(settings, url, lambda c: users_db.delete_user(c, addr)))
     typer.echo(f"removed {addr}")
+
+
+@tls_app.command("selfsigned")
+def tls_selfsigned(
+    host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Name or address the certificate is for (repeatable). "
+            "Default: IMSTACK_DOMAIN, localhost, 127.0.0.1, ::1."
+        ),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Validity in days.")] = 365,
+) -> None:
+    """Write a self-signed development certificate to <IMSTACK_DATA_DIR>/tls/."""
+    from services.relay.tls import write_selfsigned
+
+    settings = settings_or_exit()
+    hosts = host or list(dict.fromkeys([settings.domain, "localhost", "127.0.0.1", "::1"]))
+    folder = settings.data_dir / "tls"
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    write_selfsigned(cert, key, hosts, days)
+    typer.echo(f"wrote {cert.resolve()} and {key.resolve()} for {', '.join(hosts)}")
+    typer.echo("use them with:")
+    typer.echo(f"  IMSTACK_TLS_CERT={cert.resolve()}")
+    typer.echo(f"  IMSTACK_TLS_KEY={key.resolve()}")
 
 
 def main() -> None:
