@@ -214,9 +214,9 @@ class MsrpConnection(asyncio.Protocol):
                 if frame.source is not None:
                     frame.source.resume_for(frame)
             if frame.end is not None:
-                out.append(
-                    serialize_end_line(frame.transaction_id, frame.end, after_body=frame.has_body)
-                )
+                # The transaction-id is a parsed or generated ident: no need to re-check it.
+                lead = "\r\n" if frame.has_body else ""
+                out.append(f"{lead}-------{frame.transaction_id}{frame.end}\r\n".encode())
                 self.active = None
                 if frame.source is not None:
                     frame.source.resume_for(frame)

@@ -337,10 +337,8 @@ class MsrpRelay:
             if head.has_body:
                 raise Reject(400, "AUTH has no body")
             return AuthRequest(head)
-        if head.method == "SEND":
-            if head.message_id is None:
-                raise Reject(400, "Missing Message-ID")
-            _ = head.byte_range  # 400 if malformed
+        if head.method == "SEND" and head.message_id is None:
+            raise Reject(400, "Missing Message-ID")
         to_path, from_path, target = self._resolve(conn, head)
         return self._forward(conn, head, first, to_path, from_path, target)
 
@@ -514,7 +512,10 @@ class MsrpRelay:
         if _failure_report(head) == "no":
             return
         forward.reported = True
-        byte_range = head.byte_range or ByteRange.default()
+        try:
+            byte_range = head.byte_range or ByteRange.default()
+        except RemoteProtocolError:  # relays pass Byte-Range on unread (RFC 4976 §7)
+            byte_range = ByteRange.default()
         report = RequestHead(
             transaction_id=new_transaction_id(),
             method="REPORT",
