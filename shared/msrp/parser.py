@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Generator, Iterator
+from functools import lru_cache
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
@@ -55,7 +56,7 @@ _METHOD_RE = re.compile(rb"[A-Z]+")
 _STATUS_RE = re.compile(rb"([0-9]{3})(?: (.*))?", re.DOTALL)
 # hname = ALPHA *token ; ":" SP hval.  Extra spaces/tabs around the value are
 # tolerated on receive and dropped.
-_HEADER_RE = re.compile(rb"([A-Za-z][A-Za-z0-9!#$%&'*+\-.^_`|~]*):[ \t]*(.*?)[ \t]*", re.DOTALL)
+_HNAME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9!#$%&'*+\-.^_`|~]*")
 # utf8text = *(HTAB / %x20-7E / UTF8-NONASCII): every other control is illegal.
 _CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _END_LINE_PREFIX = b"-------"
@@ -69,6 +70,17 @@ def _decode_text(raw: bytes, what: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError(f"{what} is not valid UTF-8") from None
+
+
+@lru_cache(maxsize=4096)
+def _header_line(line: bytes) -> tuple[str, str]:
+    """``(name, value)`` of one header line; cached, since paths and most headers repeat
+    with every chunk of a session."""
+    name, colon, value = line.partition(b":")
+    if not colon or not _HNAME_RE.fullmatch(name):
+        raise RemoteProtocolError("malformed header line")
+    text = name.decode("ascii")
+    return text, _decode_text(value.strip(b" \t"), f"{text} header")
 
 
 def _partial_marker_suffix(buf: bytearray, marker: bytes) -> int:
@@ -107,11 +119,7 @@ class _HeadFields:
         self.count += 1
         if self.count > parser.max_headers:
             raise RemoteProtocolError(f"more than {parser.max_headers} header fields")
-        match = _HEADER_RE.fullmatch(line)
-        if match is None:
-            raise RemoteProtocolError("malformed header line")
-        name = match[1].decode("ascii")
-        value = _decode_text(match[2], f"{name} header")
+        name, value = _header_line(line)
         lowered = name.lower()
         # RFC 4975 §7.1.1 / §9: To-Path first, From-Path second, once each.
         if self.count == 1:
