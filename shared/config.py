@@ -54,6 +54,36 @@ class Settings(BaseSettings):
     sip_host: str = Field("0.0.0.0", description="SIP listen address (UDP, TCP and TLS).")
     sip_port: Port = Field(5060, description="SIP port, UDP and TCP.")
     sip_tls_port: Port = Field(5061, description="SIP over TLS port (needs a certificate).")
+    sip_public_host: str | None = Field(
+        None,
+        description="Host name or address the relay puts in its Via and Record-Route "
+        "headers. Unset: IMSTACK_SIP_HOST, or IMSTACK_DOMAIN when that is a wildcard address.",
+    )
+    sip_nonce_lifetime: float = Field(
+        300.0, gt=0, description="Seconds a SIP digest nonce stays valid (then stale=true)."
+    )
+    sip_delivery_poll_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between polls of the outbound message queue without a NOTIFY.",
+    )
+    sip_tcp_idle_timeout: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds before a SIP TCP/TLS connection with no traffic is closed.",
+    )
+    registrar_min_expires: int = Field(
+        60, ge=1, description="Shortest registration accepted (below: 423 + Min-Expires)."
+    )
+    registrar_max_expires: int = Field(
+        3600, ge=1, description="Longest registration granted; longer requests are shortened."
+    )
+    registrar_default_expires: int = Field(
+        3600, ge=1, description="Registration lifetime when the REGISTER asks for none."
+    )
+    registrar_max_contacts: int = Field(
+        10, ge=1, description="Most contacts one address-of-record may register (then 403)."
+    )
     msrp_host: str = Field("0.0.0.0", description="MSRP listen address.")
     msrp_port: Port = Field(
         2855,

@@ -22,6 +22,17 @@ def free_port() -> int:
         return port
 
 
+def local_ports() -> dict[str, str]:
+    """Every listener of ``imstack serve`` on a free loopback port (never the real 5060/2855)."""
+    return {
+        "IMSTACK_SIP_HOST": "127.0.0.1",
+        "IMSTACK_SIP_PORT": str(free_port()),
+        "IMSTACK_SIP_TLS_PORT": str(free_port()),
+        "IMSTACK_MSRP_HOST": "127.0.0.1",
+        "IMSTACK_MSRP_PORT": str(free_port()),
+    }
+
+
 def start(env: dict[str, str], *services: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [IMSTACK, "serve", *services],
@@ -66,6 +77,7 @@ def test_serve_becomes_ready_and_exits_0_on_sigterm(
 ) -> None:
     port = free_port()
     env = imstack_env(
+        **local_ports(),
         IMSTACK_DATABASE_URL=database_url,
         IMSTACK_API_HOST="127.0.0.1",
         IMSTACK_API_PORT=str(port),
@@ -80,6 +92,7 @@ def test_serve_becomes_ready_and_exits_0_on_sigterm(
 def test_serve_logs_json_lines_when_asked(database_url: str) -> None:
     port = free_port()
     env = imstack_env(
+        **local_ports(),
         IMSTACK_DATABASE_URL=database_url,
         IMSTACK_API_HOST="127.0.0.1",
         IMSTACK_API_PORT=str(port),
@@ -101,6 +114,7 @@ def test_serve_exits_nonzero_when_the_api_port_is_taken(database_url: str) -> No
         taken.listen()
         port = taken.getsockname()[1]
         env = imstack_env(
+            **local_ports(),
             IMSTACK_DATABASE_URL=database_url,
             IMSTACK_API_HOST="127.0.0.1",
             IMSTACK_API_PORT=str(port),
@@ -115,6 +129,7 @@ def test_embedded_database_serves_persists_and_stops(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "imstack-data"
     env = imstack_env(
+        **local_ports(),
         IMSTACK_DATA_DIR=str(data),
         IMSTACK_API_HOST="127.0.0.1",
         IMSTACK_API_PORT=str(port),

@@ -1,4 +1,5 @@
-"""``imstack serve relay``: the network edge (the MSRP relay; the SIP edge joins it)."""
+"""``imstack serve relay``: the network edge — the SIP registrar/router and the MSRP relay,
+side by side in one process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 from services.relay.msrp.listener import MsrpListener
 from services.relay.msrp.relay import MsrpRelay
+from services.relay.sip.service import run_sip
 from services.relay.tls import TlsConfigError, client_context, server_context
 from shared.lifecycle import ServiceContext
 
@@ -14,11 +16,19 @@ log = logging.getLogger(__name__)
 
 
 async def run(ctx: ServiceContext) -> None:
-    settings = ctx.settings
     try:
-        server_ssl = server_context(settings)
+        server_context(ctx.settings)  # fail early, with one line, on a bad certificate
     except TlsConfigError as exc:
         raise RuntimeError(str(exc)) from None
+    async with asyncio.TaskGroup() as group:
+        group.create_task(run_sip(ctx), name="sip")
+        group.create_task(run_msrp(ctx), name="msrp")
+
+
+async def run_msrp(ctx: ServiceContext) -> None:
+    """Serve MSRP until ``ctx.stop``, then let transfers in flight finish."""
+    settings = ctx.settings
+    server_ssl = server_context(settings)
     relay = MsrpRelay(
         settings, ctx.pool, server_ssl=server_ssl, client_ssl=client_context(settings)
     )

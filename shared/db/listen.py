@@ -120,7 +120,9 @@ class Listener:
                     asyncio.ensure_future(stop.wait()),
                     asyncio.ensure_future(lost.wait()),
                 }
-                done, pending = await asyncio.wait(waiters, timeout=self.health_interval)
+                done, pending = await asyncio.wait(
+                    waiters, timeout=self.health_interval, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in pending:
                     task.cancel()
                 if not done:

@@ -1,0 +1,1 @@
+"""The SIP edge of the relay: transports, transactions, registrar, router, outbound delivery."""

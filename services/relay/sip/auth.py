@@ -1,0 +1,112 @@
+"""Digest authentication of SIP requests against the ``users`` table (RFC 3261 §22).
+
+The registrar challenges with 401 + WWW-Authenticate, the proxy with 407 +
+Proxy-Authenticate (§22.3). The realm is the served domain; HA1 comes from the users
+table. Nonces are bound to the connection (TCP/TLS) or the source address (UDP).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.relay.sip.transport import Flow
+from shared.config import Settings
+from shared.db.users import Address, get_credentials
+from shared.digest import (
+    Algorithm,
+    AuthResult,
+    Credentials,
+    DigestParseError,
+    NonceManager,
+    parse_credentials,
+    verify,
+)
+from shared.sip.headers import make_response
+from shared.sip.message import SipRequest, SipResponse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """The request carries valid credentials of ``username`` (in the served domain)."""
+
+    username: str
+
+
+def nonce_binding(flow: Flow) -> str:
+    return flow.connection_id or f"{flow.transport}:{flow.host}"
+
+
+class DigestAuthenticator:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, nonces: NonceManager) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.nonces = nonces
+
+    def challenge(
+        self, request: SipRequest, flow: Flow, *, proxy: bool, stale: bool = False
+    ) -> SipResponse:
+        challenge = self.nonces.challenge(
+            time.time(),
+            nonce_binding(flow),
+            self.settings.domain,
+            algorithm=Algorithm.MD5,  # what every client speaks; SHA-256 is verified too
+            stale=stale,
+        )
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        return make_response(
+            request, 407 if proxy else 401, headers=[(name, challenge.to_header())]
+        )
+
+    async def authenticate(
+        self, request: SipRequest, flow: Flow, *, proxy: bool
+    ) -> Authenticated | SipResponse:
+        """The authenticated user, or the response to send (challenge, 400 or 403)."""
+        header = "Proxy-Authorization" if proxy else "Authorization"
+        credentials: Credentials | None = None
+        for value in request.headers.raw(header):
+            try:
+                parsed = parse_credentials(value)
+            except DigestParseError as exc:
+                log.info("bad %s from %s: %s", header, flow, exc)
+                return make_response(request, 400)
+            if parsed.realm == self.settings.domain:
+                credentials = parsed
+                break
+        if credentials is None:
+            return self.challenge(request, flow, proxy=proxy)
+        try:
+            address = Address(credentials.username, self.settings.domain)
+            stored = await get_credentials(self.pool, address)
+        except asyncpg.DataError:
+            stored = None
+        ha1_hex: str | None = None
+        if stored is not None:
+            md5 = credentials.algorithm is Algorithm.MD5
+            ha1_hex = stored.ha1_md5 if md5 else stored.ha1_sha256
+        result = verify(
+            credentials,
+            method=request.method,
+            ha1_hex=ha1_hex,
+            nonces=self.nonces,
+            now=time.time(),
+            binding=nonce_binding(flow),
+            realm=self.settings.domain,
+        )
+        if result is AuthResult.OK:
+            assert stored is not None
+            if stored.disabled:
+                log.info("%s: user %s is disabled", flow, credentials.username)
+                return make_response(request, 403, "Account Disabled")
+            return Authenticated(credentials.username)
+        if result is AuthResult.STALE_NONCE:
+            return self.challenge(request, flow, proxy=proxy, stale=True)
+        log.info(
+            "%s: %s for %s refused (%s)", flow, request.method, credentials.username, result.value
+        )
+        return self.challenge(request, flow, proxy=proxy)

@@ -1,0 +1,160 @@
+"""Outbound delivery: send the MESSAGEs workers queued in ``outbound_messages``.
+
+Woken by NOTIFY on ``outbound`` (and a slow poll, so a lost NOTIFY only costs latency),
+the worker claims queued rows (``FOR UPDATE SKIP LOCKED``, so relay replicas never send a
+row twice), marks them 'sending' and commits; then each row is sent to every binding of
+its AoR like a forwarded request, and the outcome is written back and NOTIFYed on
+``outbound_done``. The contract is in ``migrations/0003_outbound_messages.sql``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+
+import asyncpg
+
+from services.relay.sip.edge import SipEdge, format_host
+from services.relay.sip.proxy import Fork
+from services.relay.sip.router import DATABASE_ERRORS
+from shared.db.listen import Listener
+from shared.db.locations import delete_expired, get_bindings
+from shared.db.outbound import QUEUED_CHANNEL, OutboundMessage, claim_batch, finish
+from shared.db.queue import WakeReason, Wakeup
+from shared.sip.errors import LocalProtocolError
+from shared.sip.headers import NameAddr
+from shared.sip.message import Headers, SipRequest, canonical_name
+
+log = logging.getLogger(__name__)
+
+BATCH = 50  # rows claimed at once
+#: Seconds after which a row left 'sending' by a dead relay is sent again: longer than
+#: any transaction (64*T1 = 32 s) plus margin.
+LEASE = 120.0
+
+#: Headers the relay writes itself; a row's extra_headers cannot override them.
+OWNED_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Max-Forwards",
+        "Route",
+        "Record-Route",
+        "Content-Type",
+        "Content-Length",
+    )
+)
+
+
+def build_request(edge: SipEdge, message: OutboundMessage) -> SipRequest:
+    """The MESSAGE for one row (LocalProtocolError / ValueError when a field is unusable)."""
+    to_uri = f"sip:{message.to_aor}"
+    headers = Headers()
+    headers.add("Max-Forwards", "70")
+    sender = NameAddr(message.from_uri, message.from_display, (("tag", secrets.token_hex(8)),))
+    headers.add("From", str(sender))
+    headers.add("To", str(NameAddr(to_uri)))
+    headers.add("Call-ID", f"{secrets.token_hex(12)}@{format_host(edge.public_host)}")
+    headers.add("CSeq", "1 MESSAGE")
+    headers.add("Content-Type", message.content_type)
+    for name, value in message.extra_headers:
+        if canonical_name(name).lower() not in OWNED_HEADERS:
+            headers.add(name, value)
+    request = SipRequest(method="MESSAGE", uri=to_uri, headers=headers, body=message.body)
+    request.to_bytes()  # raises LocalProtocolError for header injection
+    return request
+
+
+class DeliveryWorker:
+    def __init__(self, edge: SipEdge, database_url: str, poll_interval: float) -> None:
+        self.edge = edge
+        self.database_url = database_url
+        self.poll_interval = poll_interval
+        self.wakeup = Wakeup()
+        self.in_flight: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = Listener(
+            self.database_url, [QUEUED_CHANNEL], lambda _n: self.wakeup.wake(), catch_up=self._kick
+        )
+        listening = asyncio.create_task(listener.run(stop), name="sip-delivery-listen")
+        try:
+            while True:
+                claimed = await self._claim()
+                if claimed == BATCH:
+                    continue  # more may be waiting
+                if await self.wakeup.wait(self.poll_interval, stop) is WakeReason.STOP:
+                    break
+        finally:
+            await listening
+        if self.in_flight:
+            await asyncio.wait(self.in_flight)
+
+    async def _kick(self) -> None:
+        self.wakeup.wake()
+
+    async def _claim(self) -> int:
+        try:
+            async with self.edge.pool.acquire() as conn, conn.transaction():
+                messages = await claim_batch(conn, limit=BATCH, lease=LEASE)
+        except DATABASE_ERRORS as exc:
+            log.warning("cannot claim outbound messages: %s", exc)
+            return 0
+        for message in messages:
+            task = asyncio.create_task(self._deliver(message), name=f"sip-deliver-{message.id}")
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+        return len(messages)
+
+    async def _deliver(self, message: OutboundMessage) -> None:
+        try:
+            status, reason = await self._send(message)
+        except DATABASE_ERRORS as exc:
+            log.warning("outbound message %d: database unavailable (%s)", message.id, exc)
+            return  # stays 'sending'; claimed again after the lease
+        delivered = 200 <= status < 300
+        log.info(
+            "outbound message %d to %s: %s %d %s",
+            message.id,
+            message.to_aor,
+            "delivered" if delivered else "failed",
+            status,
+            reason,
+        )
+        try:
+            async with self.edge.pool.acquire() as conn, conn.transaction():
+                await finish(conn, message.id, delivered=delivered, status=status, reason=reason)
+        except DATABASE_ERRORS as exc:
+            log.warning("outbound message %d: outcome not recorded (%s)", message.id, exc)
+
+    async def _send(self, message: OutboundMessage) -> tuple[int, str]:
+        try:
+            request = build_request(self.edge, message)
+        except (LocalProtocolError, ValueError) as exc:
+            return 500, f"Unusable message: {exc}"[:200]
+        bindings = await get_bindings(self.edge.pool, message.to_aor)
+        if not bindings:
+            return 480, "Not Registered"
+        result = await Fork(self.edge, request).run(bindings, decrement=False)
+        return result.response.status, result.response.reason
+
+
+async def purge_expired_bindings(edge: SipEdge, stop: asyncio.Event, interval: float) -> None:
+    """Delete expired bindings now and then (lookups ignore them anyway)."""
+    while not stop.is_set():
+        try:
+            removed = await delete_expired(edge.pool)
+            if removed:
+                log.info("purged %d expired binding(s)", removed)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("cannot purge expired bindings: %s", exc)
+        edge.transports.sweep_idle()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

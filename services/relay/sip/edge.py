@@ -1,0 +1,162 @@
+"""The SIP edge: owns the transports, the transaction layer and what they share.
+
+Incoming requests become a task each (router or registrar); everything they need from the
+network (our Via, the flow for a binding, sending requests) is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import socket
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import asyncpg
+
+from services.relay.sip.auth import DigestAuthenticator
+from services.relay.sip.transactions import ServerTxn, TransactionLayer
+from services.relay.sip.transport import Flow, TransportLayer
+from shared.config import Settings
+from shared.db.locations import Binding, delete_connection_bindings
+from shared.digest import NonceManager
+from shared.sip.message import SipRequest, SipResponse
+from shared.sip.transaction import MAGIC_COOKIE
+
+log = logging.getLogger(__name__)
+
+#: Our branch IDs start with this, so that loop detection recognises our own Via (§16.3).
+BRANCH_PREFIX = MAGIC_COOKIE + "-ims-"
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def _is_own_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True when a socket can bind to ``address``: it belongs to this machine."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(address), 0))
+    except OSError:
+        return False
+    return True
+
+
+def format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+class SipEdge:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        #: Stable across restarts of this relay, so that a restart can drop the TCP/TLS
+        #: bindings the previous run held.
+        self.relay_instance = f"{socket.gethostname()}:{settings.sip_port}"
+        self.nonces = NonceManager(secrets.token_bytes(32), lifetime=settings.sip_nonce_lifetime)
+        self.auth = DigestAuthenticator(settings, pool, self.nonces)
+        self.transports = TransportLayer(
+            on_message=self._on_message,
+            on_closed=self._on_closed,
+            idle_timeout=settings.sip_tcp_idle_timeout,
+        )
+        self.transactions = TransactionLayer(self.transports, self._on_request, self._on_ack)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.public_host = settings.sip_public_host or (
+            settings.domain if _is_wildcard(settings.sip_host) else settings.sip_host
+        )
+        self.local_hosts = {self.public_host.lower().strip("[]"), settings.domain}
+        if not _is_wildcard(settings.sip_host):
+            self.local_hosts.add(settings.sip_host.lower().strip("[]"))
+        self.local_ports = {settings.sip_port, settings.sip_tls_port}
+        self._address_cache: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, bool] = {}
+        # Set by service.py once the router exists (it needs the edge first).
+        self.handle_request: Callable[[ServerTxn], Coroutine[Any, Any, None]] | None = None
+        self.handle_ack: Callable[[SipRequest, Flow], None] | None = None
+
+    async def start(self, tls_context: ssl.SSLContext | None) -> None:
+        s = self.settings
+        await self.transports.start(s.sip_host, s.sip_port, s.sip_tls_port, tls_context)
+
+    # -- helpers for the router, registrar and delivery ----------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def is_local(self, host: str) -> bool:
+        """``host`` names this relay: a domain we serve, our public name, or an address of
+        this machine (clients configure us as ``sip:127.0.0.1`` or by IP address)."""
+        bare = host.lower().strip("[]").rstrip(".")
+        if bare in self.local_hosts:
+            return True
+        try:
+            address = ipaddress.ip_address(bare)
+        except ValueError:
+            return False
+        if address not in self._address_cache:
+            self._address_cache[address] = _is_own_address(address)
+        return self._address_cache[address]
+
+    def new_branch(self) -> str:
+        return BRANCH_PREFIX + secrets.token_hex(8)
+
+    def via(self, flow: Flow, branch: str) -> str:
+        port = self.settings.sip_tls_port if flow.transport == "tls" else self.settings.sip_port
+        return (
+            f"SIP/2.0/{flow.transport.upper()} {format_host(self.public_host)}:{port}"
+            f";branch={branch};rport"
+        )
+
+    def flow_for(self, binding: Binding) -> Flow | None:
+        """Where requests for ``binding`` go: its source address (UDP, RFC 3581), or the
+        connection it registered on (TCP/TLS) when this relay still holds it."""
+        if binding.transport == "udp":
+            return Flow("udp", binding.source_host, binding.source_port)
+        if (
+            binding.relay_instance != self.relay_instance
+            or binding.connection_id is None
+            or not self.transports.has_connection(binding.connection_id)
+        ):
+            return None
+        return Flow(
+            binding.transport, binding.source_host, binding.source_port, binding.connection_id
+        )
+
+    # -- callbacks from the layers --------------------------------------------------------
+
+    def _on_message(self, message: SipRequest | SipResponse, flow: Flow) -> None:
+        self.transactions.receive(message, flow)
+
+    def _on_request(self, txn: ServerTxn) -> None:
+        if self.handle_request is None:
+            return
+        self.spawn(self.handle_request(txn), name=f"sip-{txn.request.method}")
+
+    def _on_ack(self, request: SipRequest, flow: Flow) -> None:
+        if self.handle_ack is not None:
+            self.handle_ack(request, flow)
+
+    def _on_closed(self, flow: Flow) -> None:
+        self.transactions.connection_closed(flow)
+        if flow.connection_id is not None:
+            self.spawn(self._drop_bindings(flow.connection_id), name="sip-connection-closed")
+
+    async def _drop_bindings(self, connection_id: str) -> None:
+        try:
+            aors = await delete_connection_bindings(self.pool, self.relay_instance, connection_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("cannot remove the bindings of closed connection: %s", exc)
+            return
+        if aors:
+            log.info("connection closed: removed bindings of %s", ", ".join(sorted(set(aors))))

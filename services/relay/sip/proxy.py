@@ -1,0 +1,151 @@
+"""Stateful forwarding to an AoR's bindings (RFC 3261 §16.6, §16.7): parallel forking.
+
+Each binding gets its own copy of the request (Request-URI = the contact, our Via on top,
+Max-Forwards decremented) in its own client transaction. The first 2xx wins at once;
+otherwise, when every branch has answered, the best final response is chosen (§16.7
+step 6). Timeouts and transport failures count as 408 and 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.relay.sip.edge import SipEdge
+from services.relay.sip.transactions import ClientTxn
+from shared.db.locations import Binding
+from shared.digest import DigestParseError, parse_credentials
+from shared.sip.headers import make_response
+from shared.sip.message import Headers, SipRequest, SipResponse
+
+#: Final statuses after which a MESSAGE is worth storing for later (the UA is not there).
+UNREACHABLE = frozenset({408, 480, 503})
+
+
+@dataclass(frozen=True)
+class ForkResult:
+    response: SipResponse  # as received (our Via still on top), or synthesised
+    statuses: tuple[int, ...]  # every final status seen, in arrival order
+    #: True when no branch answered: ``response`` answers the original request directly.
+    synthetic: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.response.status < 300
+
+    @property
+    def unreachable(self) -> bool:
+        """Every branch failed with 408/480/503 (or there was none)."""
+        return all(status in UNREACHABLE for status in self.statuses)
+
+
+def _rank(response: SipResponse) -> tuple[int, int]:
+    # §16.7 step 6: any 6xx first; else the lowest class; the lowest code within it.
+    status = response.status
+    return (0 if status >= 600 else 1, status)
+
+
+def _our_credentials(value: str, realm: str) -> bool:
+    try:
+        return parse_credentials(value).realm == realm
+    except DigestParseError:
+        return False
+
+
+def branch_request(
+    edge: SipEdge, request: SipRequest, binding: Binding, via: str, *, decrement: bool
+) -> SipRequest:
+    """The copy of ``request`` sent to one binding (§16.6 steps 1-8)."""
+    realm = edge.settings.domain
+    headers = Headers(
+        (name, value)
+        for name, value in request.headers
+        # §22.3: credentials for our realm are consumed here, not forwarded.
+        if not (name == "Proxy-Authorization" and _our_credentials(value, realm))
+    )
+    if decrement:
+        hops = int(headers.get("Max-Forwards") or "70")
+        headers.set("Max-Forwards", str(max(hops - 1, 0)))
+    headers.prepend("Via", via)
+    return SipRequest(
+        method=request.method, uri=binding.contact, headers=headers, body=request.body
+    )
+
+
+class Fork:
+    """One forwarded request and its branches."""
+
+    def __init__(self, edge: SipEdge, request: SipRequest) -> None:
+        self.edge = edge
+        self.request = request
+        self.branches: list[ClientTxn] = []
+        self.cancelled = False
+
+    async def run(
+        self,
+        bindings: list[Binding],
+        *,
+        decrement: bool = True,
+        on_provisional: Callable[[SipResponse], None] | None = None,
+    ) -> ForkResult:
+        edge = self.edge
+        statuses: list[int] = []
+        responses: list[SipResponse] = []
+        for binding in bindings:
+            flow = edge.flow_for(binding)
+            if flow is None:
+                statuses.append(503)  # its connection is gone (or held by another relay)
+                continue
+            branch = branch_request(
+                edge, self.request, binding, edge.via(flow, edge.new_branch()), decrement=decrement
+            )
+            self.branches.append(edge.transactions.send_request(branch, flow, on_provisional))
+        pending: set[asyncio.Future[SipResponse]] = {txn.final for txn in self.branches}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                response = future.result()
+                statuses.append(response.status)
+                if 200 <= response.status < 300:
+                    return ForkResult(response, tuple(statuses))
+                responses.append(response)
+        if not responses:
+            return ForkResult(
+                make_response(self.request, 480), tuple(statuses) or (480,), synthetic=True
+            )
+        return ForkResult(min(responses, key=_rank), tuple(statuses))
+
+    def cancel(self) -> None:
+        """§16.10: CANCEL every INVITE branch still without a final response (§9.1)."""
+        self.cancelled = True
+        self.cancel_pending()
+
+    def cancel_pending(self) -> None:
+        for txn in self.branches:
+            if txn.final.done() or txn.tx.request.method != "INVITE":
+                continue
+            self.edge.transactions.send_request(cancel_request(txn.tx.request), txn.flow)
+
+
+def cancel_request(invite: SipRequest) -> SipRequest:
+    """The CANCEL for a request we sent (§9.1): same top Via, URI, dialog and CSeq number."""
+    headers = Headers()
+    headers.add("Via", invite.get("Via") or "")
+    for route in invite.headers.raw("Route"):
+        headers.add("Route", route)
+    headers.add("Max-Forwards", "70")
+    for name in ("From", "To", "Call-ID"):
+        headers.add(name, invite.get(name) or "")
+    seq = (invite.get("CSeq") or "1").split()[0]
+    headers.add("CSeq", f"{seq} CANCEL")
+    return SipRequest(method="CANCEL", uri=invite.uri, headers=headers)
+
+
+def upstream_copy(response: SipResponse) -> SipResponse:
+    """A downstream response as it goes upstream: our Via removed (§16.7 step 3)."""
+    headers = response.headers.copy()
+    headers.pop_first_value("Via")
+    return SipResponse(
+        status=response.status, reason=response.reason, headers=headers, body=response.body
+    )

@@ -1,0 +1,236 @@
+"""The registrar (RFC 3261 §10.3): digest-authenticated REGISTER into ``locations``.
+
+One REGISTER is applied in one database transaction, serialised per AoR, so concurrent
+registrations of the same user from several relays never interleave. The 200 lists every
+current binding with its remaining lifetime. A registration that adds or refreshes a
+binding NOTIFYs ``registered`` with the AoR (``user@domain``) when it commits; the offline
+store delivers waiting messages on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from email.utils import formatdate
+
+from services.relay.sip.auth import Authenticated
+from services.relay.sip.edge import SipEdge
+from services.relay.sip.transactions import ServerTxn
+from services.relay.sip.transport import Flow
+from shared.db.listen import notify
+from shared.db.locations import (
+    Binding,
+    NewBinding,
+    delete_bindings,
+    get_bindings,
+    lock_aor,
+    upsert_binding,
+)
+from shared.db.types import Connection
+from shared.sip.headers import (
+    Contact,
+    format_params,
+    make_response,
+    parse_contact,
+    parse_cseq,
+    parse_name_addr,
+)
+from shared.sip.message import SipRequest, SipResponse
+from shared.sip.uri import SipUri, UriError, parse_sip_uri
+
+log = logging.getLogger(__name__)
+
+#: NOTIFY channel (and event type) of a successful registration; the payload id is the AoR.
+REGISTERED_CHANNEL = "registered"
+
+
+class Refuse(Exception):
+    """Answer the REGISTER with ``status`` (and headers) and change nothing."""
+
+    def __init__(
+        self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(f"{status} {reason or ''}")
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []
+
+
+@dataclass(frozen=True)
+class _Update:
+    contact: Contact
+    uri: SipUri
+    text: str  # the URI as the UA wrote it
+    expires: int  # seconds granted; 0 removes
+
+
+def _same_contact(stored: str, uri: SipUri) -> bool:
+    """§10.3 step 7: bindings are matched with the §19.1.4 URI comparison."""
+    try:
+        return parse_sip_uri(stored).equivalent_to(uri)
+    except UriError:
+        return stored == str(uri)
+
+
+class Registrar:
+    def __init__(self, edge: SipEdge) -> None:
+        self.edge = edge
+        self.settings = edge.settings
+
+    async def register(self, txn: ServerTxn) -> SipResponse:
+        request = txn.request
+        try:
+            return await self._register(txn)
+        except Refuse as refuse:
+            return make_response(request, refuse.status, refuse.reason, headers=refuse.headers)
+
+    async def _register(self, txn: ServerTxn) -> SipResponse:
+        request, flow, s = txn.request, txn.source, self.settings
+        # §10.3 step 1: we are the registrar for our domain only (no open forwarding).
+        try:
+            request_uri = parse_sip_uri(request.uri)
+            to_uri = parse_sip_uri(parse_name_addr(request.get("To") or "").uri)
+        except ValueError:
+            raise Refuse(400, "Bad URI") from None
+        if not self.edge.is_local(request_uri.host):
+            raise Refuse(403, "Not Our Domain")
+        if to_uri.host.lower() != s.domain or not to_uri.user:
+            raise Refuse(404, "Not Our User")
+        expires_header = request.get("Expires")
+        if expires_header is not None and not expires_header.strip().isdigit():
+            raise Refuse(400, "Bad Expires")
+        try:
+            contacts = [parse_contact(value) for value in request.get_all("Contact")]
+        except ValueError:
+            raise Refuse(400, "Bad Contact") from None
+        # §10.3 step 3 and 4: authenticate, then the user may only register its own AoR.
+        result = await self.edge.auth.authenticate(request, flow, proxy=False)
+        if isinstance(result, SipResponse):
+            return result
+        if not isinstance(result, Authenticated) or result.username != to_uri.user:
+            raise Refuse(403, "Wrong User")
+        aor = f"{to_uri.user}@{s.domain}"
+        call_id = request.get("Call-ID") or ""
+        cseq = parse_cseq(request.get("CSeq") or "").seq
+        star = any(c.is_star for c in contacts)
+        if star and (len(contacts) != 1 or expires_header is None or int(expires_header) != 0):
+            # §10.3 step 6: "*" only alone and with Expires: 0.
+            raise Refuse(400, "Bad Wildcard Contact")
+        updates = [] if star else self._updates(contacts, expires_header)
+
+        async with self.edge.pool.acquire() as conn, conn.transaction():
+            await lock_aor(conn, aor)
+            existing = await get_bindings(conn, aor)
+            if star:
+                for binding in existing:
+                    self._check_order(binding, call_id, cseq)
+                await delete_bindings(conn, [b.id for b in existing])
+            else:
+                await self._apply(conn, aor, existing, updates, call_id, cseq, request, flow)
+            bindings = await get_bindings(conn, aor)
+            added = any(u.expires > 0 for u in updates)
+            if added:
+                await notify(conn, REGISTERED_CHANNEL, REGISTERED_CHANNEL, aor)
+        log.info(
+            "REGISTER %s from %s: %d binding(s)%s",
+            aor,
+            flow,
+            len(bindings),
+            " (removed all)" if star else "",
+        )
+        return make_response(
+            request,
+            200,
+            headers=[
+                *(("Contact", self._contact_value(b)) for b in bindings),
+                ("Date", formatdate(usegmt=True)),
+            ],
+        )
+
+    def _updates(self, contacts: list[Contact], expires_header: str | None) -> list[_Update]:
+        s = self.settings
+        updates: list[_Update] = []
+        for contact in contacts:
+            assert contact.address is not None
+            try:
+                uri = parse_sip_uri(contact.address.uri)
+            except UriError:
+                raise Refuse(400, "Bad Contact URI") from None
+            # §10.3 step 6: expires parameter, else the Expires header, else our default.
+            if contact.expires is not None:
+                expires = contact.expires
+            elif expires_header is not None:
+                expires = int(expires_header)
+            else:
+                expires = s.registrar_default_expires
+            if 0 < expires < s.registrar_min_expires:
+                raise Refuse(423, headers=[("Min-Expires", str(s.registrar_min_expires))])
+            updates.append(
+                _Update(contact, uri, contact.address.uri, min(expires, s.registrar_max_expires))
+            )
+        return updates
+
+    @staticmethod
+    def _check_order(binding: Binding, call_id: str, cseq: int) -> None:
+        # §10.3 step 7: same Call-ID needs a higher CSeq, else the update is aborted.
+        if binding.call_id == call_id and cseq <= binding.cseq:
+            raise Refuse(500, "Out of Order CSeq", [("Retry-After", "1")])
+
+    async def _apply(
+        self,
+        conn: Connection,
+        aor: str,
+        existing: list[Binding],
+        updates: list[_Update],
+        call_id: str,
+        cseq: int,
+        request: SipRequest,
+        flow: Flow,
+    ) -> None:
+        removals: list[int] = []
+        kept = {b.id for b in existing}
+        writes: list[NewBinding] = []
+        new_contacts = 0
+        for update in updates:
+            match = next((b for b in existing if _same_contact(b.contact, update.uri)), None)
+            if match is not None:
+                self._check_order(match, call_id, cseq)
+            if update.expires == 0:
+                if match is not None:
+                    removals.append(match.id)
+                    kept.discard(match.id)
+                continue
+            if match is None:
+                new_contacts += 1
+            writes.append(
+                NewBinding(
+                    aor=aor,
+                    contact=match.contact if match is not None else update.text,
+                    transport=flow.transport,
+                    source_host=flow.host,
+                    source_port=flow.port,
+                    relay_instance=self.edge.relay_instance,
+                    connection_id=flow.connection_id,
+                    q=update.contact.q if update.contact.q is not None else 1.0,
+                    instance_id=update.contact.instance,
+                    user_agent=request.get("User-Agent"),
+                    call_id=call_id,
+                    cseq=cseq,
+                    expires=update.expires,
+                )
+            )
+        if len(kept) + new_contacts > self.settings.registrar_max_contacts:
+            raise Refuse(403, "Too Many Contacts")
+        if removals:
+            await delete_bindings(conn, removals)
+        for new in writes:
+            await upsert_binding(conn, new)
+
+    @staticmethod
+    def _contact_value(binding: Binding) -> str:
+        params: list[tuple[str, str | None]] = [("expires", str(binding.expires_in))]
+        if binding.q < 1.0:
+            params.append(("q", f"{binding.q:.3g}"))
+        if binding.instance_id is not None:
+            params.append(("+sip.instance", f"<{binding.instance_id}>"))
+        return f"<{binding.contact}>{format_params(tuple(params))}"

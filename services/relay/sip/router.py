@@ -1,0 +1,255 @@
+"""The router: what happens to each request that is not a retransmission (RFC 3261 §16).
+
+Checks in the order of §16.3 (Max-Forwards, loops, Proxy-Require), then by target:
+
+* this server (no user part, our domain or address): OPTIONS → 200;
+* REGISTER → the registrar;
+* the conference domain → :func:`handover.deliver_to_room`;
+* a user of our domain → digest-authenticate local senders (407), 404 for unknown users,
+  fork to the bindings; a MESSAGE nobody could take → :func:`handover.store_offline`;
+* a registered Contact (in-dialog requests of UAs that use us as outbound proxy) → that UA;
+* anything else → 403 (no open relay).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from services.relay.sip import handover
+from services.relay.sip.auth import Authenticated
+from services.relay.sip.edge import BRANCH_PREFIX, SipEdge
+from services.relay.sip.proxy import Fork, branch_request, upstream_copy
+from services.relay.sip.registrar import Registrar
+from services.relay.sip.transactions import ServerTxn
+from services.relay.sip.transport import DEFAULT_SIP_PORT, Flow
+from shared.db.locations import Binding, find_by_contact, get_bindings
+from shared.db.users import Address, get_credentials
+from shared.sip.headers import make_response, parse_name_addr, parse_via
+from shared.sip.message import SipRequest, SipResponse
+from shared.sip.uri import SipUri, UnsupportedUriScheme, UriError, parse_uri
+
+log = logging.getLogger(__name__)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER"
+FORWARDED_METHODS = frozenset({"MESSAGE", "OPTIONS", "INVITE"})
+#: Methods inside a dialog, forwarded to a registered Contact without authentication.
+IN_DIALOG_METHODS = frozenset({"BYE", "INVITE", "MESSAGE", "INFO", "UPDATE", "NOTIFY", "REFER"})
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class Router:
+    def __init__(self, edge: SipEdge) -> None:
+        self.edge = edge
+        self.settings = edge.settings
+        self.registrar = Registrar(edge)
+
+    async def handle(self, txn: ServerTxn) -> None:
+        request = txn.request
+        try:
+            response = await self.route(txn)
+        except DATABASE_ERRORS as exc:
+            log.warning(
+                "%s from %s failed: database unavailable (%s)", request.method, txn.source, exc
+            )
+            response = make_response(request, 503, headers=[("Retry-After", "5")])
+        except Exception:
+            log.exception("%s from %s failed", request.method, txn.source)
+            response = make_response(request, 500)
+        if response is not None:
+            txn.respond(response)
+
+    def _is_ours(self, uri: SipUri) -> bool:
+        port = uri.port or DEFAULT_SIP_PORT
+        return self.edge.is_local(uri.host) and (uri.port is None or port in self.edge.local_ports)
+
+    def _loop(self, request: SipRequest) -> bool:
+        # §16.3 step 4: a Via of ours means the request came back to us.
+        for value in request.get_all("Via"):
+            try:
+                via = parse_via(value)
+            except ValueError:
+                continue
+            branch = via.branch or ""
+            if branch.startswith(BRANCH_PREFIX) and self.edge.is_local(via.host):
+                return True
+        return False
+
+    async def route(self, txn: ServerTxn) -> SipResponse | None:
+        request, s = txn.request, self.settings
+        if request.method == "CANCEL":
+            return self._cancel(txn)
+        if self._loop(request):
+            return make_response(request, 482)
+        if request.get("Proxy-Require") is not None:
+            # §16.3 step 5: we support no extensions.
+            unsupported = ", ".join(request.get_all("Proxy-Require"))
+            return make_response(request, 420, headers=[("Unsupported", unsupported)])
+        # §16.4: remove the Route entries naming us (UAs that use us as outbound proxy).
+        while (route := request.get("Route")) is not None:
+            try:
+                route_uri = parse_uri(parse_name_addr(route).uri)
+            except ValueError:
+                return make_response(request, 400, "Bad Route")
+            if not isinstance(route_uri, SipUri) or not self._is_ours(route_uri):
+                return make_response(request, 403, "Relaying Forbidden")
+            request.headers.pop_first_value("Route")
+        try:
+            uri = parse_uri(request.uri)
+        except UnsupportedUriScheme:
+            return make_response(request, 416)
+        except UriError:
+            return make_response(request, 400, "Bad Request-URI")
+        if not isinstance(uri, SipUri):
+            return make_response(request, 404)
+        hops = int(request.get("Max-Forwards") or "70")
+        if request.method == "REGISTER":
+            return await self.registrar.register(txn)
+        if uri.user is None and self.edge.is_local(uri.host):
+            return self._to_server(request)
+        if hops == 0:
+            return make_response(request, 483)
+        host = uri.host.lower().rstrip(".")
+        if host == s.conference_domain:
+            return await self._to_room(txn, uri)
+        if host == s.domain or self._is_ours(uri):  # sip:bob@<our address> is bob too
+            return await self._to_user(txn, uri)
+        binding = await find_by_contact(self.edge.pool, request.uri)
+        if binding is not None and request.method in IN_DIALOG_METHODS:
+            return await self._forward(txn, [binding], offline_aor=None)
+        return make_response(request, 403, "Relaying Forbidden")
+
+    def _to_server(self, request: SipRequest) -> SipResponse:
+        if request.method == "OPTIONS":
+            return make_response(
+                request,
+                200,
+                headers=[
+                    ("Allow", ALLOW),
+                    ("Accept", "text/plain, */*"),
+                    ("Accept-Language", "en"),
+                ],
+            )
+        if request.method in FORWARDED_METHODS:
+            return make_response(request, 404)
+        return make_response(request, 405, headers=[("Allow", ALLOW)])
+
+    async def _authenticate(self, txn: ServerTxn) -> str | SipResponse | None:
+        """The sender's user name when it is one of ours and proved it; the response to send
+        when it must (407, 403); None for a sender from another domain."""
+        request = txn.request
+        try:
+            from_uri = parse_uri(parse_name_addr(request.get("From") or "").uri)
+        except ValueError:
+            return make_response(request, 400, "Bad From")
+        if not isinstance(from_uri, SipUri) or from_uri.host.lower() != self.settings.domain:
+            return None
+        result = await self.edge.auth.authenticate(request, txn.source, proxy=True)
+        if isinstance(result, SipResponse):
+            return result
+        assert isinstance(result, Authenticated)
+        if result.username != from_uri.user:
+            return make_response(request, 403, "From Does Not Match Credentials")
+        return result.username
+
+    async def _to_room(self, txn: ServerTxn, uri: SipUri) -> SipResponse | None:
+        request = txn.request
+        if request.method != "MESSAGE":
+            return make_response(request, 405 if request.method != "INVITE" else 404)
+        sender = await self._authenticate(txn)
+        if isinstance(sender, SipResponse):
+            return sender
+        room = f"{uri.user}@{self.settings.conference_domain}"
+        return await handover.deliver_to_room(
+            self.edge.pool, self.settings, request, room, authenticated_user=sender
+        )
+
+    async def _to_user(self, txn: ServerTxn, uri: SipUri) -> SipResponse | None:
+        request = txn.request
+        if request.method not in FORWARDED_METHODS:
+            return make_response(request, 405, headers=[("Allow", ALLOW)])
+        sender = await self._authenticate(txn)
+        if isinstance(sender, SipResponse):
+            return sender
+        assert uri.user is not None
+        aor = f"{uri.user}@{self.settings.domain}"
+        if await get_credentials(self.edge.pool, Address(uri.user, self.settings.domain)) is None:
+            return make_response(request, 404)
+        bindings = await get_bindings(self.edge.pool, aor)
+        offline = aor if request.method == "MESSAGE" else None
+        if not bindings:
+            if offline is not None:
+                return await handover.store_offline(
+                    self.edge.pool, self.settings, request, aor, authenticated_user=sender
+                )
+            return make_response(request, 480)
+        return await self._forward(txn, bindings, offline_aor=offline, sender=sender)
+
+    async def _forward(
+        self,
+        txn: ServerTxn,
+        bindings: list[Binding],
+        *,
+        offline_aor: str | None,
+        sender: str | None = None,
+    ) -> SipResponse | None:
+        request = txn.request
+        if txn.final_sent:
+            return None  # CANCELled while we were looking things up
+        fork = Fork(self.edge, request)
+        txn.on_cancel = fork.cancel
+
+        def provisional(response: SipResponse) -> None:
+            if response.status > 100:  # §16.7 step 5: 100 Trying is hop by hop
+                txn.respond(upstream_copy(response))
+
+        result = await fork.run(bindings, on_provisional=provisional)
+        txn.on_cancel = None
+        if result.ok:
+            fork.cancel_pending()  # §16.7 step 10: the other branches have lost
+        if fork.cancelled and not result.ok:
+            return make_response(request, 487)
+        if not result.ok and offline_aor is not None and result.unreachable:
+            return await handover.store_offline(
+                self.edge.pool, self.settings, request, offline_aor, authenticated_user=sender
+            )
+        if result.synthetic:
+            return make_response(request, result.response.status)
+        return upstream_copy(result.response)
+
+    def _cancel(self, txn: ServerTxn) -> SipResponse:
+        """§16.10: answer the CANCEL, cancel the branches of its INVITE."""
+        invite = self.edge.transactions.find_invite(txn.request)
+        if invite is None or invite.final_sent:
+            return make_response(txn.request, 481)
+        if invite.on_cancel is not None:
+            invite.on_cancel()
+        else:
+            invite.respond(make_response(invite.request, 487))
+        return make_response(txn.request, 200)
+
+    def stray_ack(self, request: SipRequest, flow: Flow) -> None:
+        """An ACK for a 2xx (end to end): forward it statelessly to the registered Contact."""
+        self.edge.spawn(self._forward_ack(request), name="sip-ack")
+
+    async def _forward_ack(self, request: SipRequest) -> None:
+        while (route := request.get("Route")) is not None:
+            try:
+                route_uri = parse_uri(parse_name_addr(route).uri)
+            except ValueError:
+                return
+            if not isinstance(route_uri, SipUri) or not self._is_ours(route_uri):
+                return
+            request.headers.pop_first_value("Route")
+        try:
+            binding = await find_by_contact(self.edge.pool, request.uri)
+        except DATABASE_ERRORS:
+            return
+        flow = self.edge.flow_for(binding) if binding is not None else None
+        if binding is None or flow is None:
+            return
+        ack = branch_request(
+            self.edge, request, binding, self.edge.via(flow, self.edge.new_branch()), decrement=True
+        )
+        self.edge.transports.send(flow, ack.to_bytes())

@@ -1,0 +1,291 @@
+"""The asyncio side of the RFC 3261 §17 transactions: timers, matching, sending.
+
+The sans-IO machines in ``shared.sip.transaction`` decide; this layer feeds them what
+arrives, re-arms ``loop.call_at`` from ``get_timer()``, writes their bytes to the right
+flow, and turns their outcome into a future for the code waiting on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from services.relay.sip.transport import Flow, TransportLayer, response_flow
+from shared.sip.errors import LocalProtocolError
+from shared.sip.headers import make_response, parse_cseq, parse_via
+from shared.sip.message import SipRequest, SipResponse
+from shared.sip.transaction import (
+    ClientTransaction,
+    ResponseReceived,
+    SendBytes,
+    ServerTransaction,
+    Terminated,
+    TimedOut,
+    TransactionEvent,
+    TransportFailed,
+    client_key,
+    server_key,
+)
+
+log = logging.getLogger(__name__)
+
+ServerKey = tuple[str, ...]
+
+
+def _server_key(request: SipRequest) -> ServerKey:
+    key = server_key(request)
+    if key is not None:
+        return key
+    # §17.2.3 fallback for RFC 2543 clients (no magic cookie): the dialog and CSeq number.
+    cseq = request.get("CSeq") or ""
+    try:
+        seq = str(parse_cseq(cseq).seq)
+    except ValueError:
+        seq = cseq
+    method = "INVITE" if request.method == "ACK" else request.method
+    return (
+        "2543",
+        request.uri,
+        request.get("Call-ID") or "",
+        request.get("From") or "",
+        seq,
+        method,
+        request.get("Via") or "",
+    )
+
+
+class _Txn:
+    tx: ServerTransaction | ClientTransaction
+
+    def __init__(self, layer: TransactionLayer, flow: Flow) -> None:
+        self.layer = layer
+        self.flow = flow
+        self.timer: asyncio.TimerHandle | None = None
+
+    def on_response(self, response: SipResponse) -> None:
+        pass
+
+    def on_timeout(self) -> None:
+        pass
+
+    def on_transport_failed(self) -> None:
+        pass
+
+    def on_terminated(self) -> None:
+        pass
+
+
+class ServerTxn(_Txn):
+    """A request we must answer; ``respond`` hands a response to its transaction."""
+
+    tx: ServerTransaction
+
+    def __init__(
+        self, layer: TransactionLayer, tx: ServerTransaction, source: Flow, key: ServerKey
+    ) -> None:
+        super().__init__(layer, response_flow(tx.request, source))
+        self.tx = tx
+        self.source = source
+        self.key = key
+        self.final_sent = False
+        #: Set by the router while it forwards the request (CANCEL needs it).
+        self.on_cancel: Callable[[], None] | None = None
+
+    @property
+    def request(self) -> SipRequest:
+        return self.tx.request
+
+    def respond(self, response: SipResponse) -> None:
+        if self.final_sent:
+            return
+        if response.status >= 200:
+            self.final_sent = True
+        try:
+            events = self.tx.send_response(response, self.layer.loop.time())
+        except LocalProtocolError as exc:
+            log.warning("cannot send %d for %s: %s", response.status, self.request.method, exc)
+            return
+        self.layer.drive(self, events)
+
+    def on_terminated(self) -> None:
+        if self.layer.server.get(self.key) is self:
+            del self.layer.server[self.key]
+
+
+class ClientTxn(_Txn):
+    """A request we sent; ``final`` resolves to its final response (408/503 synthesised)."""
+
+    tx: ClientTransaction
+
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        tx: ClientTransaction,
+        flow: Flow,
+        key: tuple[str, str],
+        on_provisional: Callable[[SipResponse], None] | None,
+    ) -> None:
+        super().__init__(layer, flow)
+        self.tx = tx
+        self.key = key
+        self.on_provisional = on_provisional
+        self.final: asyncio.Future[SipResponse] = layer.loop.create_future()
+
+    def _resolve(self, response: SipResponse) -> None:
+        if not self.final.done():
+            self.final.set_result(response)
+
+    def on_response(self, response: SipResponse) -> None:
+        if response.status < 200:
+            if self.on_provisional is not None:
+                self.on_provisional(response)
+        else:
+            self._resolve(response)
+
+    def on_timeout(self) -> None:
+        self._resolve(make_response(self.tx.request, 408))
+
+    def on_transport_failed(self) -> None:
+        self._resolve(make_response(self.tx.request, 503))
+
+    def on_terminated(self) -> None:
+        if self.layer.client.get(self.key) is self:
+            del self.layer.client[self.key]
+        self._resolve(make_response(self.tx.request, 408))
+
+
+RequestHandler = Callable[[ServerTxn], None]
+AckHandler = Callable[[SipRequest, Flow], None]
+
+
+class TransactionLayer:
+    def __init__(
+        self, transports: TransportLayer, on_request: RequestHandler, on_stray_ack: AckHandler
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transports = transports
+        self.on_request = on_request
+        self.on_stray_ack = on_stray_ack
+        self.server: dict[ServerKey, ServerTxn] = {}
+        self.client: dict[tuple[str, str], ClientTxn] = {}
+        self.accepting = True
+
+    # -- incoming -----------------------------------------------------------------------
+
+    def receive(self, message: SipRequest | SipResponse, flow: Flow) -> None:
+        if isinstance(message, SipRequest):
+            self._request(message, flow)
+        else:
+            self._response(message, flow)
+
+    def _request(self, request: SipRequest, flow: Flow) -> None:
+        now = self.loop.time()
+        key = _server_key(request)
+        txn = self.server.get(key)
+        if request.method == "ACK":
+            if txn is not None and txn.tx.is_invite:
+                self.drive(txn, txn.tx.receive_request(request, now))
+            else:
+                self.on_stray_ack(request, flow)  # ACK for a 2xx: end to end (§16.7)
+            return
+        if txn is not None:
+            self.drive(txn, txn.tx.receive_request(request, now))  # a retransmission
+            return
+        tx = ServerTransaction(request, now=now, reliable=flow.reliable)
+        txn = ServerTxn(self, tx, flow, key)
+        self.server[key] = txn
+        self.drive(txn, tx.start())
+        if not self.accepting:
+            txn.respond(make_response(request, 503, headers=[("Retry-After", "5")]))
+            return
+        self.on_request(txn)
+
+    def _response(self, response: SipResponse, flow: Flow) -> None:
+        key = client_key(response)
+        txn = self.client.get(key) if key is not None else None
+        if txn is None:
+            log.debug("response %d from %s matches no transaction; dropped", response.status, flow)
+            return
+        self.drive(txn, txn.tx.receive_response(response, self.loop.time()))
+
+    def find_invite(self, cancel: SipRequest) -> ServerTxn | None:
+        """The INVITE server transaction a CANCEL is for (§9.2: same key, method INVITE)."""
+        key = _server_key(cancel)
+        return self.server.get((*key[:-1], "INVITE"))
+
+    # -- outgoing -----------------------------------------------------------------------
+
+    def send_request(
+        self,
+        request: SipRequest,
+        flow: Flow,
+        on_provisional: Callable[[SipResponse], None] | None = None,
+    ) -> ClientTxn:
+        tx = ClientTransaction(request, now=self.loop.time(), reliable=flow.reliable)
+        key = client_key_for(request)
+        txn = ClientTxn(self, tx, flow, key, on_provisional)
+        self.client[key] = txn
+        self.drive(txn, tx.start())
+        return txn
+
+    def connection_closed(self, flow: Flow) -> None:
+        """Client transactions waiting on a closed connection fail now (§17.1.4)."""
+        for txn in [t for t in self.client.values() if t.flow == flow]:
+            self._transport_error(txn)
+
+    # -- driving ------------------------------------------------------------------------
+
+    def drive(self, txn: _Txn, events: list[TransactionEvent]) -> None:
+        for event in events:
+            if isinstance(event, SendBytes):
+                if not self.transports.send(txn.flow, event.data):
+                    self._transport_error(txn)
+            elif isinstance(event, ResponseReceived):
+                txn.on_response(event.response)
+            elif isinstance(event, TimedOut):
+                txn.on_timeout()
+            elif isinstance(event, TransportFailed):
+                txn.on_transport_failed()
+            elif isinstance(event, Terminated):
+                if txn.timer is not None:
+                    txn.timer.cancel()
+                    txn.timer = None
+                txn.on_terminated()
+        self._rearm(txn)
+
+    def _transport_error(self, txn: _Txn) -> None:
+        try:
+            events = txn.tx.transport_error(self.loop.time())
+        except LocalProtocolError:
+            return  # the state has no transport-error edge: the timers will end it
+        self.drive(txn, events)
+
+    def _rearm(self, txn: _Txn) -> None:
+        if txn.timer is not None:
+            txn.timer.cancel()
+            txn.timer = None
+        when = txn.tx.get_timer()
+        if when is not None and txn.tx.state != "terminated":
+            txn.timer = self.loop.call_at(when, self._fire, txn, when)
+
+    def _fire(self, txn: _Txn, when: float) -> None:
+        txn.timer = None
+        self.drive(txn, txn.tx.handle_timer(max(self.loop.time(), when)))
+
+    @property
+    def pending(self) -> int:
+        """Transactions still waiting for a final response."""
+        return sum(not t.final.done() for t in self.client.values()) + sum(
+            not t.final_sent for t in self.server.values()
+        )
+
+    def close(self) -> None:
+        for txn in [*self.server.values(), *self.client.values()]:
+            if txn.timer is not None:
+                txn.timer.cancel()
+
+
+def client_key_for(request: SipRequest) -> tuple[str, str]:
+    branch = parse_via(request.get("Via") or "").branch or ""
+    return branch, request.method

@@ -1,0 +1,290 @@
+"""SIP transports: UDP, TCP and TLS sockets feeding the sans-IO parser (RFC 3261 §18).
+
+Every message arrives with the :class:`Flow` it came on. On the way in, the top Via of a
+request gets ``received`` and ``rport`` (RFC 3261 §18.2.1, RFC 3581 §4), so responses and
+the registrar see where the request really came from. Unparsable requests are answered
+here (400 or the parser's status) when enough of them could be read; anything else is
+dropped. On a stream a parse error loses the framing, so the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from shared.sip.errors import LocalProtocolError, RemoteProtocolError
+from shared.sip.headers import make_response, parse_via
+from shared.sip.message import Headers, SipRequest, SipResponse, split_comma_list
+from shared.sip.parser import KeepAlivePing, SipStreamParser, parse_datagram
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIP_PORT = 5060
+DEFAULT_SIPS_PORT = 5061
+WRITE_BUFFER_LIMIT = 1 << 20  # bytes queued on a connection before it counts as stuck
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Where a message came from or goes to; TCP/TLS flows name their connection."""
+
+    transport: str  # "udp", "tcp" or "tls"
+    host: str
+    port: int
+    connection_id: str | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+MessageHandler = Callable[[SipRequest | SipResponse, Flow], None]
+ClosedHandler = Callable[[Flow], None]
+
+
+def _bare_host(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def same_host(a: str, b: str) -> bool:
+    a, b = _bare_host(a), _bare_host(b)
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a.lower() == b.lower()
+
+
+def stamp_via(request: SipRequest, flow: Flow) -> None:
+    """Add ``received``/``rport`` to the top Via (§18.2.1, RFC 3581 §4); ValueError if bad."""
+    items = list(request.headers)
+    for index, (name, value) in enumerate(items):
+        if name != "Via":
+            continue
+        parts = split_comma_list(value)
+        if not parts:
+            continue
+        via = parse_via(parts[0])
+        changed = via
+        if via.has_rport:
+            changed = changed.with_param("rport", str(flow.port))
+        if via.has_rport or not same_host(via.host, flow.host):
+            changed = changed.with_param("received", flow.host)
+        if changed is not via:
+            parts[0] = str(changed)
+            items[index] = (name, ", ".join(parts))
+            request.headers = Headers(items)
+        return
+    raise ValueError("no Via")
+
+
+def response_flow(request: SipRequest, flow: Flow) -> Flow:
+    """Where responses to ``request`` go (§18.2.2, RFC 3581 §4)."""
+    if flow.reliable:
+        return flow
+    try:
+        via = parse_via(request.get("Via") or "")
+    except ValueError:
+        return flow
+    host = via.received or _bare_host(via.host)
+    port = via.rport or via.port or DEFAULT_SIP_PORT
+    return Flow("udp", _bare_host(host), port)
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, layer: TransportLayer) -> None:
+        self.layer = layer
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        flow = Flow("udp", str(addr[0]), int(str(addr[1])))
+        try:
+            message = parse_datagram(data)
+        except RemoteProtocolError as exc:
+            self.layer.malformed(exc, flow)
+            return
+        if message is not None:
+            self.layer.deliver(message, flow)
+
+    def send(self, data: bytes, host: str, port: int) -> bool:
+        if self.transport is None or self.transport.is_closing():
+            return False
+        try:
+            self.transport.sendto(data, (host, port))
+        except (OSError, ValueError) as exc:
+            log.info("cannot send to udp:%s:%d: %s", host, port, exc)
+            return False
+        return True
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: the transaction timers cover them.
+        log.debug("udp error: %s", exc)
+
+
+class StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection, accepted by a listener."""
+
+    def __init__(self, layer: TransportLayer, transport_name: str) -> None:
+        self.layer = layer
+        self.transport_name = transport_name
+        self.connection_id = secrets.token_hex(8)
+        self.parser = SipStreamParser()
+        self.transport: asyncio.Transport | None = None
+        self.flow = Flow(transport_name, "", 0, self.connection_id)
+        self.last_activity = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.flow = Flow(self.transport_name, str(peer[0]), int(peer[1]), self.connection_id)
+        self.last_activity = self.layer.loop.time()
+        self.layer.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.layer.loop.time()
+        try:
+            for event in self.parser.receive_data(data):
+                if isinstance(event, KeepAlivePing):
+                    self.write(b"\r\n")  # RFC 5626 §3.5.1: pong
+                else:
+                    self.layer.deliver(event, self.flow)
+        except RemoteProtocolError as exc:
+            self.layer.malformed(exc, self.flow)
+            self.close()
+
+    def write(self, data: bytes) -> bool:
+        if self.transport is None or self.transport.is_closing():
+            return False
+        self.transport.write(data)
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.layer.closed(self)
+
+
+class TransportLayer:
+    """The listening sockets and open connections; ``send`` picks the right one for a flow."""
+
+    def __init__(
+        self,
+        *,
+        on_message: MessageHandler,
+        on_closed: ClosedHandler,
+        idle_timeout: float,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.on_message = on_message
+        self.on_closed = on_closed
+        self.idle_timeout = idle_timeout
+        self.udp: UdpProtocol | None = None
+        self.servers: list[asyncio.Server] = []
+        self.connections: dict[str, StreamConnection] = {}
+        self.bound: list[tuple[str, str, int]] = []  # (transport, host, port) listening
+
+    async def start(
+        self, host: str, port: int, tls_port: int, tls_context: ssl.SSLContext | None
+    ) -> None:
+        _, udp = await self.loop.create_datagram_endpoint(
+            lambda: UdpProtocol(self), local_addr=(host, port)
+        )
+        self.udp = udp
+        self.bound.append(("udp", host, port))
+        self.servers.append(
+            await self.loop.create_server(lambda: StreamConnection(self, "tcp"), host, port)
+        )
+        self.bound.append(("tcp", host, port))
+        if tls_context is not None:
+            self.servers.append(
+                await self.loop.create_server(
+                    lambda: StreamConnection(self, "tls"), host, tls_port, ssl=tls_context
+                )
+            )
+            self.bound.append(("tls", host, tls_port))
+        log.info("SIP listening on %s", ", ".join(f"{t}:{h}:{p}" for t, h, p in self.bound))
+
+    def stop_accepting(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    def close(self) -> None:
+        self.stop_accepting()
+        for conn in list(self.connections.values()):
+            conn.close()
+        if self.udp is not None and self.udp.transport is not None:
+            self.udp.transport.close()
+
+    # -- callbacks from the protocols ---------------------------------------------------
+
+    def opened(self, conn: StreamConnection) -> None:
+        self.connections[conn.connection_id] = conn
+
+    def closed(self, conn: StreamConnection) -> None:
+        if self.connections.pop(conn.connection_id, None) is not None:
+            self.on_closed(conn.flow)
+
+    def deliver(self, message: SipRequest | SipResponse, flow: Flow) -> None:
+        if isinstance(message, SipRequest):
+            try:
+                stamp_via(message, flow)
+            except ValueError as exc:
+                self.malformed(RemoteProtocolError(f"bad Via: {exc}", partial=message), flow)
+                return
+        self.on_message(message, flow)
+
+    def malformed(self, exc: RemoteProtocolError, flow: Flow) -> None:
+        """Answer what can be answered (§8.2.6, §16.3 step 1); log once; never raise."""
+        log.info("malformed SIP from %s: %s", flow, exc)
+        request = exc.partial
+        if not isinstance(request, SipRequest) or request.method == "ACK":
+            return
+        target = flow
+        if not flow.reliable:
+            try:
+                stamp_via(request, flow)
+                target = response_flow(request, flow)
+            except ValueError:
+                target = flow
+        try:
+            data = make_response(request, exc.status_hint).to_bytes()
+        except LocalProtocolError:
+            return
+        self.send(target, data)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, flow: Flow, data: bytes) -> bool:
+        """Send ``data`` on ``flow``; False when that is impossible (connection gone)."""
+        if flow.transport == "udp":
+            return self.udp is not None and self.udp.send(data, flow.host, flow.port)
+        if flow.connection_id is None:
+            return False
+        conn = self.connections.get(flow.connection_id)
+        return conn is not None and conn.write(data)
+
+    def has_connection(self, connection_id: str) -> bool:
+        return connection_id in self.connections
+
+    def sweep_idle(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.connections.values()):
+            if now - conn.last_activity > self.idle_timeout:
+                log.info("closing idle SIP connection %s", conn.flow)
+                conn.close()

@@ -1,0 +1,157 @@
+"""The ``locations`` table: registrar bindings (RFC 3261 §10) of an AoR to its contacts.
+
+AoRs are ``user@domain`` strings. Expiry is computed by the database clock (``now()``) so
+that every relay replica agrees on it; ``Binding.expires_in`` is the remaining lifetime in
+whole seconds at the time of the query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from shared.db.types import Executor
+
+
+@dataclass(frozen=True)
+class Binding:
+    id: int
+    aor: str
+    contact: str
+    transport: str  # udp, tcp or tls
+    source_host: str
+    source_port: int
+    relay_instance: str
+    connection_id: str | None
+    q: float
+    instance_id: str | None
+    user_agent: str | None
+    call_id: str
+    cseq: int
+    expires_at: datetime
+    expires_in: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewBinding:
+    """What a REGISTER sets for one contact (inserted, or updated in place)."""
+
+    aor: str
+    contact: str
+    transport: str
+    source_host: str
+    source_port: int
+    relay_instance: str
+    connection_id: str | None
+    q: float
+    instance_id: str | None
+    user_agent: str | None
+    call_id: str
+    cseq: int
+    expires: int  # seconds from now, > 0
+
+
+_COLUMNS = """id, aor, contact, transport, source_host, source_port, relay_instance,
+    connection_id, q, instance_id, user_agent, call_id, cseq, expires_at,
+    GREATEST(0, ceil(extract(epoch FROM expires_at - now())))::int AS expires_in,
+    created_at, updated_at"""
+
+
+def _binding(row: asyncpg.Record) -> Binding:
+    return Binding(**dict(row))
+
+
+async def lock_aor(conn: Executor, aor: str) -> None:
+    """Serialise registrations of one AoR until the end of the current transaction."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", aor)
+
+
+async def get_bindings(conn: Executor, aor: str) -> list[Binding]:
+    """The AoR's unexpired bindings, best first (highest q, then most recently refreshed)."""
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM locations WHERE aor = $1 AND expires_at > now()
+            ORDER BY q DESC, updated_at DESC, id""",
+        aor,
+    )
+    return [_binding(row) for row in rows]
+
+
+async def upsert_binding(conn: Executor, new: NewBinding) -> Binding:
+    row = await conn.fetchrow(
+        f"""INSERT INTO locations (aor, contact, transport, source_host, source_port,
+                relay_instance, connection_id, q, instance_id, user_agent, call_id, cseq,
+                expires_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                    now() + make_interval(secs => $13))
+            ON CONFLICT (aor, contact) DO UPDATE SET
+                transport = EXCLUDED.transport, source_host = EXCLUDED.source_host,
+                source_port = EXCLUDED.source_port, relay_instance = EXCLUDED.relay_instance,
+                connection_id = EXCLUDED.connection_id, q = EXCLUDED.q,
+                instance_id = EXCLUDED.instance_id, user_agent = EXCLUDED.user_agent,
+                call_id = EXCLUDED.call_id, cseq = EXCLUDED.cseq,
+                expires_at = EXCLUDED.expires_at, updated_at = now()
+            RETURNING {_COLUMNS}""",
+        new.aor,
+        new.contact,
+        new.transport,
+        new.source_host,
+        new.source_port,
+        new.relay_instance,
+        new.connection_id,
+        new.q,
+        new.instance_id,
+        new.user_agent,
+        new.call_id,
+        new.cseq,
+        float(new.expires),
+    )
+    assert row is not None
+    return _binding(row)
+
+
+async def delete_bindings(conn: Executor, ids: list[int]) -> int:
+    status = await conn.execute("DELETE FROM locations WHERE id = ANY($1::bigint[])", ids)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def delete_expired(conn: Executor) -> int:
+    """Purge expired bindings; the number removed."""
+    status = await conn.execute("DELETE FROM locations WHERE expires_at <= now()")
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def delete_connection_bindings(
+    conn: Executor, relay_instance: str, connection_id: str
+) -> list[str]:
+    """Remove the bindings that live on one closed TCP/TLS connection; their AoRs."""
+    rows = await conn.fetch(
+        """DELETE FROM locations WHERE relay_instance = $1 AND connection_id = $2
+           RETURNING aor""",
+        relay_instance,
+        connection_id,
+    )
+    return [row["aor"] for row in rows]
+
+
+async def delete_instance_stream_bindings(conn: Executor, relay_instance: str) -> int:
+    """At relay start: TCP/TLS bindings an earlier run of this relay held are dead."""
+    status = await conn.execute(
+        "DELETE FROM locations WHERE relay_instance = $1 AND connection_id IS NOT NULL",
+        relay_instance,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def find_by_contact(conn: Executor, contact: str) -> Binding | None:
+    """The unexpired binding whose contact is exactly ``contact`` (in-dialog requests
+    addressed to a registered UA's Contact)."""
+    row = await conn.fetchrow(
+        f"""SELECT {_COLUMNS} FROM locations WHERE contact = $1 AND expires_at > now()
+            ORDER BY updated_at DESC LIMIT 1""",
+        contact,
+    )
+    return None if row is None else _binding(row)

@@ -1,0 +1,152 @@
+"""REGISTER against the SIP edge over real sockets (RFC 3261 §10)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from shared.db.locations import get_bindings
+from tests.relay_sip.conftest import SipServer, eventually
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_register_is_challenged_then_bound_and_announced(
+    sip: SipServer, database_url: str, transport: str
+) -> None:
+    listener = await asyncpg.connect(database_url)
+    announced: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("registered", lambda *args: announced.put_nowait(args[3]))
+    try:
+        alice = await sip.ua("alice", transport)
+        request = alice.build(
+            "REGISTER",
+            "sip:example.test",
+            headers=[("Contact", f"<{alice.contact}>"), ("Expires", "600")],
+        )
+        challenge, ok = await alice.send_authenticated(request)
+        assert challenge.status == 401
+        assert 'realm="example.test"' in (challenge.get("WWW-Authenticate") or "")
+        assert ok.status == 200
+        contacts = ok.get_all("Contact")
+        assert len(contacts) == 1 and contacts[0].startswith(f"<{alice.contact}>;expires=")
+        assert 590 <= int(contacts[0].rsplit("=", 1)[1]) <= 600
+        [binding] = await get_bindings(sip.pool, "alice@example.test")
+        assert binding.contact == alice.contact
+        assert binding.transport == transport
+        assert binding.source_port == alice.local_port
+        assert binding.user_agent == "imstack-test-ua"
+        assert (binding.connection_id is None) == (transport == "udp")
+        payload = await asyncio.wait_for(announced.get(), 10)
+        assert '"id": "alice@example.test"' in payload and '"type": "registered"' in payload
+    finally:
+        await listener.close()
+
+
+async def test_a_wrong_password_is_refused_and_binds_nothing(sip: SipServer) -> None:
+    mallory = await sip.ua("alice", password="guess")
+    response = await mallory.register()
+    assert response.status == 401
+    assert await get_bindings(sip.pool, "alice@example.test") == []
+
+
+async def test_a_disabled_user_is_forbidden(sip: SipServer) -> None:
+    dave = await sip.ua("dave")
+    assert (await dave.register()).status == 403
+
+
+async def test_a_user_cannot_register_someone_elses_address(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    request = alice.build(
+        "REGISTER",
+        "sip:example.test",
+        to="sip:bob@example.test",
+        headers=[("Contact", f"<{alice.contact}>")],
+    )
+    _, final = await alice.send_authenticated(request)
+    assert final.status == 403
+    assert await get_bindings(sip.pool, "bob@example.test") == []
+
+
+async def test_expires_zero_removes_the_binding(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    assert (await alice.register()).status == 200
+    response = await alice.register(expires=0)
+    assert response.status == 200
+    assert response.get_all("Contact") == []
+    assert await get_bindings(sip.pool, "alice@example.test") == []
+
+
+async def test_several_contacts_with_q_are_listed_and_star_removes_them_all(
+    sip: SipServer,
+) -> None:
+    alice = await sip.ua("alice")
+    other = "sip:alice-desk@127.0.0.1:5999"
+    request = alice.build(
+        "REGISTER",
+        "sip:example.test",
+        headers=[("Contact", f"<{alice.contact}>;q=0.5, <{other}>;expires=120")],
+    )
+    _, ok = await alice.send_authenticated(request)
+    assert ok.status == 200
+    listed = ok.get_all("Contact")
+    assert len(listed) == 2
+    assert any(c.startswith(f"<{other}>;expires=") for c in listed)
+    assert any(c.startswith(f"<{alice.contact}>;") and ";q=0.5" in c for c in listed)
+    bindings = await get_bindings(sip.pool, "alice@example.test")
+    assert [b.contact for b in bindings] == [other, alice.contact]  # best q first
+
+    bad = alice.build("REGISTER", "sip:example.test", headers=[("Contact", "*"), ("Expires", "60")])
+    _, refused = await alice.send_authenticated(bad)
+    assert refused.status == 400
+    star = alice.build("REGISTER", "sip:example.test", headers=[("Contact", "*"), ("Expires", "0")])
+    _, cleared = await alice.send_authenticated(star)
+    assert cleared.status == 200
+    assert await get_bindings(sip.pool, "alice@example.test") == []
+
+
+async def test_too_brief_expiry_gets_423_with_min_expires(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    response = await alice.register(expires=10)
+    assert response.status == 423
+    assert response.get("Min-Expires") == str(sip.settings.registrar_min_expires)
+    assert await get_bindings(sip.pool, "alice@example.test") == []
+
+
+async def test_too_long_expiry_is_shortened_to_the_maximum(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    response = await alice.register(expires=10**6)
+    assert response.status == 200
+    [contact] = response.get_all("Contact")
+    assert int(contact.rsplit("=", 1)[1]) <= sip.settings.registrar_max_expires
+
+
+async def test_an_older_cseq_of_the_same_call_id_does_not_undo_a_newer_one(
+    sip: SipServer,
+) -> None:
+    alice = await sip.ua("alice")
+    assert (await alice.register()).status == 200
+    stale = alice.build(
+        "REGISTER",
+        "sip:example.test",
+        headers=[("Contact", f"<{alice.contact}>"), ("Expires", "0")],
+    )
+    first = await alice.send(stale)
+    old = alice.authorize(stale, first)
+    old.headers.set("CSeq", "1 REGISTER")
+    response = await alice.send(old)
+    assert response.status == 500
+    assert len(await get_bindings(sip.pool, "alice@example.test")) == 1
+
+
+async def test_closing_the_tcp_connection_removes_its_binding(sip: SipServer) -> None:
+    alice = await sip.ua("alice", "tcp")
+    assert (await alice.register()).status == 200
+    assert len(await get_bindings(sip.pool, "alice@example.test")) == 1
+    await alice.close()
+
+    async def gone() -> bool:
+        return await get_bindings(sip.pool, "alice@example.test") == []
+
+    await eventually(gone, "binding removed")
