@@ -13,6 +13,7 @@ import asyncpg
 import typer
 
 from shared.config import Settings, SettingsError, load_settings, settings_table
+from shared.db import tokens as tokens_db
 from shared.db import users as users_db
 from shared.db.embedded import EmbeddedDatabaseError, EmbeddedPostgres
 from shared.db.migrate import migrate as apply_migrations
@@ -32,6 +33,11 @@ user_app = typer.Typer(
     help="Manage users (named by address: alice@example.com).", no_args_is_help=True
 )
 app.add_typer(user_app, name="user")
+token_app = typer.Typer(
+    help="Control API bearer tokens (stored hashed; shown once, at creation).",
+    no_args_is_help=True,
+)
+app.add_typer(token_app, name="token")
 tls_app = typer.Typer(help="TLS certificates.", no_args_is_help=True)
 app.add_typer(tls_app, name="tls")
 
@@ -110,7 +116,7 @@ def run_async(coro: Awaitable[T]) -> T:
             return runner.run(guarded())
     except DatabaseUnavailable as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
-    except users_db.UserError as exc:
+    except (users_db.UserError, tokens_db.TokenError) as exc:
         fail(str(exc))
 
 
@@ -299,6 +305,53 @@ def user_remove(address: AddressArg) -> None:
     with database(settings) as url:
         run_async(with_connection(settings, url, lambda c: users_db.delete_user(c, addr)))
     typer.echo(f"removed {addr}")
+
+
+TokenNameArg = Annotated[str, typer.Argument(help="The token's name, e.g. monitoring.")]
+
+
+@token_app.command("create")
+def token_create(
+    name: TokenNameArg,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="The token may only read, never change.")
+    ] = False,
+) -> None:
+    """Create a token and print it (once: only its hash is stored)."""
+    settings = settings_or_exit()
+    try:
+        tokens_db.check_name(name)
+    except tokens_db.TokenError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    scope = tokens_db.Scope.READ if read_only else tokens_db.Scope.ADMIN
+    with database(settings) as url:
+        made = run_async(
+            with_connection(settings, url, lambda c: tokens_db.create_token(c, name, scope))
+        )
+    typer.echo(f"created {scope.value} token {name!r}; it is shown only now:", err=True)
+    typer.echo(made.secret)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """List tokens (name, scope, state, created, last used); never the tokens themselves."""
+    settings = settings_or_exit()
+    with database(settings) as url:
+        found = run_async(with_connection(settings, url, tokens_db.list_tokens))
+    for token in found:
+        state = "revoked" if token.revoked else "active"
+        created = token.created_at.isoformat(timespec="seconds")
+        used = token.last_used_at.isoformat(timespec="seconds") if token.last_used_at else "never"
+        typer.echo(f"{token.name}\t{token.scope.value}\t{state}\t{created}\t{used}")
+
+
+@token_app.command("revoke")
+def token_revoke(name: TokenNameArg) -> None:
+    """Revoke a token: it stops working at once."""
+    settings = settings_or_exit()
+    with database(settings) as url:
+        run_async(with_connection(settings, url, lambda c: tokens_db.revoke_token(c, name)))
+    typer.echo(f"revoked {name}")
 
 
 @tls_app.command("selfsigned")

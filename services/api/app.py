@@ -1,4 +1,8 @@
-"""The control API: a FastAPI app factory. The full API grows router by router."""
+"""The control API: a FastAPI app factory. The full API grows router by router.
+
+``/healthz``, ``/readyz`` and ``/metrics`` are open; everything under ``/api/v1`` needs a bearer
+token (the v1 router's dependency), and changes need an admin one (``AdminDep``).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,13 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 import asyncpg
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
-from services.api.routers import health
+from services.api.deps import require_token
+from services.api.errors import ERROR_RESPONSES, install_error_handlers
+from services.api.metrics import ApiMetrics, MetricsMiddleware
+from services.api.metrics import router as metrics_router
+from services.api.routers import health, users
 from shared.config import Settings
 from shared.db.pool import create_pool
 
@@ -43,5 +51,19 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = ApiMetrics.create()
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics_router)
+    app.include_router(api_v1_router())
     return app
+
+
+def api_v1_router() -> APIRouter:
+    """Everything under ``/api/v1``: a token is required on every route."""
+    v1 = APIRouter(
+        prefix="/api/v1", dependencies=[Depends(require_token)], responses=ERROR_RESPONSES
+    )
+    v1.include_router(users.router)
+    return v1

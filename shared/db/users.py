@@ -19,6 +19,22 @@ class UserError(Exception):
     """Bad input or a conflict; the message is meant for the person who typed the command."""
 
 
+class InvalidUser(UserError):
+    """An address, password or field that cannot be accepted."""
+
+
+class UserExists(UserError):
+    """A user with that address exists already."""
+
+
+class UserNotFound(UserError):
+    """No user has that address."""
+
+
+#: NOTIFY channel for user changes: ``{"type": "created"|"updated"|"deleted", "id": address}``.
+USERS_CHANNEL = "users"
+
+
 @dataclass(frozen=True)
 class Address:
     username: str
@@ -38,9 +54,9 @@ def parse_address(text: str, default_domain: str | None = None) -> Address:
         username, domain = value, default_domain or ""
     domain = domain.lower()
     if not username or not _USER.match(username) or "@" in username:
-        raise UserError(f"not a valid user name in {text!r}")
+        raise InvalidUser(f"not a valid user name in {text!r}")
     if not domain or not _DOMAIN.match(domain):
-        raise UserError(f"not a valid domain in {text!r} (expected user@domain)")
+        raise InvalidUser(f"not a valid domain in {text!r} (expected user@domain)")
     return Address(username, domain)
 
 
@@ -79,7 +95,7 @@ def _user(row: asyncpg.Record) -> User:
 
 def _ha1s(address: Address, password: str) -> tuple[str, str]:
     if not password:
-        raise UserError("the password must not be empty")
+        raise InvalidUser("the password must not be empty")
     return (
         ha1(Algorithm.MD5, address.username, address.domain, password),
         ha1(Algorithm.SHA256, address.username, address.domain, password),
@@ -107,7 +123,7 @@ async def create_user(
             sha256,
         )
     except asyncpg.UniqueViolationError:
-        raise UserError(f"user {address} already exists") from None
+        raise UserExists(f"user {address} already exists") from None
     assert row is not None
     return _user(row)
 
@@ -121,21 +137,88 @@ async def get_user(conn: Executor, address: Address) -> User | None:
     return None if row is None else _user(row)
 
 
+_FILTER = """($1::text IS NULL OR domain = $1)
+    AND ($2::text IS NULL
+         OR strpos(lower(username || '@' || domain), lower($2)) > 0
+         OR strpos(lower(coalesce(display_name, '')), lower($2)) > 0
+         OR strpos(lower(coalesce(email, '')), lower($2)) > 0)"""
+
+
 async def list_users(
     conn: Executor,
     *,
     domain: str | None = None,
+    search: str | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> list[User]:
+    """Users ordered by domain and name; ``search`` matches a substring (any case) of the
+    address, the display name or the e-mail address."""
     rows = await conn.fetch(
-        f"""SELECT {_PUBLIC} FROM users WHERE $1::text IS NULL OR domain = $1
-            ORDER BY domain, username LIMIT $2 OFFSET $3""",
+        f"""SELECT {_PUBLIC} FROM users WHERE {_FILTER}
+            ORDER BY domain, username LIMIT $3 OFFSET $4""",
         domain,
+        search or None,
         limit,
         offset,
     )
     return [_user(row) for row in rows]
+
+
+async def count_users(
+    conn: Executor, *, domain: str | None = None, search: str | None = None
+) -> int:
+    """How many users ``list_users`` would find with the same filters and no limit."""
+    count = await conn.fetchval(
+        f"SELECT count(*) FROM users WHERE {_FILTER}", domain, search or None
+    )
+    return int(count)
+
+
+async def count_users_by_state(conn: Executor) -> dict[str, int]:
+    """``{"active": n, "disabled": m}`` over all users."""
+    row = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE NOT disabled) AS active, "
+        "count(*) FILTER (WHERE disabled) AS disabled FROM users"
+    )
+    assert row is not None
+    return {"active": int(row["active"]), "disabled": int(row["disabled"])}
+
+
+class _Unset:
+    """The default of a field an update leaves alone (``None`` clears it)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
+async def update_user(
+    conn: Executor,
+    address: Address,
+    *,
+    display_name: str | _Unset | None = UNSET,
+    email: str | _Unset | None = UNSET,
+) -> User:
+    """Change the profile fields given (``None`` clears one); return the updated user."""
+    row = await conn.fetchrow(
+        f"""UPDATE users SET
+                display_name = CASE WHEN $3 THEN $4 ELSE display_name END,
+                email = CASE WHEN $5 THEN $6 ELSE email END,
+                updated_at = now()
+            WHERE username = $1 AND domain = $2 RETURNING {_PUBLIC}""",
+        address.username,
+        address.domain,
+        not isinstance(display_name, _Unset),
+        None if isinstance(display_name, _Unset) else display_name,
+        not isinstance(email, _Unset),
+        None if isinstance(email, _Unset) else email,
+    )
+    if row is None:
+        raise UserNotFound(f"no such user: {address}")
+    return _user(row)
 
 
 async def get_credentials(conn: Executor, address: Address) -> Credentials | None:
@@ -180,4 +263,4 @@ async def delete_user(conn: Executor, address: Address) -> None:
 
 def _require_one(status: str, address: Address) -> None:
     if status.rsplit(" ", 1)[-1] == "0":
-        raise UserError(f"no such user: {address}")
+        raise UserNotFound(f"no such user: {address}")
