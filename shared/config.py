@@ -84,6 +84,50 @@ class Settings(BaseSettings):
     registrar_max_contacts: int = Field(
         10, ge=1, description="Most contacts one address-of-record may register (then 403)."
     )
+    msilo_expire: int = Field(
+        259200,
+        ge=1,
+        description="Seconds an offline message is kept (default 3 days); a MESSAGE's own "
+        "Expires lowers it. Expired messages are deleted undelivered.",
+    )
+    msilo_max_messages: int = Field(
+        0,
+        ge=0,
+        description="Most offline messages stored per user; further ones are refused with "
+        "480 Mailbox Full. 0: unlimited.",
+    )
+    msilo_add_date: bool = Field(
+        True,
+        description="Prefix delivered text/plain offline messages with "
+        "'[Offline message - <date stored, UTC>] ' (other content types are never changed).",
+    )
+    msilo_retry_interval: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds before an offline message the user's client refused is offered "
+        "again while the user stays registered (a new registration retries at once).",
+    )
+    msilo_sweep_interval: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between msilo's sweeps over registered users with pending "
+        "offline messages (covers lost NOTIFYs and due retries).",
+    )
+    msilo_purge_interval: float = Field(
+        600.0, gt=0, description="Seconds between purges of expired offline messages."
+    )
+    msilo_notice_from: str | None = Field(
+        None,
+        pattern=r"^sips?:\S+$",
+        description="From URI of the notice sent to a local sender whose message was stored "
+        "offline (Kamailio's from_address). Unset: no notices.",
+    )
+    msilo_notice_text: str = Field(
+        "{recipient} is offline: your message was stored and will be delivered when they "
+        "come back.",
+        min_length=1,
+        description="Text of the offline notice; {recipient} is replaced by the address.",
+    )
     msrp_host: str = Field("0.0.0.0", description="MSRP listen address.")
     msrp_port: Port = Field(
         2855,

@@ -95,8 +95,12 @@ async def test_message_to_a_user_who_is_not_registered_goes_to_the_offline_store
     sip: SipServer,
 ) -> None:
     alice = await sip.ua("alice")
-    # The offline store is another issue; until it lands its hand-over answers 480.
-    assert (await alice.message("sip:carol@example.test", b"later")).status == 480
+    # Stored for carol (tests/msilo cover the rest): 202 once the row is committed.
+    assert (await alice.message("sip:carol@example.test", b"later")).status == 202
+    stored = await sip.pool.fetchval(
+        "SELECT body FROM offline_messages WHERE recipient = 'carol@example.test'"
+    )
+    assert stored == b"later"
 
 
 async def test_message_for_a_foreign_domain_is_refused(sip: SipServer) -> None:

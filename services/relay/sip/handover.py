@@ -2,19 +2,80 @@
 
 Each is ONE function, so the issue that implements the other side changes only its body:
 
-* :func:`store_offline` — the offline-store issue (msilo): commit an ``offline_messages``
-  row and answer 202 Accepted. Until then: 480.
+* :func:`store_offline` — the offline store (msilo): commit an ``offline_messages`` row,
+  then answer 202 Accepted (Kamailio's ``m_store`` + ``t_reply("202")``); 480 Mailbox Full
+  over the quota; 503 when the database fails — never 202 for a row not committed.
 * :func:`deliver_to_room` — the rooms issue (imc): hand the MESSAGE to the room worker
   through Postgres. Until then: 404.
 """
 
 from __future__ import annotations
 
+import logging
+
 import asyncpg
 
 from shared.config import Settings
-from shared.sip.headers import make_response
-from shared.sip.message import SipRequest, SipResponse
+from shared.db.offline import GENERATED_HEADER, NOTICE_SOURCE, store_message
+from shared.db.outbound import queue_message
+from shared.sip.headers import make_response, parse_name_addr
+from shared.sip.message import SipRequest, SipResponse, canonical_name
+
+log = logging.getLogger(__name__)
+
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+#: Headers not worth keeping with a stored message: routing, transport, authentication and
+#: dialog headers (the delivery gets new ones), and those the delivery writes itself (Date,
+#: Content-Type). Everything else is kept — P-Asserted-Identity, Privacy, Subject, extension
+#: and X- headers (Kamailio keeps the headers its parser does not know, plus PAI/PPI/Privacy).
+NOT_STORED_HEADERS = frozenset(
+    canonical_name(name).lower()
+    for name in (
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Max-Forwards",
+        "Route",
+        "Record-Route",
+        "Path",
+        "Service-Route",
+        "Content-Type",
+        "Content-Length",
+        "Expires",
+        "Date",
+        "Authorization",
+        "Proxy-Authorization",
+        "WWW-Authenticate",
+        "Proxy-Authenticate",
+        "Authentication-Info",
+        "Require",
+        "Proxy-Require",
+        "Supported",
+        "Unsupported",
+        "Allow",
+        "Allow-Events",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "User-Agent",
+        "Server",
+        "Timestamp",
+        "Warning",
+        "Min-Expires",
+        "Retry-After",
+        GENERATED_HEADER,
+    )
+)
+#: Most bytes of extra headers kept per message; the rest are dropped (the message is not).
+MAX_STORED_HEADER_BYTES = 4096
+#: Media types that only make sense at once (RFC 3994 is-composing): never stored.
+TRANSIENT_TYPES = frozenset({"application/im-iscomposing+xml"})
+#: Media types that never trigger an offline notice (notifications about messages).
+NO_NOTICE_TYPES = TRANSIENT_TYPES | {"message/imdn+xml"}
 
 
 async def store_offline(
@@ -26,8 +87,94 @@ async def store_offline(
     authenticated_user: str | None,
 ) -> SipResponse:
     """``request`` (a MESSAGE) could not reach ``aor`` (``user@domain``): no binding, or
-    every binding failed with 408/480/503/timeout. Answer the sender."""
-    return make_response(request, 480)
+    every binding failed with 408/480/503/timeout. Store it for ``aor`` and answer the
+    sender (202 only once the row is committed)."""
+    content_type = (request.get("Content-Type") or "text/plain").strip()
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if not request.body or media_type in TRANSIENT_TYPES:
+        return make_response(request, 480)  # nothing worth keeping
+    try:
+        sender = parse_name_addr(request.get("From") or "")
+    except ValueError:
+        return make_response(request, 400, "Bad From")
+    if not sender.uri.lower().startswith(("sip:", "sips:")):
+        return make_response(request, 480, "Offline Store Needs A SIP Sender")
+    lifetime = _lifetime(request, settings.msilo_expire)
+    notice_to = _notice_recipient(settings, request, media_type, aor, authenticated_user)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            stored = await store_message(
+                conn,
+                recipient=aor,
+                sender_uri=sender.uri,
+                sender_display=sender.display_name,
+                call_id=request.get("Call-ID") or "",
+                content_type=content_type,
+                body=request.body,
+                extra_headers=_stored_headers(request),
+                lifetime=lifetime,
+                max_messages=settings.msilo_max_messages,
+            )
+            if stored is not None and notice_to is not None:
+                assert settings.msilo_notice_from is not None
+                await queue_message(
+                    conn,
+                    from_uri=settings.msilo_notice_from,
+                    to_aor=notice_to,
+                    body=settings.msilo_notice_text.replace("{recipient}", aor).encode(),
+                    extra_headers=[(GENERATED_HEADER, "notice")],
+                    source=NOTICE_SOURCE,
+                    source_id=stored,
+                )
+    except DATABASE_ERRORS as exc:
+        log.warning("MESSAGE for %s not stored: database unavailable (%s)", aor, exc)
+        return make_response(request, 503, headers=[("Retry-After", "5")])
+    if stored is None:
+        log.info("MESSAGE for %s refused: %d messages stored", aor, settings.msilo_max_messages)
+        warning = f'399 {settings.domain} "the offline mailbox of {aor} is full"'
+        return make_response(request, 480, "Mailbox Full", headers=[("Warning", warning)])
+    log.info("MESSAGE for %s stored offline (id %d, %d s)", aor, stored, lifetime)
+    return make_response(request, 202)
+
+
+def _lifetime(request: SipRequest, limit: int) -> int:
+    """IMSTACK_MSILO_EXPIRE, lowered by the MESSAGE's own positive Expires (MSILO-B2)."""
+    try:
+        expires = int((request.get("Expires") or "").strip())
+    except ValueError:
+        return limit
+    return min(limit, expires) if expires > 0 else limit
+
+
+def _stored_headers(request: SipRequest) -> list[tuple[str, str]]:
+    kept: list[tuple[str, str]] = []
+    size = 0
+    for name, value in request.headers:
+        if name.lower() in NOT_STORED_HEADERS:
+            continue
+        size += len(name) + len(value) + 4
+        if size > MAX_STORED_HEADER_BYTES:
+            log.info("extra headers over %d bytes not stored", MAX_STORED_HEADER_BYTES)
+            break
+        kept.append((name, value))
+    return kept
+
+
+def _notice_recipient(
+    settings: Settings,
+    request: SipRequest,
+    media_type: str,
+    aor: str,
+    authenticated_user: str | None,
+) -> str | None:
+    """Who gets an offline notice: a local, authenticated sender of a message that no part of
+    the bundle generated (never a notice for a notice: Kamailio issue #61)."""
+    if settings.msilo_notice_from is None or authenticated_user is None:
+        return None
+    if GENERATED_HEADER in request.headers or media_type in NO_NOTICE_TYPES:
+        return None
+    sender = f"{authenticated_user}@{settings.domain}"
+    return None if sender == aor else sender
 
 
 async def deliver_to_room(
