@@ -128,6 +128,30 @@ class Settings(BaseSettings):
         min_length=1,
         description="Text of the offline notice; {recipient} is replaced by the address.",
     )
+    sip_rate_limit: int = Field(
+        100,
+        ge=0,
+        description="SIP requests one source address may send per IMSTACK_SIP_RATE_WINDOW "
+        "(Kamailio's pike); beyond it: 503 + Retry-After over TCP/TLS, silently dropped "
+        "over UDP, until the window ends. 0: no limit.",
+    )
+    sip_rate_window: float = Field(
+        2.0, gt=0, description="Seconds of the per-source SIP rate limit window."
+    )
+    sip_max_connections: int = Field(
+        10000,
+        ge=0,
+        description="Most SIP TCP/TLS connections open at once; further ones are closed "
+        "as they are accepted. 0: no limit.",
+    )
+    sip_max_message_size: int = Field(
+        65535,
+        ge=1024,
+        le=1 << 24,
+        description="Largest SIP message accepted, in bytes (header section or body): "
+        "larger over TCP/TLS is answered 413 and the connection closed; "
+        "over UDP it is dropped.",
+    )
     msrp_host: str = Field("0.0.0.0", description="MSRP listen address.")
     msrp_port: Port = Field(
         2855,

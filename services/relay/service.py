@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
+from services.relay.msrp.connection import MsrpConnection
 from services.relay.msrp.listener import MsrpListener
 from services.relay.msrp.relay import MsrpRelay
 from services.relay.sip.service import run_sip
@@ -16,24 +18,37 @@ log = logging.getLogger(__name__)
 
 
 async def run(ctx: ServiceContext) -> None:
-    try:
-        server_context(ctx.settings)  # fail early, with one line, on a bad certificate
-    except TlsConfigError as exc:
-        raise RuntimeError(str(exc)) from None
-    async with asyncio.TaskGroup() as group:
-        group.create_task(run_sip(ctx), name="sip")
-        group.create_task(run_msrp(ctx), name="msrp")
-
-
-async def run_msrp(ctx: ServiceContext) -> None:
-    """Serve MSRP until ``ctx.stop``, then let transfers in flight finish."""
     settings = ctx.settings
-    server_ssl = server_context(settings)
+    try:
+        server_ssl = server_context(settings)
+    except TlsConfigError as exc:  # one line naming the files, not a traceback
+        raise RuntimeError(str(exc)) from None
     relay = MsrpRelay(
         settings, ctx.pool, server_ssl=server_ssl, client_ssl=client_context(settings)
     )
-    listener = MsrpListener(relay, settings.msrp_host, settings.msrp_port, server_ssl)
-    await listener.start()
+    # SIP and MSRP on one port: the SIP TCP and TLS listeners take MSRP connections too.
+    shared = settings.msrp_port in (settings.sip_port, settings.sip_tls_port)
+    msrp_factory: Callable[[bool], asyncio.Protocol] | None = None
+    if shared:
+        relay.local_ports.update({settings.sip_port, settings.sip_tls_port})
+
+        def msrp_factory(secure: bool) -> asyncio.Protocol:
+            return MsrpConnection(relay, secure=secure)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(run_sip(ctx, msrp_factory=msrp_factory), name="sip")
+        group.create_task(run_msrp(ctx, relay, listen=not shared), name="msrp")
+
+
+async def run_msrp(ctx: ServiceContext, relay: MsrpRelay, *, listen: bool = True) -> None:
+    """Serve MSRP until ``ctx.stop``, then let transfers in flight finish. Without ``listen``
+    the connections arrive through the SIP listeners (shared port)."""
+    settings = ctx.settings
+    listener = MsrpListener(relay, settings.msrp_host, settings.msrp_port, relay.server_ssl)
+    if listen:
+        await listener.start()
+    else:
+        log.info("MSRP relay shares the SIP ports %d/%d", settings.sip_port, settings.sip_tls_port)
     relay.start_timers()
     try:
         await ctx.stop.wait()

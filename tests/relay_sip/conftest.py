@@ -44,13 +44,20 @@ class SipServer:
     def address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.settings.sip_port)
 
-    async def ua(self, user: str, transport: str = "udp", password: str | None = None) -> SipUA:
+    async def ua(
+        self,
+        user: str,
+        transport: str = "udp",
+        password: str | None = None,
+        local_host: str = "127.0.0.1",
+    ) -> SipUA:
         ua = SipUA(
             transport,
             self.address,
             user,
             password if password is not None else PASSWORDS.get(user, "x"),
             self.settings.domain,
+            local_host=local_host,
         )
         await ua.start()
         self.uas.append(ua)
@@ -67,8 +74,18 @@ async def users(pool: asyncpg.Pool, settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture
+def sip_settings() -> dict[str, object]:
+    """Settings a test module changes for its ``sip`` server (override this fixture)."""
+    return {}
+
+
+@pytest.fixture
 async def sip(
-    settings: Settings, pool: asyncpg.Pool, database_url: str, users: dict[str, str]
+    settings: Settings,
+    pool: asyncpg.Pool,
+    database_url: str,
+    users: dict[str, str],
+    sip_settings: dict[str, object],
 ) -> AsyncIterator[SipServer]:
     port = free_port()
     configured = settings.model_copy(
@@ -78,6 +95,7 @@ async def sip(
             "sip_tls_port": port,
             "shutdown_timeout": 3.0,
             "sip_delivery_poll_interval": 30.0,
+            **sip_settings,
         }
     )
     stop = asyncio.Event()

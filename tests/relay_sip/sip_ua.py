@@ -28,9 +28,17 @@ class _Udp(asyncio.DatagramProtocol):
 
 class SipUA:
     def __init__(
-        self, transport: str, server: tuple[str, int], user: str, password: str, domain: str
+        self,
+        transport: str,
+        server: tuple[str, int],
+        user: str,
+        password: str,
+        domain: str,
+        *,
+        local_host: str = "127.0.0.1",
     ) -> None:
         self.transport = transport
+        self.local_host = local_host
         self.server = server
         self.user = user
         self.password = password
@@ -54,16 +62,18 @@ class SipUA:
         loop = asyncio.get_running_loop()
         if self.transport == "udp":
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=("127.0.0.1", 0)
+                lambda: _Udp(self), local_addr=(self.local_host, 0)
             )
             self._udp = transport
             self.local_port = transport.get_extra_info("sockname")[1]
         else:
-            reader, writer = await asyncio.open_connection(*self.server)
+            reader, writer = await asyncio.open_connection(
+                *self.server, local_addr=(self.local_host, 0)
+            )
             self._writer = writer
             self.local_port = writer.get_extra_info("sockname")[1]
             self._reader_task = asyncio.create_task(self._read(reader))
-        self.contact = f"sip:{self.user}-ua@127.0.0.1:{self.local_port}" + (
+        self.contact = f"sip:{self.user}-ua@{self.local_host}:{self.local_port}" + (
             ";transport=tcp" if self.transport == "tcp" else ""
         )
         return self
@@ -100,6 +110,10 @@ class SipUA:
 
     # -- requests ---------------------------------------------------------------------
 
+    def via(self, branch: str) -> str:
+        sent_by = f"{self.local_host}:{self.local_port}"
+        return f"SIP/2.0/{self.transport.upper()} {sent_by};branch={branch};rport"
+
     def build(
         self,
         method: str,
@@ -116,10 +130,7 @@ class SipUA:
             cseq = self.cseq
         branch = "z9hG4bK" + secrets.token_hex(8)
         h = Headers()
-        h.add(
-            "Via",
-            f"SIP/2.0/{self.transport.upper()} 127.0.0.1:{self.local_port};branch={branch};rport",
-        )
+        h.add("Via", self.via(branch))
         h.add("Max-Forwards", "70")
         h.add("From", f"<{self.aor}>;tag={secrets.token_hex(4)}")
         h.add("To", f"<{to or self.aor}>")
@@ -176,10 +187,7 @@ class SipUA:
         )
         self.cseq += 1
         branch = "z9hG4bK" + secrets.token_hex(8)
-        headers.prepend(
-            "Via",
-            f"SIP/2.0/{self.transport.upper()} 127.0.0.1:{self.local_port};branch={branch};rport",
-        )
+        headers.prepend("Via", self.via(branch))
         headers.add("CSeq", f"{self.cseq} {request.method}")
         headers.add("Proxy-Authorization" if proxy else "Authorization", credentials.to_header())
         return SipRequest(

@@ -17,7 +17,7 @@ import secrets
 import asyncpg
 
 from services.relay.sip.edge import SipEdge, format_host
-from services.relay.sip.proxy import Fork
+from services.relay.sip.proxy import Fork, Target
 from services.relay.sip.router import DATABASE_ERRORS
 from shared.db.listen import Listener
 from shared.db.locations import delete_expired, get_bindings
@@ -142,7 +142,8 @@ class DeliveryWorker:
         bindings = await get_bindings(self.edge.pool, message.to_aor)
         if not bindings:
             return 480, "Not Registered"
-        result = await Fork(self.edge, request).run(bindings, decrement=False)
+        targets = [Target.of(self.edge, binding) for binding in bindings]
+        result = await Fork(self.edge, request).run(targets, decrement=False)
         return result.response.status, result.response.reason
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from services.relay.sip.auth import DigestAuthenticator
+from services.relay.sip.flood import RateLimiter
 from services.relay.sip.transactions import ServerTxn, TransactionLayer
 from services.relay.sip.transport import Flow, TransportLayer
 from shared.config import Settings
@@ -68,6 +69,9 @@ class SipEdge:
             on_message=self._on_message,
             on_closed=self._on_closed,
             idle_timeout=settings.sip_tcp_idle_timeout,
+            rate_limiter=RateLimiter(settings.sip_rate_limit, settings.sip_rate_window),
+            max_connections=settings.sip_max_connections,
+            max_message_size=settings.sip_max_message_size,
         )
         self.transactions = TransactionLayer(self.transports, self._on_request, self._on_ack)
         self.tasks: set[asyncio.Task[None]] = set()

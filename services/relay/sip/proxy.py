@@ -9,11 +9,12 @@ step 6). Timeouts and transport failures count as 408 and 503.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from services.relay.sip.edge import SipEdge
 from services.relay.sip.transactions import ClientTxn
+from services.relay.sip.transport import Flow
 from shared.db.locations import Binding
 from shared.digest import DigestParseError, parse_credentials
 from shared.sip.headers import make_response
@@ -21,6 +22,21 @@ from shared.sip.message import Headers, SipRequest, SipResponse
 
 #: Final statuses after which a MESSAGE is worth storing for later (the UA is not there).
 UNREACHABLE = frozenset({408, 480, 503})
+
+#: The Record-Route values to add to a branch sent on the given flow (None: add none).
+RecordRoute = Callable[[Flow], list[str]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One branch: the Request-URI it gets and the flow it goes on (None: unreachable)."""
+
+    uri: str
+    flow: Flow | None
+
+    @classmethod
+    def of(cls, edge: SipEdge, binding: Binding) -> Target:
+        return cls(binding.contact, edge.flow_for(binding))
 
 
 @dataclass(frozen=True)
@@ -54,9 +70,15 @@ def _our_credentials(value: str, realm: str) -> bool:
 
 
 def branch_request(
-    edge: SipEdge, request: SipRequest, binding: Binding, via: str, *, decrement: bool
+    edge: SipEdge,
+    request: SipRequest,
+    uri: str,
+    via: str,
+    *,
+    decrement: bool,
+    record_route: Sequence[str] = (),
 ) -> SipRequest:
-    """The copy of ``request`` sent to one binding (§16.6 steps 1-8)."""
+    """The copy of ``request`` sent to one target (§16.6 steps 1-8)."""
     realm = edge.settings.domain
     headers = Headers(
         (name, value)
@@ -67,24 +89,27 @@ def branch_request(
     if decrement:
         hops = int(headers.get("Max-Forwards") or "70")
         headers.set("Max-Forwards", str(max(hops - 1, 0)))
+    for value in record_route:  # step 4: above every Record-Route already there
+        headers.prepend("Record-Route", value)
     headers.prepend("Via", via)
-    return SipRequest(
-        method=request.method, uri=binding.contact, headers=headers, body=request.body
-    )
+    return SipRequest(method=request.method, uri=uri, headers=headers, body=request.body)
 
 
 class Fork:
     """One forwarded request and its branches."""
 
-    def __init__(self, edge: SipEdge, request: SipRequest) -> None:
+    def __init__(
+        self, edge: SipEdge, request: SipRequest, record_route: RecordRoute | None = None
+    ) -> None:
         self.edge = edge
         self.request = request
+        self.record_route = record_route
         self.branches: list[ClientTxn] = []
         self.cancelled = False
 
     async def run(
         self,
-        bindings: list[Binding],
+        targets: Sequence[Target],
         *,
         decrement: bool = True,
         on_provisional: Callable[[SipResponse], None] | None = None,
@@ -92,13 +117,18 @@ class Fork:
         edge = self.edge
         statuses: list[int] = []
         responses: list[SipResponse] = []
-        for binding in bindings:
-            flow = edge.flow_for(binding)
+        for target in targets:
+            flow = target.flow
             if flow is None:
                 statuses.append(503)  # its connection is gone (or held by another relay)
                 continue
             branch = branch_request(
-                edge, self.request, binding, edge.via(flow, edge.new_branch()), decrement=decrement
+                edge,
+                self.request,
+                target.uri,
+                edge.via(flow, edge.new_branch()),
+                decrement=decrement,
+                record_route=self.record_route(flow) if self.record_route is not None else (),
             )
             self.branches.append(edge.transactions.send_request(branch, flow, on_provisional))
         pending: set[asyncio.Future[SipResponse]] = {txn.final for txn in self.branches}

@@ -8,25 +8,28 @@ Checks in the order of §16.3 (Max-Forwards, loops, Proxy-Require), then by targ
 * a user of our domain → digest-authenticate local senders (407), 404 for unknown users,
   fork to the bindings; a MESSAGE nobody could take → :func:`handover.store_offline`;
 * a registered Contact (in-dialog requests of UAs that use us as outbound proxy) → that UA;
+* in a dialog we record-routed (:mod:`record_route`) → the next Route, or the Request-URI;
 * anything else → 403 (no open relay).
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import asyncpg
 
 from services.relay.sip import handover
 from services.relay.sip.auth import Authenticated
 from services.relay.sip.edge import BRANCH_PREFIX, SipEdge
-from services.relay.sip.proxy import Fork, branch_request, upstream_copy
+from services.relay.sip.proxy import Fork, Target, branch_request, upstream_copy
+from services.relay.sip.record_route import LooseRouter, RouteCheck, creates_dialog
 from services.relay.sip.registrar import Registrar
 from services.relay.sip.transactions import ServerTxn
-from services.relay.sip.transport import DEFAULT_SIP_PORT, Flow
-from shared.db.locations import Binding, find_by_contact, get_bindings
+from services.relay.sip.transport import Flow
+from shared.db.locations import find_by_contact, get_bindings
 from shared.db.users import Address, get_credentials
-from shared.sip.headers import make_response, parse_name_addr, parse_via
+from shared.sip.headers import make_response, parse_name_addr, parse_via, to_tag
 from shared.sip.message import SipRequest, SipResponse
 from shared.sip.uri import SipUri, UnsupportedUriScheme, UriError, parse_uri
 
@@ -44,6 +47,7 @@ class Router:
         self.edge = edge
         self.settings = edge.settings
         self.registrar = Registrar(edge)
+        self.routes = LooseRouter(edge)
 
     async def handle(self, txn: ServerTxn) -> None:
         request = txn.request
@@ -59,10 +63,6 @@ class Router:
             response = make_response(request, 500)
         if response is not None:
             txn.respond(response)
-
-    def _is_ours(self, uri: SipUri) -> bool:
-        port = uri.port or DEFAULT_SIP_PORT
-        return self.edge.is_local(uri.host) and (uri.port is None or port in self.edge.local_ports)
 
     def _loop(self, request: SipRequest) -> bool:
         # §16.3 step 4: a Via of ours means the request came back to us.
@@ -86,15 +86,15 @@ class Router:
             # §16.3 step 5: we support no extensions.
             unsupported = ", ".join(request.get_all("Proxy-Require"))
             return make_response(request, 420, headers=[("Unsupported", unsupported)])
-        # §16.4: remove the Route entries naming us (UAs that use us as outbound proxy).
-        while (route := request.get("Route")) is not None:
-            try:
-                route_uri = parse_uri(parse_name_addr(route).uri)
-            except ValueError:
-                return make_response(request, 400, "Bad Route")
-            if not isinstance(route_uri, SipUri) or not self._is_ours(route_uri):
-                return make_response(request, 403, "Relaying Forbidden")
-            request.headers.pop_first_value("Route")
+        # §16.4: remove the Route entries naming us (our Record-Route, or UAs that use us
+        # as outbound proxy); a dialog's route set may lead on to another proxy.
+        routed = self.routes.process(request)
+        if isinstance(routed, SipResponse):
+            return routed
+        if routed.next_hop is not None:
+            if int(request.get("Max-Forwards") or "70") == 0:
+                return make_response(request, 483)
+            return await self._forward_in_dialog(txn, routed.next_hop)
         try:
             uri = parse_uri(request.uri)
         except UnsupportedUriScheme:
@@ -113,12 +113,23 @@ class Router:
         host = uri.host.lower().rstrip(".")
         if host == s.conference_domain:
             return await self._to_room(txn, uri)
-        if host == s.domain or self._is_ours(uri):  # sip:bob@<our address> is bob too
+        if host == s.domain or self.routes.is_ours(uri):  # sip:bob@<our address> is bob too
             return await self._to_user(txn, uri)
-        binding = await find_by_contact(self.edge.pool, request.uri)
-        if binding is not None and request.method in IN_DIALOG_METHODS:
-            return await self._forward(txn, [binding], offline_aor=None)
+        if request.method in IN_DIALOG_METHODS:
+            binding = await find_by_contact(self.edge.pool, request.uri)
+            if binding is not None:
+                return await self._forward(txn, [Target.of(self.edge, binding)], offline_aor=None)
+            if routed.dialog and to_tag(request) is not None:
+                return await self._forward_in_dialog(txn, request.uri)
         return make_response(request, 403, "Relaying Forbidden")
+
+    async def _forward_in_dialog(self, txn: ServerTxn, next_hop: str) -> SipResponse | None:
+        """§16.12: a request of a dialog we record-routed, on to ``next_hop`` (the next
+        proxy of the route set, or the Request-URI when we are the last)."""
+        flow = await self.routes.flow_to(next_hop)
+        if flow is None:
+            return make_response(txn.request, 480)
+        return await self._forward(txn, [Target(txn.request.uri, flow)], offline_aor=None)
 
     def _to_server(self, request: SipRequest) -> SipResponse:
         if request.method == "OPTIONS":
@@ -184,12 +195,13 @@ class Router:
                     self.edge.pool, self.settings, request, aor, authenticated_user=sender
                 )
             return make_response(request, 480)
-        return await self._forward(txn, bindings, offline_aor=offline, sender=sender)
+        targets = [Target.of(self.edge, binding) for binding in bindings]
+        return await self._forward(txn, targets, offline_aor=offline, sender=sender)
 
     async def _forward(
         self,
         txn: ServerTxn,
-        bindings: list[Binding],
+        targets: list[Target],
         *,
         offline_aor: str | None,
         sender: str | None = None,
@@ -197,14 +209,19 @@ class Router:
         request = txn.request
         if txn.final_sent:
             return None  # CANCELled while we were looking things up
-        fork = Fork(self.edge, request)
+        record_route = None
+        if creates_dialog(request):
+            record_route = partial(
+                self.routes.record_route, txn.source, request.get("Call-ID") or ""
+            )
+        fork = Fork(self.edge, request, record_route)
         txn.on_cancel = fork.cancel
 
         def provisional(response: SipResponse) -> None:
             if response.status > 100:  # §16.7 step 5: 100 Trying is hop by hop
                 txn.respond(upstream_copy(response))
 
-        result = await fork.run(bindings, on_provisional=provisional)
+        result = await fork.run(targets, on_provisional=provisional)
         txn.on_cancel = None
         if result.ok:
             fork.cancel_pending()  # §16.7 step 10: the other branches have lost
@@ -230,26 +247,33 @@ class Router:
         return make_response(txn.request, 200)
 
     def stray_ack(self, request: SipRequest, flow: Flow) -> None:
-        """An ACK for a 2xx (end to end): forward it statelessly to the registered Contact."""
+        """An ACK for a 2xx (end to end, §16.7): forward it statelessly along the dialog's
+        route set, or to the registered Contact it is addressed to."""
         self.edge.spawn(self._forward_ack(request), name="sip-ack")
 
     async def _forward_ack(self, request: SipRequest) -> None:
-        while (route := request.get("Route")) is not None:
-            try:
-                route_uri = parse_uri(parse_name_addr(route).uri)
-            except ValueError:
-                return
-            if not isinstance(route_uri, SipUri) or not self._is_ours(route_uri):
-                return
-            request.headers.pop_first_value("Route")
+        routed = self.routes.process(request)
+        if isinstance(routed, SipResponse):
+            return  # an ACK gets no response (§17.2.3): drop it
+        flow = await self._ack_flow(request, routed)
+        if flow is None:
+            return
+        ack = branch_request(
+            self.edge,
+            request,
+            request.uri,
+            self.edge.via(flow, self.edge.new_branch()),
+            decrement=True,
+        )
+        self.edge.transports.send(flow, ack.to_bytes())
+
+    async def _ack_flow(self, request: SipRequest, routed: RouteCheck) -> Flow | None:
+        if routed.next_hop is not None:
+            return await self.routes.flow_to(routed.next_hop)
         try:
             binding = await find_by_contact(self.edge.pool, request.uri)
         except DATABASE_ERRORS:
-            return
-        flow = self.edge.flow_for(binding) if binding is not None else None
-        if binding is None or flow is None:
-            return
-        ack = branch_request(
-            self.edge, request, binding, self.edge.via(flow, self.edge.new_branch()), decrement=True
-        )
-        self.edge.transports.send(flow, ack.to_bytes())
+            return None
+        if binding is not None:
+            return self.edge.flow_for(binding)
+        return await self.routes.flow_to(request.uri) if routed.dialog else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from services.relay import tls
 from services.relay.sip.delivery import DeliveryWorker, purge_expired_bindings
@@ -23,10 +24,17 @@ log = logging.getLogger(__name__)
 PURGE_INTERVAL = 60.0  # seconds between purges of expired bindings and idle connections
 
 
-async def run_sip(ctx: ServiceContext, *, started: asyncio.Event | None = None) -> None:
-    """Serve SIP until ``ctx.stop``; ``started`` (for tests) is set once listening."""
+async def run_sip(
+    ctx: ServiceContext,
+    *,
+    started: asyncio.Event | None = None,
+    msrp_factory: Callable[[bool], asyncio.Protocol] | None = None,
+) -> None:
+    """Serve SIP until ``ctx.stop``; ``started`` (for tests) is set once listening. With
+    ``msrp_factory``, the TCP and TLS listeners also accept MSRP connections (one port)."""
     settings = ctx.settings
     edge = SipEdge(settings, ctx.pool)
+    edge.transports.msrp_factory = msrp_factory
     router = Router(edge)
     edge.handle_request = router.handle
     edge.handle_ack = router.stray_ack

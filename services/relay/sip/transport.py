@@ -18,10 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from services.relay.sip.flood import RateLimiter
+from services.relay.sniff import ProtocolSniffer
 from shared.sip.errors import LocalProtocolError, RemoteProtocolError
 from shared.sip.headers import make_response, parse_via
 from shared.sip.message import Headers, SipRequest, SipResponse, split_comma_list
-from shared.sip.parser import KeepAlivePing, SipStreamParser, parse_datagram
+from shared.sip.parser import (
+    DEFAULT_MAX_DATAGRAM_SIZE,
+    DEFAULT_MAX_HEAD_SIZE,
+    KeepAlivePing,
+    SipStreamParser,
+    parse_datagram,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +118,10 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         flow = Flow("udp", str(addr[0]), int(str(addr[1])))
+        if not data.startswith(b"SIP/") and self.layer.flood_blocked(flow.host):
+            return  # a request from a source over its rate limit: not even parsed
         try:
-            message = parse_datagram(data)
+            message = parse_datagram(data, max_size=self.layer.max_message_size)
         except RemoteProtocolError as exc:
             self.layer.malformed(exc, flow)
             return
@@ -140,19 +150,23 @@ class StreamConnection(asyncio.Protocol):
         self.layer = layer
         self.transport_name = transport_name
         self.connection_id = secrets.token_hex(8)
-        self.parser = SipStreamParser()
+        self.parser = SipStreamParser(
+            max_head_size=min(DEFAULT_MAX_HEAD_SIZE, layer.max_message_size),
+            max_body_size=layer.max_message_size,
+        )
         self.transport: asyncio.Transport | None = None
         self.flow = Flow(transport_name, "", 0, self.connection_id)
         self.last_activity = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.flow = Flow(self.transport_name, str(peer[0]), int(peer[1]), self.connection_id)
         self.last_activity = self.layer.loop.time()
-        self.layer.opened(self)
+        if not self.layer.opened(self):
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.layer.loop.time()
@@ -189,15 +203,25 @@ class TransportLayer:
         on_message: MessageHandler,
         on_closed: ClosedHandler,
         idle_timeout: float,
+        rate_limiter: RateLimiter | None = None,
+        max_connections: int = 0,
+        max_message_size: int = DEFAULT_MAX_DATAGRAM_SIZE,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.on_message = on_message
         self.on_closed = on_closed
         self.idle_timeout = idle_timeout
+        self.rate_limiter = rate_limiter or RateLimiter(0, 1.0)
+        self.max_connections = max_connections  # TCP + TLS; 0: no limit
+        self.max_message_size = max_message_size
+        self._refusing_connections = False
         self.udp: UdpProtocol | None = None
         self.servers: list[asyncio.Server] = []
         self.connections: dict[str, StreamConnection] = {}
         self.bound: list[tuple[str, str, int]] = []  # (transport, host, port) listening
+        #: Set when MSRP shares the SIP ports: builds the MSRP protocol (secure=TLS) for a
+        #: connection whose first bytes are an MSRP start line.
+        self.msrp_factory: Callable[[bool], asyncio.Protocol] | None = None
 
     async def start(
         self, host: str, port: int, tls_port: int, tls_context: ssl.SSLContext | None
@@ -207,18 +231,23 @@ class TransportLayer:
         )
         self.udp = udp
         self.bound.append(("udp", host, port))
-        self.servers.append(
-            await self.loop.create_server(lambda: StreamConnection(self, "tcp"), host, port)
-        )
+        self.servers.append(await self.loop.create_server(self._stream_factory("tcp"), host, port))
         self.bound.append(("tcp", host, port))
         if tls_context is not None:
             self.servers.append(
                 await self.loop.create_server(
-                    lambda: StreamConnection(self, "tls"), host, tls_port, ssl=tls_context
+                    self._stream_factory("tls"), host, tls_port, ssl=tls_context
                 )
             )
             self.bound.append(("tls", host, tls_port))
         log.info("SIP listening on %s", ", ".join(f"{t}:{h}:{p}" for t, h, p in self.bound))
+
+    def _stream_factory(self, name: str) -> Callable[[], asyncio.Protocol]:
+        msrp = self.msrp_factory
+        if msrp is None:
+            return lambda: StreamConnection(self, name)
+        secure = name == "tls"
+        return lambda: ProtocolSniffer(lambda: StreamConnection(self, name), lambda: msrp(secure))
 
     def stop_accepting(self) -> None:
         for server in self.servers:
@@ -233,15 +262,33 @@ class TransportLayer:
 
     # -- callbacks from the protocols ---------------------------------------------------
 
-    def opened(self, conn: StreamConnection) -> None:
+    def opened(self, conn: StreamConnection) -> bool:
+        """Register a new connection; False (close it) when there are too many already."""
+        if 0 < self.max_connections <= len(self.connections):
+            if not self._refusing_connections:  # log when the limit is reached, not per refusal
+                self._refusing_connections = True
+                log.warning(
+                    "SIP: %d TCP/TLS connections open; refusing new ones", len(self.connections)
+                )
+            return False
+        self._refusing_connections = False
         self.connections[conn.connection_id] = conn
+        return True
 
     def closed(self, conn: StreamConnection) -> None:
         if self.connections.pop(conn.connection_id, None) is not None:
             self.on_closed(conn.flow)
 
+    def flood_blocked(self, host: str) -> bool:
+        return self.rate_limiter.enabled and self.rate_limiter.blocked(host, self.loop.time())
+
     def deliver(self, message: SipRequest | SipResponse, flow: Flow) -> None:
         if isinstance(message, SipRequest):
+            if self.rate_limiter.enabled and not self.rate_limiter.allow(
+                flow.host, self.loop.time()
+            ):
+                self._refuse_flood(message, flow)
+                return
             try:
                 stamp_via(message, flow)
             except ValueError as exc:
@@ -249,8 +296,21 @@ class TransportLayer:
                 return
         self.on_message(message, flow)
 
+    def _refuse_flood(self, request: SipRequest, flow: Flow) -> None:
+        # Over UDP the source address may be forged: answering would reflect the flood.
+        if not flow.reliable or request.method == "ACK":
+            return
+        retry = self.rate_limiter.retry_after(flow.host, self.loop.time())
+        try:
+            response = make_response(request, 503, headers=[("Retry-After", str(retry))])
+        except LocalProtocolError:
+            return
+        self.send(flow, response.to_bytes())
+
     def malformed(self, exc: RemoteProtocolError, flow: Flow) -> None:
         """Answer what can be answered (§8.2.6, §16.3 step 1); log once; never raise."""
+        if self.rate_limiter.enabled and not self.rate_limiter.allow(flow.host, self.loop.time()):
+            return  # junk counts against the sender's rate like any request
         log.info("malformed SIP from %s: %s", flow, exc)
         request = exc.partial
         if not isinstance(request, SipRequest) or request.method == "ACK":

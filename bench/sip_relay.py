@@ -1,0 +1,190 @@
+"""SIP edge benchmark: REGISTER rate, relayed MESSAGE rate, MESSAGE latency at fixed rates.
+
+    python bench/sip_relay.py                        # starts `imstack serve relay` itself
+    python bench/sip_relay.py --rates 100,2500       # open-loop rates for the latency runs
+    python bench/sip_relay.py --target 127.0.0.1:5060 --realm example.com --password pw
+                                                     # any running server (Kamailio...)
+
+Run by hand, never from the test suite. Without ``--target`` it starts ``imstack serve
+relay`` with an embedded database in a temporary IMSTACK_DATA_DIR, pinned to CPU 0 (the
+embedded PostgreSQL inherits that pin: server and database share one core), creates
+``--users`` users with ``imstack user add ... --password-stdin`` and turns the per-source
+rate limit off (the load comes from one address). The load generator (bench/sip_load.py:
+raw UDP, computes the digest itself) runs pinned to CPU 1. With ``--target`` the users
+``--user-format`` (``user{i}``) for i < ``--users`` must exist with ``--password`` in realm
+``--realm``. Prints one JSON object per run and a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOAD = [sys.executable, str(ROOT / "bench" / "sip_load.py")]
+IMSTACK = str(Path(sys.executable).parent / "imstack")
+REALM = "bench.local"
+PASSWORD = "bench-secret"
+
+
+def pinned(cpu: int) -> list[str]:
+    return (
+        ["taskset", "-c", str(cpu)]
+        if shutil.which("taskset") and (os.cpu_count() or 1) > cpu
+        else []
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+
+
+class Imstack:
+    def __init__(self, workdir: Path, users: int) -> None:
+        self.workdir = workdir
+        self.users = users
+        self.port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("IMSTACK_")},
+            "IMSTACK_DATA_DIR": str(workdir / "data"),
+            "IMSTACK_DOMAIN": REALM,
+            "IMSTACK_SIP_HOST": "127.0.0.1",
+            "IMSTACK_SIP_PORT": str(self.port),
+            "IMSTACK_SIP_TLS_PORT": str(free_port()),
+            "IMSTACK_MSRP_HOST": "127.0.0.1",
+            "IMSTACK_MSRP_PORT": str(free_port()),
+            "IMSTACK_SIP_RATE_LIMIT": "0",  # every request comes from 127.0.0.1
+            "IMSTACK_LOG_LEVEL": "WARNING",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*pinned(0), IMSTACK, "serve", "relay"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "relay.log", "wb"),  # noqa: SIM115
+        )
+        wait_port(self.port)
+        # Users are added while the relay runs: the CLI joins its embedded PostgreSQL.
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(self._add_user, range(self.users)))
+
+    def _add_user(self, i: int) -> None:
+        subprocess.run(
+            [*pinned(1), IMSTACK, "user", "add", f"user{i}@{REALM}", "--password-stdin"],
+            input=f"{PASSWORD}\n".encode(),
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+def run_load(
+    args: argparse.Namespace, target: str, realm: str, password: str, *extra: str
+) -> dict[str, object]:
+    command = [
+        *pinned(1),
+        *LOAD,
+        "--target",
+        target,
+        "--realm",
+        realm,
+        "--password",
+        password,
+        "--users",
+        str(args.users),
+        "--user-format",
+        args.user_format,
+        *extra,
+        "--duration",
+        str(args.duration),
+    ]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", help="host:port of a running server (default: start imstack)")
+    parser.add_argument("--realm", default=REALM)
+    parser.add_argument("--password", default=PASSWORD)
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--user-format", default="user{i}")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--window", type=int, default=50)
+    parser.add_argument("--rates", default="100,2500", help="open-loop MESSAGE rates, per second")
+    args = parser.parse_args()
+
+    server: Imstack | None = None
+    workdir: Path | None = None
+    target = args.target
+    if target is None:
+        workdir = Path(tempfile.mkdtemp(prefix="imstack-sip-bench-"))
+        server = Imstack(workdir, args.users)
+        server.start()
+        target, args.realm, args.password = server.target, REALM, PASSWORD
+    try:
+        window = ["--window", str(args.window)]
+        results = [
+            run_load(args, target, args.realm, args.password, "register", *window),
+            run_load(args, target, args.realm, args.password, "message", *window),
+        ]
+        for rate in (float(r) for r in args.rates.split(",") if r.strip()):
+            results.append(
+                run_load(args, target, args.realm, args.password, "message", "--rate", f"{rate:g}")
+            )
+    finally:
+        if server is not None:
+            server.stop()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\n{'run':<40} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6} failed")
+    for r in results:
+        name = f"{r['test']} ({r['mode']})"
+        print(
+            f"{name:<40} {r['rate']!s:>8} {r['p50_ms']!s:>8} {r['p99_ms']!s:>8} "
+            f"{r['lost']!s:>6} {r['failed']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
