@@ -128,6 +128,25 @@ class Settings(BaseSettings):
         min_length=1,
         description="Text of the offline notice; {recipient} is replaced by the address.",
     )
+    imc_command_char: str = Field(
+        "#",
+        min_length=1,
+        max_length=1,
+        pattern=r"^\S$",
+        description="Character that starts a chat room command: a MESSAGE to a room whose "
+        "body starts with it is a command (#join, #invite, ...), anything else is chat.",
+    )
+    imc_create_on_join: bool = Field(
+        True,
+        description="#join of a room that does not exist creates it (public, the joiner "
+        "becomes its owner); false: 'Room not found'.",
+    )
+    imc_poll_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between imc's polls of the room queue and of its delivery "
+        "outcomes without a NOTIFY.",
+    )
     sip_rate_limit: int = Field(
         100,
         ge=0,

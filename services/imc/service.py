@@ -1,17 +1,28 @@
-"""``imstack serve imc``: runs until stopped.
+"""``imstack serve imc``: the chat room worker, until stopped.
 
-Its work arrives with chat rooms (issue 6).
+The relay hands every MESSAGE addressed to the conference domain to imc through the
+``room_inbox`` table (``services/relay/sip/handover.py``); imc runs ``#`` commands and fans
+chat out to the members through ``outbound_messages`` (:mod:`services.imc.worker`).
 """
 
 from __future__ import annotations
 
 import logging
 
+from services.imc.worker import ImcWorker
 from shared.lifecycle import ServiceContext
 
 log = logging.getLogger(__name__)
 
 
 async def run(ctx: ServiceContext) -> None:
-    log.info("imc: started; no work is defined for it yet (%s)", "chat rooms (issue 6)")
-    await ctx.stop.wait()
+    worker = ImcWorker(ctx.settings, ctx.pool, ctx.database_url)
+    log.info("imc: started (rooms at %s)", ctx.settings.conference_domain)
+    await worker.run(ctx.stop)
+    stats = worker.stats
+    log.info(
+        "imc: stopped (handled %d, fanned out %d, stored offline %d)",
+        stats.handled,
+        stats.fanned_out,
+        stats.stored_offline,
+    )

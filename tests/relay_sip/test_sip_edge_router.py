@@ -112,8 +112,9 @@ async def test_message_for_a_foreign_domain_is_refused(sip: SipServer) -> None:
 
 async def test_message_to_a_room_goes_to_the_room_hand_over(sip: SipServer) -> None:
     alice = await sip.ua("alice")
-    # The rooms issue implements the hand-over; until then it answers 404.
-    assert (await alice.message("sip:devs@conference.example.test", b"#list")).status == 404
+    # Queued for imc (a committed room_inbox row), then 202 Accepted.
+    assert (await alice.message("sip:devs@conference.example.test", b"#list")).status == 202
+    assert await sip.pool.fetchval("SELECT count(*) FROM room_inbox") == 1
 
 
 async def test_sender_must_match_the_credentials(sip: SipServer) -> None:

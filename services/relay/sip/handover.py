@@ -5,8 +5,8 @@ Each is ONE function, so the issue that implements the other side changes only i
 * :func:`store_offline` — the offline store (msilo): commit an ``offline_messages`` row,
   then answer 202 Accepted (Kamailio's ``m_store`` + ``t_reply("202")``); 480 Mailbox Full
   over the quota; 503 when the database fails — never 202 for a row not committed.
-* :func:`deliver_to_room` — the rooms issue (imc): hand the MESSAGE to the room worker
-  through Postgres. Until then: 404.
+* :func:`deliver_to_room` — the rooms (imc): commit a ``room_inbox`` row (+ NOTIFY) for the
+  room worker, then answer 202 Accepted; 503 when the database fails.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncpg
 from shared.config import Settings
 from shared.db.offline import GENERATED_HEADER, NOTICE_SOURCE, store_message
 from shared.db.outbound import queue_message
+from shared.db.rooms import enqueue
 from shared.sip.headers import make_response, parse_name_addr
 from shared.sip.message import SipRequest, SipResponse, canonical_name
 
@@ -185,5 +186,40 @@ async def deliver_to_room(
     *,
     authenticated_user: str | None,
 ) -> SipResponse:
-    """``request`` (a MESSAGE) is addressed to ``room`` (``name@<conference domain>``)."""
-    return make_response(request, 404)
+    """``request`` (a MESSAGE) is addressed to ``room`` (``name@<conference domain>``).
+
+    Queue it for imc (a committed ``room_inbox`` row + NOTIFY) and answer 202 Accepted only
+    after the commit; 503 when the database fails. Whether the room exists and the sender
+    may do what they ask is imc's business: it answers with a notice MESSAGE from the room.
+    Delivery notifications and typing indicators are accepted and dropped (never chat).
+    """
+    if authenticated_user is None:
+        # Identity is what rooms run on, and only local users can be reached from them.
+        return make_response(request, 403, "Rooms Are For Local Users")
+    content_type = (request.get("Content-Type") or "text/plain").strip()
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if not request.body:
+        return make_response(request, 400, "Empty Message")
+    if media_type in NO_NOTICE_TYPES:
+        return make_response(request, 202)  # IMDN / is-composing: nothing for the room
+    try:
+        display = parse_name_addr(request.get("From") or "").display_name
+    except ValueError:
+        display = None
+    sender = f"{authenticated_user}@{settings.domain}"
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            queued = await enqueue(
+                conn,
+                room=room,
+                sender=sender,
+                sender_display=display,
+                call_id=request.get("Call-ID") or "",
+                content_type=content_type,
+                body=request.body,
+            )
+    except DATABASE_ERRORS as exc:
+        log.warning("MESSAGE to room %s not queued: database unavailable (%s)", room, exc)
+        return make_response(request, 503, headers=[("Retry-After", "5")])
+    log.debug("MESSAGE from %s to room %s queued (id %d)", sender, room, queued)
+    return make_response(request, 202)

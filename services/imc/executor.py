@@ -1,0 +1,480 @@
+"""What a room MESSAGE does: pure functions from (room state, message) to effects.
+
+No I/O here. The worker (:mod:`services.imc.worker`) calls :func:`target` to learn which room
+to lock and read, then :func:`execute` with that room (and, for ``#rooms``, the rooms the
+sender may see), and applies the effects in order in one transaction: room and member
+changes, then MESSAGEs queued for the relay.
+
+Semantics and texts follow Kamailio's imc (``kamailio-and-rfc.md`` §3.6, IMC-C1..C15), with
+its bugs fixed (§3.9): the invite-failure notice goes to the inviter (worker), ``#modify``
+honours its room argument and refuses non-members, ``#rooms`` lists private rooms only to
+their members, invited users cannot read ``#members``; and errors Kamailio keeps silent are
+told to the sender in a notice from the room.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from services.imc import commands as text
+from services.imc.commands import BadAddress, Command, Name, build_address, parse_command
+from shared.db.rooms import Member, Role, Room
+
+#: Bodies that are about messages, not messages: never broadcast as chat (linphone sends an
+#: IMDN for every message it receives; a room that broadcast them would melt down).
+NOT_CHAT_TYPES = frozenset({"message/imdn+xml", "application/im-iscomposing+xml"})
+NOTICE_TYPE = "text/plain;charset=UTF-8"
+MANAGERS = frozenset({Role.OWNER, Role.ADMIN})
+
+
+@dataclass(frozen=True)
+class Config:
+    command_char: str
+    create_on_join: bool
+    domain: str  # the SIP domain: user arguments without a host are its users
+    conference_domain: str  # rooms live here
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A MESSAGE addressed to a room URI."""
+
+    room: str  # name@domain of the Request-URI
+    sender: str  # user@domain, authenticated
+    content_type: str
+    body: bytes
+    call_id: str = ""
+
+    @property
+    def room_uri(self) -> str:
+        return f"sip:{self.room}"
+
+
+# -- effects ------------------------------------------------------------------------------
+
+
+class Kind(StrEnum):
+    """What a queued MESSAGE is; the worker acts on the outcome accordingly."""
+
+    NOTICE = "imc"  # lost when undeliverable
+    CHAT = "imc-chat"  # stored offline when the member is unreachable
+    INVITE = "imc-invite"  # withdrawn (and the inviter told) when undeliverable
+
+
+@dataclass(frozen=True)
+class CreateRoom:
+    room: str
+    owner: str
+    private: bool
+
+
+@dataclass(frozen=True)
+class DestroyRoom:
+    room: str
+
+
+@dataclass(frozen=True)
+class AddMember:
+    room: str
+    aor: str
+    role: Role
+    invited_by: str | None = None
+
+
+@dataclass(frozen=True)
+class SetRole:
+    room: str
+    aor: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class RemoveMember:
+    room: str
+    aor: str
+
+
+@dataclass(frozen=True)
+class Send:
+    from_uri: str
+    to: str  # user@domain
+    body: bytes
+    kind: Kind = Kind.NOTICE
+    content_type: str = NOTICE_TYPE
+
+
+Effect = CreateRoom | DestroyRoom | AddMember | SetRole | RemoveMember | Send
+
+
+class Refused(Exception):
+    """The command cannot be carried out; ``notice`` goes back to the sender."""
+
+    def __init__(self, notice: str, from_uri: str | None = None) -> None:
+        super().__init__(notice)
+        self.notice = notice
+        self.from_uri = from_uri
+
+
+# -- which room ---------------------------------------------------------------------------
+
+#: Position of the room argument per command (None: the command takes none).
+ROOM_ARG: dict[Name, int | None] = {
+    Name.CREATE: 0,  # special-cased: [room] [private]
+    Name.JOIN: 0,
+    Name.INVITE: 1,
+    Name.ADD: 1,
+    Name.ACCEPT: 0,
+    Name.REJECT: 0,
+    Name.REMOVE: 1,
+    Name.LEAVE: 0,
+    Name.MEMBERS: 0,
+    Name.DESTROY: 0,
+    Name.MODIFY: 2,  # Kamailio reads param[3] here (C12 bug (1)); the room is the 3rd
+    Name.ROOMS: None,
+    Name.HELP: None,
+    Name.UNKNOWN: None,
+}
+
+USAGE: dict[Name, str] = {
+    Name.INVITE: "#invite <user_name> [<room_name>]",
+    Name.ADD: "#add <user_name> [<room_name>]",
+    Name.REMOVE: "#remove <user_name> [<room_name>]",
+    Name.MODIFY: "#modify <user_name> <role> [<room_name>]",
+}
+
+
+def _room_arg(config: Config, value: str) -> str:
+    try:
+        key = build_address(value, config.conference_domain).lower()
+    except BadAddress:
+        raise Refused(text.invalid_room(value, config.conference_domain)) from None
+    name, _, domain = key.rpartition("@")
+    if domain != config.conference_domain or name.startswith("."):
+        raise Refused(text.invalid_room(value, config.conference_domain))
+    return key
+
+
+def _create_args(config: Config, incoming: Incoming, args: tuple[str, ...]) -> tuple[str, bool]:
+    """C1: ``#create`` → R-URI, public; ``#create private`` → R-URI, private;
+    ``#create room`` → room, public; ``#create room private``; anything else is an error."""
+    if not args:
+        return _room_arg(config, incoming.room), False
+    if len(args) == 1:
+        if args[0].lower() == "private":
+            return _room_arg(config, incoming.room), True
+        return _room_arg(config, args[0]), False
+    if args[1].lower() != "private" or len(args) > 2:
+        raise Refused(text.invalid_argument(" ".join(args[1:]), config.command_char))
+    return _room_arg(config, args[0]), True
+
+
+def target(config: Config, incoming: Incoming, command: Command | None) -> str | None:
+    """The room (name@domain) the MESSAGE acts on: the worker locks and reads it. None for
+    commands that act on no single room. Raises :class:`Refused` for a bad room argument."""
+    if command is None:
+        return _room_arg(config, incoming.room)
+    if command.name is Name.CREATE:
+        return _create_args(config, incoming, command.args)[0]
+    position = ROOM_ARG[command.name]
+    if position is None:
+        return None
+    if len(command.args) > position:
+        return _room_arg(config, command.args[position])
+    return _room_arg(config, incoming.room)
+
+
+def _user_arg(config: Config, command: Command) -> str:
+    if not command.args:
+        raise Refused(text.missing_argument(USAGE[command.name]))
+    try:
+        return build_address(command.args[0], config.domain)
+    except BadAddress:
+        raise Refused(text.invalid_user(command.args[0])) from None
+
+
+# -- execution ----------------------------------------------------------------------------
+
+
+def execute(
+    config: Config,
+    incoming: Incoming,
+    room: Room | None,
+    *,
+    visible_rooms: list[str] | None = None,
+) -> list[Effect]:
+    """The effects of ``incoming`` on ``room`` (the room :func:`target` named, as it is now;
+    None when it does not exist). ``visible_rooms``: for ``#rooms``, the names the sender
+    may see."""
+    command = parse_command(incoming.body, config.command_char)
+    try:
+        if command is None:
+            return _chat(incoming, room)
+        return _command(config, incoming, command, room, visible_rooms or [])
+    except Refused as refused:
+        return [refusal(incoming, refused)]
+
+
+def refusal(incoming: Incoming, refused: Refused) -> Send:
+    """The notice telling the sender why nothing happened."""
+    return _notice(refused.from_uri or incoming.room_uri, incoming.sender, refused.notice)
+
+
+def _notice(from_uri: str, to: str, body: str) -> Send:
+    return Send(from_uri, to, body.encode())
+
+
+def _broadcast(room_uri: str, members: list[Member], body: str) -> list[Effect]:
+    """IMC broadcast: every member except the invited (Kamailio skips INVITED/DELETED)."""
+    return [_notice(room_uri, m.aor, body) for m in members if m.role is not Role.INVITED]
+
+
+def _existing(room: Room | None) -> Room:
+    if room is None:
+        raise Refused(text.ROOM_NOT_FOUND)  # silent in Kamailio (IMC-X1)
+    return room
+
+
+def _member(room: Room, aor: str) -> Member:
+    member = room.find(aor)
+    if member is None:
+        raise Refused(text.NOT_A_MEMBER, room.uri)
+    return member
+
+
+def _manager(room: Room, aor: str, denied: str) -> Member:
+    member = _member(room, aor)
+    if member.role not in MANAGERS:
+        raise Refused(denied, room.uri)
+    return member
+
+
+def _chat(incoming: Incoming, room: Room | None) -> list[Effect]:
+    """C15: fan-out to every member but the invited and the sender, ``[user]: <body>``."""
+    media_type = incoming.content_type.split(";", 1)[0].strip().lower()
+    if media_type in NOT_CHAT_TYPES or not incoming.body:
+        return []
+    if room is None:
+        raise Refused(text.ROOM_NOT_FOUND)
+    sender = room.find(incoming.sender)
+    if sender is None:
+        raise Refused(text.CHAT_NOT_A_MEMBER, room.uri)
+    if sender.role is Role.INVITED:
+        raise Refused(text.INVITED_ONLY, room.uri)
+    body = f"{text.brackets(sender.aor)}: ".encode() + incoming.body
+    return [
+        Send(room.uri, m.aor, body, Kind.CHAT, incoming.content_type)
+        for m in room.members
+        if m.role is not Role.INVITED and not m.is_(incoming.sender)
+    ]
+
+
+def _command(
+    config: Config,
+    incoming: Incoming,
+    command: Command,
+    room: Room | None,
+    visible_rooms: list[str],
+) -> list[Effect]:
+    sender = incoming.sender
+    char = config.command_char
+    match command.name:
+        case Name.CREATE:
+            return _create(config, incoming, command, room)
+        case Name.JOIN:
+            key = target(config, incoming, command)
+            assert key is not None
+            return _join(config, incoming, key, room)
+        case Name.INVITE:
+            return _invite(config, incoming, command, _existing(room))
+        case Name.ADD:
+            return _add(config, incoming, command, _existing(room))
+        case Name.ACCEPT:
+            room = _existing(room)
+            member = _member(room, sender)
+            if member.role is not Role.INVITED:
+                raise Refused(text.NO_INVITATION, room.uri)
+            after = _replace(room, member, Role.MEMBER)
+            return [
+                SetRole(room.key, member.aor, Role.MEMBER),
+                *_broadcast(room.uri, after, text.joined(member.aor)),
+            ]
+        case Name.REJECT:
+            room = _existing(room)
+            member = _member(room, sender)
+            if member.role is not Role.INVITED:
+                raise Refused(text.NO_INVITATION, room.uri)
+            return [RemoveMember(room.key, member.aor)]  # C6: no message
+        case Name.REMOVE:
+            return _remove(config, incoming, command, _existing(room))
+        case Name.LEAVE:
+            room = _existing(room)
+            member = _member(room, sender)
+            if member.role is Role.OWNER:
+                return [_notice(room.uri, sender, text.OWNER_CANNOT_LEAVE)]
+            if member.role is Role.INVITED:
+                return [RemoveMember(room.key, member.aor)]  # never joined: like #reject
+            # C8: the broadcast first (the leaver gets it too), then the removal.
+            return [
+                *_broadcast(room.uri, list(room.members), text.left(member.aor)),
+                RemoveMember(room.key, member.aor),
+            ]
+        case Name.MEMBERS:
+            room = _existing(room)
+            member = _member(room, sender)
+            if member.role is Role.INVITED:
+                raise Refused(text.INVITED_ONLY, room.uri)
+            marks = {Role.OWNER: "*", Role.ADMIN: "~"}
+            lines = [
+                f"{marks.get(m.role, '')}{text.brackets(m.aor)}"
+                for m in room.members
+                if m.role is not Role.INVITED
+            ]
+            return [_notice(room.uri, sender, text.members_list(lines))]
+        case Name.ROOMS:
+            return [_notice(incoming.room_uri, sender, text.rooms_list(visible_rooms))]
+        case Name.DESTROY:
+            room = _existing(room)
+            member = _member(room, sender)
+            if member.role is not Role.OWNER:
+                raise Refused(text.DESTROY_DENIED, room.uri)
+            return [
+                *_broadcast(room.uri, list(room.members), text.DESTROYED),
+                DestroyRoom(room.key),
+            ]
+        case Name.MODIFY:
+            return _modify(config, incoming, command, _existing(room))
+        case Name.HELP:
+            return [_notice(incoming.room_uri, sender, text.HELP)]
+        case Name.UNKNOWN:
+            return [_notice(incoming.room_uri, sender, text.invalid_command(command.typed, char))]
+    raise AssertionError(command.name)  # pragma: no cover
+
+
+def _replace(room: Room, member: Member, role: Role) -> list[Member]:
+    return [Member(m.aor, role) if m is member else m for m in room.members]
+
+
+def _create(
+    config: Config, incoming: Incoming, command: Command, room: Room | None
+) -> list[Effect]:
+    key, private = _create_args(config, incoming, command.args)
+    uri = f"sip:{key}"
+    sender = incoming.sender
+    if room is None:
+        return [CreateRoom(key, sender, private), _notice(uri, sender, text.ROOM_CREATED)]
+    if sender.lower() in room.banned:
+        raise Refused(text.BANNED, room.uri)
+    if room.private:
+        return [_notice(incoming.room_uri, sender, text.PRIVATE_EXISTS)]
+    if room.find(sender) is not None:
+        return [_notice(incoming.room_uri, sender, text.EXISTS_AND_MEMBER)]
+    after = [*room.members, Member(sender, Role.MEMBER)]
+    return [
+        AddMember(room.key, sender, Role.MEMBER),
+        *_broadcast(room.uri, after, text.joined(sender)),
+    ]
+
+
+def _join(config: Config, incoming: Incoming, key: str, room: Room | None) -> list[Effect]:
+    sender = incoming.sender
+    uri = f"sip:{key}"
+    if room is None:
+        if not config.create_on_join:
+            return [_notice(incoming.room_uri, sender, text.ROOM_NOT_FOUND)]
+        return [CreateRoom(key, sender, False), _notice(uri, sender, text.ROOM_CREATED)]
+    if sender.lower() in room.banned:
+        raise Refused(text.BANNED, room.uri)
+    member = room.find(sender)
+    if member is not None:
+        if member.role is Role.INVITED:
+            # Kamailio clears INVITED silently (C2); say so, as #accept does.
+            after = _replace(room, member, Role.MEMBER)
+            return [
+                SetRole(room.key, member.aor, Role.MEMBER),
+                *_broadcast(room.uri, after, text.joined(member.aor)),
+            ]
+        return [_notice(room.uri, sender, text.ALREADY_IN)]
+    if room.private:
+        return [
+            _notice(room.uri, sender, text.PRIVATE_JOIN),
+            *_broadcast(room.uri, list(room.members), text.attempted(sender)),
+        ]
+    after = [*room.members, Member(sender, Role.MEMBER)]
+    return [
+        AddMember(room.key, sender, Role.MEMBER),
+        *_broadcast(room.uri, after, text.joined(sender)),
+    ]
+
+
+def _check_newcomer(room: Room, aor: str) -> None:
+    existing = room.find(aor)
+    if existing is not None:
+        if existing.role is Role.INVITED:
+            raise Refused(text.already_invited(existing.aor), room.uri)
+        raise Refused(text.already_member(existing.aor), room.uri)
+    if aor.lower() in room.banned:
+        raise Refused(text.user_banned(aor), room.uri)
+
+
+def _invite(config: Config, incoming: Incoming, command: Command, room: Room) -> list[Effect]:
+    """C3: OWNER or ADMIN; the invitee is added as invited and asked to accept."""
+    inviter = _manager(room, incoming.sender, text.INVITE_DENIED)
+    invitee = _user_arg(config, command)
+    _check_newcomer(room, invitee)
+    body = text.invitation(inviter.aor, config.command_char).encode()
+    return [
+        AddMember(room.key, invitee, Role.INVITED, invited_by=inviter.aor),
+        Send(room.uri, invitee, body, Kind.INVITE),
+    ]
+
+
+def _add(config: Config, incoming: Incoming, command: Command, room: Room) -> list[Effect]:
+    """C4: OWNER or ADMIN add a user directly as a plain member."""
+    _manager(room, incoming.sender, text.ADD_DENIED)
+    user = _user_arg(config, command)
+    _check_newcomer(room, user)
+    after = [*room.members, Member(user, Role.MEMBER)]
+    return [AddMember(room.key, user, Role.MEMBER), *_broadcast(room.uri, after, text.joined(user))]
+
+
+def _remove(config: Config, incoming: Incoming, command: Command, room: Room) -> list[Effect]:
+    """C7: OWNER or ADMIN; not the owner. The target is told, then the room."""
+    _manager(room, incoming.sender, text.REMOVE_DENIED)
+    user = _user_arg(config, command)
+    target_member = room.find(user)
+    if target_member is None:
+        raise Refused(text.not_in_room(user), room.uri)
+    if target_member.role is Role.OWNER:
+        raise Refused(text.OWNER_CANNOT_BE_REMOVED, room.uri)
+    after = [m for m in room.members if m is not target_member]
+    return [
+        RemoveMember(room.key, target_member.aor),
+        _notice(room.uri, target_member.aor, text.REMOVED),
+        *_broadcast(room.uri, after, text.left(target_member.aor)),
+    ]
+
+
+ROLES = {"owner": Role.OWNER, "admin": Role.ADMIN, "member": Role.MEMBER}
+
+
+def _modify(config: Config, incoming: Incoming, command: Command, room: Room) -> list[Effect]:
+    """C12: OWNER or ADMIN set a member's role to exactly owner, admin or member."""
+    _manager(room, incoming.sender, text.MODIFY_DENIED)
+    if len(command.args) < 2:
+        raise Refused(text.missing_argument(USAGE[Name.MODIFY]), room.uri)
+    user = _user_arg(config, command)
+    typed_role = command.args[1]
+    role = ROLES.get(typed_role.lower())
+    if role is None:
+        raise Refused(text.invalid_role(typed_role), room.uri)
+    member = room.find(user)
+    if member is None:
+        raise Refused(text.not_in_room(user), room.uri)  # Kamailio crashes here (C12 (2))
+    after = _replace(room, member, role)
+    if not any(m.role is Role.OWNER for m in after):
+        raise Refused(text.LAST_OWNER, room.uri)
+    return [
+        SetRole(room.key, member.aor, role),
+        *_broadcast(room.uri, after, text.modified(member.aor, typed_role)),
+    ]

@@ -1,0 +1,301 @@
+"""The imc worker: runs room commands and fans chat out, one queued MESSAGE at a time.
+
+Woken by NOTIFY on ``room_inbox`` (the relay queued a MESSAGE to a room) and on
+``outbound_done`` (the relay reports a delivery), and by a slow poll (a NOTIFY lost while the
+LISTEN connection was down costs latency, never a message).
+
+Each queued MESSAGE is handled in ONE transaction: claim the oldest row of a room
+(``FOR UPDATE SKIP LOCKED``), lock and read the room the command acts on, compute the
+effects (:mod:`services.imc.executor`, pure), apply the room/member changes, queue the
+MESSAGEs for the relay (``outbound_messages``) and delete the row. Replicas share the work
+without double fan-out; a crash rolls everything back and the row is handled again.
+
+Chat for a member with no binding goes straight into the offline store; a chat delivery
+that fails later (408/480/503) is moved there when its outcome arrives. Those stored copies
+carry no offline notice (only the relay's store path sends notices, and it never sees room
+traffic), so nothing echoes back into the room. A failed invitation is withdrawn and the
+inviter told (Kamailio tells the invitee, §3.9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from services.imc.commands import Name, not_registered, parse_command
+from services.imc.executor import (
+    AddMember,
+    Config,
+    CreateRoom,
+    DestroyRoom,
+    Effect,
+    Incoming,
+    Kind,
+    Refused,
+    RemoveMember,
+    Send,
+    SetRole,
+    execute,
+    refusal,
+    target,
+)
+from shared.config import Settings
+from shared.db import offline, rooms
+from shared.db.listen import Listener, Notification
+from shared.db.offline import GENERATED_HEADER
+from shared.db.outbound import DONE_CHANNEL, queue_message
+from shared.db.queue import WakeReason, Wakeup
+from shared.db.rooms import INBOX_CHANNEL, InboxMessage, Room
+from shared.db.types import Connection
+
+log = logging.getLogger(__name__)
+
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+BAD_REQUEST_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+ERROR_BACKOFF = 1.0  # seconds before retrying after a database error, doubling...
+MAX_ERROR_BACKOFF = 30.0  # ...up to this
+OUTCOME_BATCH = 500  # finished deliveries handled per transaction
+#: Final statuses that mean "not reachable now": the chat copy goes to the offline store.
+UNREACHABLE = frozenset({408, 480, 503})
+#: ``X-Imstack-Generated`` value on room traffic.
+GENERATED_VALUE = "room"
+SOURCES = [kind.value for kind in Kind]
+
+
+@dataclass
+class ImcStats:
+    """Counters since start (logged; the API's statistics read the tables)."""
+
+    handled: int = 0  # room MESSAGEs handled
+    commands: Counter[str] = field(default_factory=Counter)  # by command name
+    fanned_out: int = 0  # chat copies queued for members
+    stored_offline: int = 0  # chat copies put in the offline store
+    invitations_failed: int = 0
+
+
+def config_from(settings: Settings) -> Config:
+    return Config(
+        command_char=settings.imc_command_char,
+        create_on_join=settings.imc_create_on_join,
+        domain=settings.domain,
+        conference_domain=settings.conference_domain,
+    )
+
+
+class ImcWorker:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, database_url: str) -> None:
+        self.settings = settings
+        self.config = config_from(settings)
+        self.pool = pool
+        self.wakeup = Wakeup()
+        self.listener = Listener(
+            database_url, [INBOX_CHANNEL, DONE_CHANNEL], self._on_notify, catch_up=self._catch_up
+        )
+        self.stats = ImcStats()
+        self._outcomes = True  # look at finished deliveries on the next pass
+
+    def _on_notify(self, notification: Notification) -> None:
+        if notification.channel == DONE_CHANNEL:
+            self._outcomes = True
+        self.wakeup.wake()
+
+    async def _catch_up(self) -> None:
+        self._outcomes = True
+        self.wakeup.wake()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listening = asyncio.create_task(self.listener.run(stop), name="imc-listen")
+        backoff = ERROR_BACKOFF
+        try:
+            while not stop.is_set():
+                poll = self.settings.imc_poll_interval
+                try:
+                    while not stop.is_set() and await self.handle_next():
+                        pass
+                    if self._outcomes:
+                        self._outcomes = False
+                        while await self.handle_outcomes() == OUTCOME_BATCH:
+                            pass
+                    backoff = ERROR_BACKOFF
+                except DATABASE_ERRORS as exc:
+                    log.warning("imc: database unavailable (%s); retry in %.0fs", exc, backoff)
+                    self._outcomes = True
+                    poll = backoff
+                    backoff = min(backoff * 2, MAX_ERROR_BACKOFF)
+                reason = await self.wakeup.wait(poll, stop)
+                if reason is WakeReason.STOP:
+                    break
+                if reason is WakeReason.TIMEOUT:
+                    self._outcomes = True
+        finally:
+            await listening
+
+    # -- room MESSAGEs ---------------------------------------------------------------
+
+    async def handle_next(self) -> bool:
+        """Handle the next queued room MESSAGE; False when there was none to take."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            message = await rooms.claim_next(conn)
+            if message is None:
+                return False
+            try:
+                async with conn.transaction():  # a savepoint: a bug drops only this message
+                    await self._handle(conn, message)
+            except Exception as exc:
+                # An outage is retried; a bug, or a request that does not fit the schema
+                # (constraint, data error), would fail forever: drop that message only.
+                if isinstance(exc, DATABASE_ERRORS) and not isinstance(exc, BAD_REQUEST_ERRORS):
+                    raise
+                log.exception("imc: room MESSAGE %d from %s dropped", message.id, message.sender)
+            await rooms.delete_inbox(conn, message.id)
+        self.stats.handled += 1
+        return True
+
+    async def _handle(self, conn: Connection, message: InboxMessage) -> None:
+        incoming = Incoming(
+            room=message.room,
+            sender=message.sender,
+            content_type=message.content_type,
+            body=message.body,
+            call_id=message.call_id,
+        )
+        command = parse_command(message.body, self.config.command_char)
+        self.stats.commands[command.name.value if command else "chat"] += 1
+        room: Room | None = None
+        try:
+            key = target(self.config, incoming, command)
+        except Refused as refused:
+            effects: list[Effect] = [refusal(incoming, refused)]
+        else:
+            if key is not None:
+                await rooms.lock_room(conn, key)
+                room = await rooms.get_room(conn, key)
+            visible = None
+            if command is not None and command.name is Name.ROOMS:
+                visible = await rooms.visible_rooms(
+                    conn, self.config.conference_domain, incoming.sender
+                )
+            effects = execute(self.config, incoming, room, visible_rooms=visible)
+        await self._apply(conn, incoming, room, effects)
+
+    async def _apply(
+        self, conn: Connection, incoming: Incoming, room: Room | None, effects: list[Effect]
+    ) -> None:
+        ids: dict[str, int] = {} if room is None else {room.key: room.id}
+        sends: list[Send] = []
+        for effect in effects:
+            match effect:
+                case CreateRoom(key, owner, private):
+                    ids[key] = await rooms.create_room(conn, key, owner=owner, private=private)
+                    log.info("imc: room %s created by %s", key, owner)
+                case DestroyRoom(key):
+                    await rooms.delete_room(conn, ids[key])
+                    log.info("imc: room %s destroyed by %s", key, incoming.sender)
+                case AddMember(key, aor, role, invited_by):
+                    await rooms.add_member(conn, ids[key], aor, role, invited_by=invited_by)
+                case SetRole(key, aor, role):
+                    await rooms.set_role(conn, ids[key], aor, role)
+                case RemoveMember(key, aor):
+                    await rooms.remove_member(conn, ids[key], aor)
+                case Send():
+                    sends.append(effect)
+        chat_to = [send.to for send in sends if send.kind is Kind.CHAT]
+        online = await rooms.reachable(conn, chat_to) if chat_to else set()
+        headers = [("Supported", "kamailio/imc")]
+        if incoming.call_id:
+            headers.append(("In-Reply-To", incoming.call_id))
+        headers.append((GENERATED_HEADER, GENERATED_VALUE))
+        for send in sends:
+            if send.kind is Kind.CHAT and send.to not in online:
+                await self._store_offline(
+                    conn, send.from_uri, send.to, send.content_type, send.body
+                )
+                continue
+            await queue_message(
+                conn,
+                from_uri=send.from_uri,
+                to_aor=send.to,
+                body=send.body,
+                content_type=send.content_type,
+                extra_headers=headers,
+                source=send.kind.value,
+            )
+            if send.kind is Kind.CHAT:
+                self.stats.fanned_out += 1
+
+    async def _store_offline(
+        self, conn: Connection, from_uri: str, to: str, content_type: str, body: bytes
+    ) -> None:
+        """A chat copy for a member who cannot take it now: into the offline store, with no
+        offline notice (the store's notices are for people, not for rooms)."""
+        stored = await offline.store_message(
+            conn,
+            recipient=to,
+            sender_uri=from_uri,
+            sender_display=None,
+            call_id="",
+            content_type=content_type,
+            body=body,
+            extra_headers=[],
+            lifetime=self.settings.msilo_expire,
+            max_messages=self.settings.msilo_max_messages,
+        )
+        if stored is None:
+            log.info("imc: room message for %s dropped: offline mailbox full", to)
+        else:
+            self.stats.stored_offline += 1
+
+    # -- delivery outcomes -----------------------------------------------------------
+
+    async def handle_outcomes(self) -> int:
+        """Act on finished deliveries of imc's MESSAGEs, then forget them; how many."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT id, from_uri, to_aor, content_type, body, source, status,
+                          last_status
+                   FROM outbound_messages
+                   WHERE source = ANY($1::text[]) AND status IN ('delivered', 'failed')
+                   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                SOURCES,
+                OUTCOME_BATCH,
+            )
+            for row in rows:
+                if row["status"] != "failed":
+                    continue
+                if row["source"] == Kind.CHAT and row["last_status"] in UNREACHABLE:
+                    await self._store_offline(
+                        conn,
+                        row["from_uri"],
+                        row["to_aor"],
+                        row["content_type"],
+                        bytes(row["body"]),
+                    )
+                elif row["source"] == Kind.INVITE:
+                    await self._invitation_failed(conn, row["from_uri"], row["to_aor"])
+            if rows:
+                await conn.execute(
+                    "DELETE FROM outbound_messages WHERE id = ANY($1::bigint[])",
+                    [row["id"] for row in rows],
+                )
+        return len(rows)
+
+    async def _invitation_failed(self, conn: Connection, room_uri: str, invitee: str) -> None:
+        key = room_uri.split(":", 1)[1]
+        await rooms.lock_room(conn, key)
+        inviter = await rooms.withdraw_invitation(conn, key, invitee)
+        if not inviter:
+            return
+        self.stats.invitations_failed += 1
+        log.info("imc: invitation of %s to %s failed; withdrawn", invitee, key)
+        await queue_message(
+            conn,
+            from_uri=room_uri,
+            to_aor=inviter,
+            body=not_registered(invitee).encode(),
+            extra_headers=[("Supported", "kamailio/imc"), (GENERATED_HEADER, GENERATED_VALUE)],
+            source=Kind.NOTICE.value,
+        )

@@ -1,0 +1,433 @@
+"""The command executor, without I/O: every command, its permissions, Kamailio's reply texts
+(§3.6, §3.8) and the Kamailio bugs imstack fixes (§3.9)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.imc import commands as text
+from services.imc.commands import Name, build_address, parse_command
+from services.imc.executor import (
+    AddMember,
+    Config,
+    CreateRoom,
+    DestroyRoom,
+    Effect,
+    Incoming,
+    Kind,
+    Refused,
+    RemoveMember,
+    Send,
+    SetRole,
+    execute,
+    target,
+)
+from shared.db.rooms import Member, Role, Room
+
+CONFIG = Config("#", True, "example.test", "conference.example.test")
+DEVS = "devs@conference.example.test"
+DEVS_URI = f"sip:{DEVS}"
+OWNER, ADMIN, MEMBER, INVITED = Role.OWNER, Role.ADMIN, Role.MEMBER, Role.INVITED
+
+
+def aor(user: str) -> str:
+    return f"{user}@example.test"
+
+
+def make_room(
+    *members: tuple[str, Role],
+    private: bool = False,
+    banned: tuple[str, ...] = (),
+    key: str = DEVS,
+) -> Room:
+    name, _, domain = key.partition("@")
+    return Room(
+        id=1,
+        name=name,
+        domain=domain,
+        owner=aor(members[0][0]),
+        private=private,
+        topic=None,
+        members=tuple(Member(aor(user), role) for user, role in members),
+        banned=frozenset(aor(user) for user in banned),
+    )
+
+
+TEAM = make_room(("alice", OWNER), ("bob", ADMIN), ("carol", MEMBER), ("dave", INVITED))
+
+
+def run(
+    body: str | bytes,
+    room: Room | None = TEAM,
+    *,
+    sender: str = "alice",
+    to: str = DEVS,
+    config: Config = CONFIG,
+    content_type: str = "text/plain;charset=UTF-8",
+    rooms: list[str] | None = None,
+) -> list[Effect]:
+    data = body.encode() if isinstance(body, str) else body
+    incoming = Incoming(to, aor(sender), content_type, data, "call-1")
+    return execute(config, incoming, room, visible_rooms=rooms)
+
+
+def sent(effects: list[Effect]) -> list[tuple[str, str]]:
+    """(recipient user, body) of every MESSAGE, in order."""
+    return [(e.to.partition("@")[0], e.body.decode()) for e in effects if isinstance(e, Send)]
+
+
+def changes(effects: list[Effect]) -> list[Effect]:
+    return [e for e in effects if not isinstance(e, Send)]
+
+
+def notice(effects: list[Effect]) -> str:
+    (only,) = [e for e in effects if isinstance(e, Send)]
+    return only.body.decode()
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+
+def test_a_command_is_a_body_starting_with_the_command_char() -> None:
+    assert parse_command(b"hello #join", "#") is None
+    assert parse_command(b" #join", "#") is None
+    command = parse_command(b"#JOIN\tdevs  extra\r\n#second line", "#")
+    assert command is not None
+    assert command.name is Name.JOIN and command.typed == "JOIN"
+    assert command.args == ("devs", "extra")
+
+
+def test_aliases_and_unknown_names() -> None:
+    for typed, name in [
+        ("deny", Name.REJECT),
+        ("exit", Name.LEAVE),
+        ("list", Name.MEMBERS),
+        ("Rooms", Name.ROOMS),
+        ("frobnicate", Name.UNKNOWN),
+    ]:
+        command = parse_command(f"#{typed}".encode(), "#")
+        assert command is not None and command.name is name
+
+
+def test_at_most_five_parameters_are_read() -> None:
+    command = parse_command(b"#invite a b c d e f g", "#")
+    assert command is not None and command.args == ("a", "b", "c", "d", "e")
+
+
+def test_another_command_char() -> None:
+    config = Config("!", True, "example.test", "conference.example.test")
+    assert parse_command(b"#members", "!") is None
+    assert sent(run("!members", config=config))[0][1].startswith("Members:")
+    assert (
+        notice(run("!nope", config=config)) == "*** Invalid command 'nope' (send '!help' for help)"
+    )
+    # The help text always shows '#' (C13).
+    assert notice(run("!help", config=config)) == text.HELP
+
+
+def test_arguments_get_a_domain_as_kamailio_builds_uris() -> None:
+    assert build_address("bob", "example.test") == "bob@example.test"
+    assert build_address("sip:bob@Other.Example", "example.test") == "bob@other.example"
+    assert build_address("<sip:bob@example.test;transport=tcp>", "x") == "bob@example.test"
+    incoming = Incoming(DEVS, aor("alice"), "text/plain", b"")
+    join = parse_command(b"#join chat-000", "#")
+    assert target(CONFIG, incoming, join) == "chat-000@conference.example.test"
+    assert target(CONFIG, incoming, parse_command(b"#join", "#")) == DEVS
+    with pytest.raises(Refused):
+        target(CONFIG, incoming, parse_command(b"#join devs@elsewhere.example", "#"))
+
+
+# -- #create ------------------------------------------------------------------------------
+
+
+def test_create_a_new_room_makes_the_sender_owner() -> None:
+    effects = run("#create", None)
+    assert changes(effects) == [CreateRoom(DEVS, aor("alice"), False)]
+    assert sent(effects) == [("alice", "*** Room was created")]
+
+
+def test_create_private_and_named_rooms() -> None:
+    assert changes(run("#create private", None)) == [CreateRoom(DEVS, aor("alice"), True)]
+    other = "ops@conference.example.test"
+    assert changes(run("#create ops", None)) == [CreateRoom(other, aor("alice"), False)]
+    assert changes(run("#create ops private", None)) == [CreateRoom(other, aor("alice"), True)]
+    assert notice(run("#create ops public", None)) == (
+        "*** Invalid argument 'public' (send '#help' for help)"
+    )
+
+
+def test_create_an_existing_room() -> None:
+    assert notice(run("#create")) == "*** Room already exists and you are a member"
+    private = make_room(("alice", OWNER), private=True)
+    assert notice(run("#create", private, sender="erin")) == (
+        "*** A private room with the same name already exists"
+    )
+    effects = run("#create", sender="erin")
+    assert changes(effects) == [AddMember(DEVS, aor("erin"), MEMBER)]
+    assert sent(effects) == [
+        (user, "*** [erin] has joined the room") for user in ("alice", "bob", "carol", "erin")
+    ]
+
+
+# -- #join --------------------------------------------------------------------------------
+
+
+def test_join_a_public_room_tells_everyone_the_joiner_included() -> None:
+    effects = run("#join", sender="erin")
+    assert changes(effects) == [AddMember(DEVS, aor("erin"), MEMBER)]
+    assert sent(effects) == [
+        (user, "*** [erin] has joined the room") for user in ("alice", "bob", "carol", "erin")
+    ]
+
+
+def test_join_a_missing_room_creates_it_or_says_not_found() -> None:
+    effects = run("#join", None, sender="erin")
+    assert changes(effects) == [CreateRoom(DEVS, aor("erin"), False)]
+    assert sent(effects) == [("erin", "*** Room was created")]
+    config = Config("#", False, "example.test", "conference.example.test")
+    effects = run("#join", None, sender="erin", config=config)
+    assert changes(effects) == [] and notice(effects) == "*** Room not found"
+
+
+def test_join_twice_and_join_a_private_room() -> None:
+    assert notice(run("#join", sender="carol")) == "*** You are in the room already"
+    private = make_room(("alice", OWNER), ("bob", MEMBER), ("dave", INVITED), private=True)
+    effects = run("#join", private, sender="erin")
+    assert changes(effects) == []
+    assert sent(effects) == [
+        ("erin", "*** Private rooms are by invitation only. Room owners have been notified."),
+        ("alice", "*** [erin] attempted to join the room"),
+        ("bob", "*** [erin] attempted to join the room"),
+    ]
+
+
+def test_join_by_an_invited_user_accepts_the_invitation() -> None:
+    effects = run("#join", sender="dave")
+    assert changes(effects) == [SetRole(DEVS, aor("dave"), MEMBER)]
+    assert ("dave", "*** [dave] has joined the room") in sent(effects)
+
+
+# -- #invite, #accept, #reject -------------------------------------------------------------
+
+
+def test_owner_and_admin_invite() -> None:
+    for inviter in ("alice", "bob"):
+        effects = run("#invite erin", sender=inviter)
+        assert changes(effects) == [AddMember(DEVS, aor("erin"), INVITED, invited_by=aor(inviter))]
+        (invite,) = [e for e in effects if isinstance(e, Send)]
+        assert invite.kind is Kind.INVITE and invite.from_uri == DEVS_URI
+        assert invite.body.decode() == (
+            f"*** [{inviter}] invites you to join the room (send '#accept' or '#reject')"
+        )
+
+
+def test_invite_refusals_are_told() -> None:
+    assert notice(run("#invite erin", sender="carol")) == (
+        "*** You don't have the permission to invite users to this room"
+    )
+    assert notice(run("#invite erin", sender="erin")) == "*** You are not a member of this room"
+    assert (
+        notice(run("#invite carol")) == "*** sip:carol@example.test is already a member of the room"
+    )
+    assert notice(run("#invite dave")) == "*** sip:dave@example.test is already invited to the room"
+    assert notice(run("#invite")) == "*** Missing argument: #invite <user_name> [<room_name>]"
+    assert notice(run("#invite erin", None)) == "*** Room not found"
+    banned = make_room(("alice", OWNER), banned=("erin",))
+    assert (
+        notice(run("#invite erin", banned)) == "*** sip:erin@example.test is banned from the room"
+    )
+
+
+def test_invite_into_another_room_by_argument() -> None:
+    ops = make_room(("alice", OWNER), key="ops@conference.example.test")
+    effects = run("#invite erin ops", ops)
+    assert changes(effects) == [
+        AddMember("ops@conference.example.test", aor("erin"), INVITED, invited_by=aor("alice"))
+    ]
+
+
+def test_accept_and_reject() -> None:
+    effects = run("#accept", sender="dave")
+    assert changes(effects) == [SetRole(DEVS, aor("dave"), MEMBER)]
+    assert sent(effects) == [
+        (user, "*** [dave] has joined the room") for user in ("alice", "bob", "carol", "dave")
+    ]
+    for command in ("#reject", "#deny"):
+        effects = run(command, sender="dave")
+        assert changes(effects) == [RemoveMember(DEVS, aor("dave"))] and sent(effects) == []
+    assert (
+        notice(run("#accept", sender="carol")) == "*** You have no pending invitation to this room"
+    )
+    assert notice(run("#reject", sender="erin")) == "*** You are not a member of this room"
+
+
+# -- #add, #remove, #leave, #destroy -------------------------------------------------------
+
+
+def test_add_by_owner_or_admin_only() -> None:
+    effects = run("#add erin", sender="bob")
+    assert changes(effects) == [AddMember(DEVS, aor("erin"), MEMBER)]
+    assert ("erin", "*** [erin] has joined the room") in sent(effects)
+    assert ("dave", "*** [erin] has joined the room") not in sent(effects)  # invited: nothing
+    assert notice(run("#add erin", sender="carol")) == (
+        "*** You don't have the permmission to add members to this room"
+    )
+    assert notice(run("#add carol")).endswith("is already a member of the room")
+
+
+def test_remove() -> None:
+    effects = run("#remove carol", sender="bob")
+    assert changes(effects) == [RemoveMember(DEVS, aor("carol"))]
+    assert sent(effects) == [
+        ("carol", "*** You have been removed from the room"),
+        ("alice", "*** [carol] has left the room"),
+        ("bob", "*** [carol] has left the room"),
+    ]
+    assert notice(run("#remove alice", sender="bob")) == "*** The room's owner cannot be removed"
+    assert notice(run("#remove bob", sender="carol")) == (
+        "*** You don't have the permission to remove members from this room"
+    )
+    assert notice(run("#remove erin")) == "*** sip:erin@example.test is not a member of the room"
+
+
+def test_leave_and_exit() -> None:
+    for command in ("#leave", "#exit"):
+        effects = run(command, sender="carol")
+        assert sent(effects) == [
+            (user, "*** [carol] has left the room") for user in ("alice", "bob", "carol")
+        ]
+        assert changes(effects) == [RemoveMember(DEVS, aor("carol"))]
+    assert notice(run("#leave")) == (
+        "*** You are the room's owner and cannot leave. "
+        "Use #destroy if you wish to destroy the room."
+    )
+    assert notice(run("#leave", sender="erin")) == "*** You are not a member of this room"
+
+
+def test_destroy_by_the_owner_only() -> None:
+    effects = run("#destroy")
+    assert sent(effects) == [
+        (user, "*** Room has been destroyed") for user in ("alice", "bob", "carol")
+    ]
+    assert changes(effects) == [DestroyRoom(DEVS)]
+    assert notice(run("#destroy", sender="bob")) == "*** Only the room's owner can destroy the room"
+    assert notice(run("#destroy", None)) == "*** Room not found"
+
+
+# -- #members, #rooms, #modify, #help, unknown --------------------------------------------
+
+
+def test_members_marks_owner_and_admins_and_hides_the_invited() -> None:
+    room = make_room(("alice", OWNER), ("carol", MEMBER), ("bob", ADMIN), ("dave", INVITED))
+    for command in ("#members", "#list"):
+        assert sent(run(command, room, sender="carol")) == [
+            ("carol", "Members:\n*[alice]\n[carol]\n~[bob]")
+        ]
+
+
+def test_invited_users_cannot_read_members() -> None:  # Kamailio lets them (§3.9)
+    assert notice(run("#members", sender="dave")) == (
+        "*** You are invited to this room but have not joined it yet"
+    )
+    assert notice(run("#members", sender="erin")) == "*** You are not a member of this room"
+
+
+def test_rooms_lists_what_the_worker_says_is_visible() -> None:
+    effects = run("#rooms", None, sender="erin", rooms=["devs", "ops"])
+    assert sent(effects) == [("erin", "Rooms:\n[devs]\n[ops]")]
+    assert sent(run("#rooms", None, rooms=[])) == [("alice", "Rooms:")]
+
+
+def test_modify_sets_the_role_and_tells_the_room() -> None:
+    effects = run("#modify carol admin")
+    assert changes(effects) == [SetRole(DEVS, aor("carol"), ADMIN)]
+    assert ("carol", "*** sip:carol@example.test is now admin") in sent(effects)
+    assert notice(run("#modify carol admin", sender="carol")) == (
+        "*** You don't have the permmission to modify members in this room"
+    )
+    assert notice(run("#modify carol boss")) == "*** Invalid role 'boss' (owner, admin or member)"
+    assert notice(run("#modify carol")).startswith("*** Missing argument: #modify")
+
+
+def test_modify_honours_its_room_argument() -> None:  # Kamailio ignores it (C12 bug 1)
+    ops = make_room(("alice", OWNER), ("erin", MEMBER), key="ops@conference.example.test")
+    incoming = Incoming(DEVS, aor("alice"), "text/plain", b"#modify erin admin ops")
+    command = parse_command(incoming.body, "#")
+    assert target(CONFIG, incoming, command) == "ops@conference.example.test"
+    effects = execute(CONFIG, incoming, ops)
+    assert changes(effects) == [SetRole("ops@conference.example.test", aor("erin"), ADMIN)]
+
+
+def test_modify_of_a_non_member_is_refused() -> None:  # Kamailio crashes (C12 bug 2)
+    assert (
+        notice(run("#modify erin admin")) == "*** sip:erin@example.test is not a member of the room"
+    )
+
+
+def test_modify_keeps_an_owner() -> None:
+    assert notice(run("#modify alice member")) == "*** The room would have no owner left"
+    effects = run("#modify bob owner")
+    assert changes(effects) == [SetRole(DEVS, aor("bob"), OWNER)]
+
+
+def test_help_is_kamailios_text_byte_for_byte() -> None:
+    (help_message,) = [e for e in run("#help", None) if isinstance(e, Send)]
+    assert help_message.body.startswith(b"\r\n#create <room_name> - create new conference room\r\n")
+    assert b"#members - list members is a conference room\r\n" in help_message.body
+    assert help_message.body.endswith(b"#destroy [<room_name>] - destroy conference room\r\n")
+    assert help_message.body.count(b"\r\n") == 13
+    assert help_message.from_uri == DEVS_URI and help_message.to == aor("alice")
+
+
+def test_unknown_command() -> None:
+    assert notice(run("#dance now")) == "*** Invalid command 'dance' (send '#help' for help)"
+
+
+# -- chat ---------------------------------------------------------------------------------
+
+
+def test_chat_goes_to_every_member_but_the_sender_and_the_invited() -> None:
+    effects = run("hi all", sender="bob", content_type="text/plain;charset=UTF-8")
+    assert sent(effects) == [("alice", "[bob]: hi all"), ("carol", "[bob]: hi all")]
+    assert all(
+        isinstance(e, Send)
+        and e.kind is Kind.CHAT
+        and e.from_uri == DEVS_URI
+        and e.content_type == "text/plain;charset=UTF-8"
+        for e in effects
+    )
+
+
+def test_chat_keeps_the_content_type() -> None:
+    effects = run("<b>hi</b>", content_type="text/html")
+    assert {e.content_type for e in effects if isinstance(e, Send)} == {"text/html"}
+
+
+@pytest.mark.parametrize(
+    "content_type", ["message/imdn+xml", "application/im-iscomposing+xml;charset=utf-8"]
+)
+def test_delivery_notifications_and_typing_are_never_chat(content_type: str) -> None:
+    assert run("<imdn/>", content_type=content_type) == []
+
+
+def test_chat_from_outsiders_and_the_invited_is_refused() -> None:
+    assert notice(run("hi", sender="erin")) == (
+        "*** You are not a member of this room: your message was not sent"
+    )
+    assert notice(run("hi", sender="dave")) == (
+        "*** You are invited to this room but have not joined it yet"
+    )
+    assert notice(run("hi", None)) == "*** Room not found"
+
+
+def test_a_request_uri_that_is_no_room_name_is_refused() -> None:
+    incoming = Incoming(".hidden@conference.example.test", aor("alice"), "text/plain", b"#create")
+    with pytest.raises(Refused):
+        target(CONFIG, incoming, parse_command(incoming.body, "#"))
+    assert sent(execute(CONFIG, incoming, None)) == [
+        (
+            "alice",
+            "*** Invalid room '.hidden@conference.example.test': rooms are <name> or "
+            "<name>@conference.example.test",
+        )
+    ]
