@@ -128,6 +128,26 @@ class Settings(BaseSettings):
         min_length=1,
         description="Text of the offline notice; {recipient} is replaced by the address.",
     )
+    smtp_host: str | None = Field(
+        None, description="SMTP server for e-mail notices of stored messages. Unset: no e-mail."
+    )
+    smtp_port: Port = Field(587, description="SMTP port (587 submission, 465 implicit TLS).")
+    smtp_starttls: bool = Field(True, description="Upgrade the SMTP connection with STARTTLS.")
+    smtp_tls: bool = Field(False, description="Implicit TLS from the first byte (port 465).")
+    smtp_username: str | None = Field(None, description="SMTP login user. Unset: no login.")
+    smtp_password: str | None = Field(None, description="SMTP login password.")
+    smtp_from: str | None = Field(
+        None, description="From address of notices. Unset: imstack@<IMSTACK_DOMAIN>."
+    )
+    msilo_email_interval: float = Field(
+        900.0,
+        ge=0,
+        description="At most one e-mail notice per user per this many seconds; it summarises "
+        "the messages stored since the last one.",
+    )
+    msilo_email_bodies: bool = Field(
+        False, description="Include the text of stored messages in e-mail notices."
+    )
     imc_command_char: str = Field(
         "#",
         min_length=1,

@@ -7,8 +7,10 @@ the user's client answered 2xx, and purges expired ones (:mod:`services.msilo.wo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+from services.msilo.email import EmailNotifier
 from services.msilo.worker import MsiloWorker
 from shared.lifecycle import ServiceContext
 
@@ -17,8 +19,11 @@ log = logging.getLogger(__name__)
 
 async def run(ctx: ServiceContext) -> None:
     worker = MsiloWorker(ctx.settings, ctx.pool, ctx.database_url)
-    log.info("msilo: started")
-    await worker.run(ctx.stop)
+    notifier = EmailNotifier(ctx.settings, ctx.pool)
+    log.info("msilo: started (e-mail notices %s)", "on" if notifier.enabled else "off")
+    async with asyncio.TaskGroup() as group:
+        group.create_task(worker.run(ctx.stop), name="msilo-delivery")
+        group.create_task(notifier.run(ctx.stop), name="msilo-email")
     stats = worker.stats
     log.info(
         "msilo: stopped (queued %d, delivered %d, failed %d, expired %d)",
@@ -27,3 +32,5 @@ async def run(ctx: ServiceContext) -> None:
         stats.failed,
         stats.expired,
     )
+    if notifier.enabled:
+        log.info("msilo: e-mail notices sent %d, failed %d", notifier.sent, notifier.failed)
