@@ -17,7 +17,7 @@ from services.api.deps import require_token
 from services.api.errors import ERROR_RESPONSES, install_error_handlers
 from services.api.metrics import ApiMetrics, MetricsMiddleware
 from services.api.metrics import router as metrics_router
-from services.api.routers import health, users
+from services.api.routers import health, messages, registrations, rooms, users
 from shared.config import Settings
 from shared.db.pool import create_pool
 
@@ -66,4 +66,7 @@ def api_v1_router() -> APIRouter:
         prefix="/api/v1", dependencies=[Depends(require_token)], responses=ERROR_RESPONSES
     )
     v1.include_router(users.router)
+    v1.include_router(registrations.router)
+    v1.include_router(messages.router)
+    v1.include_router(rooms.router)
     return v1

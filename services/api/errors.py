@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.api import room_ops
 from shared.db import users as users_db
 from shared.db.pool import describe
 
@@ -81,6 +82,13 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     users_db.UserExists: (409, "user_exists"),
     users_db.InvalidUser: (422, "invalid_user"),
     users_db.UserError: (422, "invalid_user"),
+    room_ops.RoomNotFound: (404, "room_not_found"),
+    room_ops.MemberNotFound: (404, "member_not_found"),
+    room_ops.RoomExists: (409, "room_exists"),
+    room_ops.MemberExists: (409, "member_exists"),
+    room_ops.OwnerRequired: (409, "owner_required"),
+    room_ops.InvalidRoom: (422, "invalid_room"),
+    room_ops.RoomError: (422, "invalid_room"),
 }
 
 #: The database cannot be reached or takes no more connections: 503, so clients retry.

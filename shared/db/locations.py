@@ -155,3 +155,22 @@ async def find_by_contact(conn: Executor, contact: str) -> Binding | None:
         contact,
     )
     return None if row is None else _binding(row)
+
+
+# -- the control API (additive: the relay does not use these) ------------------------------
+
+
+async def delete_aor_binding(conn: Executor, aor: str, binding_id: int) -> bool:
+    """Remove one of the AoR's unexpired bindings; False when it has none with that id."""
+    status = await conn.execute(
+        "DELETE FROM locations WHERE id = $1 AND aor = $2 AND expires_at > now()",
+        binding_id,
+        aor,
+    )
+    return status != "DELETE 0"
+
+
+async def delete_aor_bindings(conn: Executor, aor: str) -> int:
+    """Remove every binding of the AoR (a user being deleted); how many."""
+    status = await conn.execute("DELETE FROM locations WHERE aor = $1", aor)
+    return int(status.rsplit(" ", 1)[-1])

@@ -242,3 +242,47 @@ async def purge_expired(conn: Executor) -> int:
     """Delete expired messages (never delivered); how many."""
     result = await conn.execute("DELETE FROM offline_messages WHERE expires_at <= now()")
     return int(result.split()[-1])
+
+
+# -- the control API (additive: the relay and msilo do not use these) -----------------------
+
+
+async def list_messages_page(
+    conn: Executor, recipient: str, *, limit: int, offset: int
+) -> list[OfflineMessage]:
+    """One page of :func:`list_messages` (storage order)."""
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM offline_messages WHERE recipient = $1
+            ORDER BY id LIMIT $2 OFFSET $3""",
+        recipient,
+        limit,
+        offset,
+    )
+    return [_message(row) for row in rows]
+
+
+async def delete_recipient_message(conn: Executor, recipient: str, message_id: int) -> bool:
+    """Delete one of ``recipient``'s messages; False when they have none with that id."""
+    status = await conn.execute(
+        "DELETE FROM offline_messages WHERE id = $1 AND recipient = $2", message_id, recipient
+    )
+    return status != "DELETE 0"
+
+
+async def delete_recipient_messages(conn: Executor, recipient: str) -> int:
+    """Delete everything stored for ``recipient``; how many."""
+    status = await conn.execute("DELETE FROM offline_messages WHERE recipient = $1", recipient)
+    return int(status.split()[-1])
+
+
+async def purge_received_before(conn: Executor, before: datetime, *, limit: int) -> int:
+    """Delete up to ``limit`` of the oldest messages received before ``before``; how many
+    (call repeatedly, one transaction each, until it returns less than ``limit``)."""
+    status = await conn.execute(
+        """DELETE FROM offline_messages WHERE id IN (
+               SELECT id FROM offline_messages WHERE received_at < $1
+               ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)""",
+        before,
+        limit,
+    )
+    return int(status.split()[-1])

@@ -265,3 +265,151 @@ async def withdraw_invitation(conn: Executor, room_key: str, aor: str) -> str | 
     if row is None:
         return None
     return str(row["invited_by"] or "")
+
+
+# -- the control API (additive: imc does not use these) -----------------------------------
+
+
+@dataclass(frozen=True)
+class RoomSummary:
+    """A room as listed: its options and how many are in it."""
+
+    id: int
+    name: str
+    domain: str
+    owner: str
+    private: bool
+    topic: str | None
+    created_at: datetime
+    member_count: int  # active members that have joined (owners, admins, members)
+    invited_count: int  # invited, not yet accepted
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.domain}"
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """A ``room_members`` row, banned ones included."""
+
+    member: str
+    role: Role
+    state: str  # active or banned
+    invited_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_SUMMARY = """r.id, r.name, r.domain, r.owner, r.private, r.topic, r.created_at,
+    (SELECT count(*) FROM room_members m WHERE m.room_id = r.id AND m.state = 'active'
+        AND m.role <> 'invited')::int AS member_count,
+    (SELECT count(*) FROM room_members m WHERE m.room_id = r.id AND m.state = 'active'
+        AND m.role = 'invited')::int AS invited_count"""
+
+
+def _room_filter(
+    domain: str, name: str | None, member: str | None, private: bool | None
+) -> tuple[str, list[object]]:
+    clauses = ["r.domain = $1"]
+    args: list[object] = [domain.lower()]
+    if name is not None:
+        args.append(name.lower())
+        clauses.append(f"strpos(r.name, ${len(args)}) > 0")
+    if member is not None:
+        args.append(member)
+        clauses.append(
+            f"""EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.id
+                AND lower(m.member) = lower(${len(args)}) AND m.state = 'active')"""
+        )
+    if private is not None:
+        args.append(private)
+        clauses.append(f"r.private = ${len(args)}")
+    return " AND ".join(clauses), args
+
+
+async def count_rooms(
+    conn: Executor,
+    domain: str,
+    *,
+    name: str | None = None,
+    member: str | None = None,
+    private: bool | None = None,
+) -> int:
+    """Rooms of ``domain`` matching the filters (``name``: substring of the name;
+    ``member``: an active member, invited included)."""
+    where, args = _room_filter(domain, name, member, private)
+    return int(await conn.fetchval(f"SELECT count(*) FROM rooms r WHERE {where}", *args))
+
+
+async def list_rooms(
+    conn: Executor,
+    domain: str,
+    *,
+    name: str | None = None,
+    member: str | None = None,
+    private: bool | None = None,
+    limit: int,
+    offset: int,
+) -> list[RoomSummary]:
+    """One page of the rooms :func:`count_rooms` counts, by name."""
+    where, args = _room_filter(domain, name, member, private)
+    rows = await conn.fetch(
+        f"""SELECT {_SUMMARY} FROM rooms r WHERE {where}
+            ORDER BY r.name LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}""",
+        *args,
+        limit,
+        offset,
+    )
+    return [RoomSummary(**dict(row)) for row in rows]
+
+
+async def get_room_summary(conn: Executor, key: str) -> RoomSummary | None:
+    name, domain = split_key(key)
+    row = await conn.fetchrow(
+        f"SELECT {_SUMMARY} FROM rooms r WHERE r.name = $1 AND r.domain = $2", name, domain
+    )
+    return None if row is None else RoomSummary(**dict(row))
+
+
+async def set_options(
+    conn: Executor, room_id: int, *, private: bool | None = None, topic: str | None = None
+) -> None:
+    """Change the room's options; ``None`` leaves one as it is (use :func:`clear_topic`)."""
+    await conn.execute(
+        """UPDATE rooms SET private = coalesce($2, private), topic = coalesce($3, topic)
+           WHERE id = $1""",
+        room_id,
+        private,
+        topic,
+    )
+
+
+async def clear_topic(conn: Executor, room_id: int) -> None:
+    await conn.execute("UPDATE rooms SET topic = NULL WHERE id = $1", room_id)
+
+
+async def member_rows(conn: Executor, room_id: int) -> list[MemberRow]:
+    """Every row of the room's members (banned included), in the order they were added."""
+    rows = await conn.fetch(
+        """SELECT member, role, state, invited_by, created_at, updated_at FROM room_members
+           WHERE room_id = $1 ORDER BY id""",
+        room_id,
+    )
+    return [
+        MemberRow(
+            member=r["member"],
+            role=Role(r["role"]),
+            state=r["state"],
+            invited_by=r["invited_by"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+        )
+        for r in rows
+    ]
+
+
+async def remove_memberships(conn: Executor, aor: str) -> int:
+    """Remove ``aor`` from every room (a user being deleted), bans included; how many rows."""
+    status = await conn.execute("DELETE FROM room_members WHERE lower(member) = lower($1)", aor)
+    return int(status.split()[-1])

@@ -224,6 +224,42 @@ async def test_delete_is_204_and_the_user_is_gone(
     assert (await client.get(f"{USERS}/alice@example.test")).status_code == 404
 
 
+async def test_delete_removes_bindings_stored_messages_and_memberships(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    for name in ("alice", "bob"):
+        await create(client, address=f"{name}@example.test")
+        await pool.execute(
+            """INSERT INTO locations (aor, contact, transport, source_host, source_port,
+                   relay_instance, call_id, cseq, expires_at)
+               VALUES ($1, $2, 'udp', '192.0.2.1', 5060, 'r1', 'c', 1, now() + interval '1 h')""",
+            f"{name}@example.test",
+            f"sip:{name}@192.0.2.1",
+        )
+        await pool.execute(
+            """INSERT INTO offline_messages (recipient, sender_uri, expires_at, content_type, body)
+               VALUES ($1, 'sip:carol@example.test', now() + interval '1 h', 'text/plain', 'hi')""",
+            f"{name}@example.test",
+        )
+    rooms = "/api/v1/rooms"
+    await client.post(rooms, json={"name": "lobby", "owner": "bob"})
+    await client.post(f"{rooms}/lobby/members", json={"user": "alice"})
+    await client.post(rooms, json={"name": "other", "owner": "bob"})
+    await client.post(f"{rooms}/other/invitations", json={"user": "Alice@example.test"})
+
+    assert (await client.delete(f"{USERS}/alice@example.test")).status_code == 204
+    for table, column in (
+        ("locations", "aor"),
+        ("offline_messages", "recipient"),
+        ("room_members", "member"),
+    ):
+        left = await pool.fetch(f"SELECT {column} FROM {table}")
+        assert {row[column].lower() for row in left} == {"bob@example.test"}, table
+    # Nothing is touched when the user does not exist.
+    assert (await client.delete(f"{USERS}/alice@example.test")).status_code == 404
+    assert await pool.fetchval("SELECT count(*) FROM room_members") == 2
+
+
 async def test_changes_are_notified_on_the_users_channel(
     client: httpx.AsyncClient, database_url: str
 ) -> None:

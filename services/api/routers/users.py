@@ -20,6 +20,9 @@ from services.api.schemas.users import (
     UserUpdate,
 )
 from shared.config import Settings
+from shared.db import locations as locations_db
+from shared.db import offline as offline_db
+from shared.db import rooms as rooms_db
 from shared.db import users as users_db
 from shared.db.listen import notify
 from shared.db.users import USERS_CHANNEL, Address, parse_address
@@ -171,10 +174,13 @@ async def _set_disabled(pool: PoolDep, addr: Address, disabled: bool) -> UserPub
 async def delete_user(
     address: AddressPath, pool: PoolDep, settings: SettingsDep, _: AdminDep
 ) -> None:
-    """Delete a user."""
+    """Delete a user with their bindings, stored messages and room memberships (invitations
+    and bans included), in one transaction. Rooms they own stay (their other owners, or the
+    API, manage them)."""
     addr = _address(settings, address)
     async with pool.acquire() as conn, conn.transaction():
-        # TODO(issue 7): remove the user's bindings, stored messages and room memberships
-        # here, in this same transaction, once those tables exist.
         await users_db.delete_user(conn, addr)
+        await locations_db.delete_aor_bindings(conn, str(addr))
+        await offline_db.delete_recipient_messages(conn, str(addr))
+        await rooms_db.remove_memberships(conn, str(addr))
         await notify(conn, USERS_CHANNEL, "deleted", str(addr))

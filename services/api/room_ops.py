@@ -1,0 +1,224 @@
+"""Room operations for the control API (and the CLI): the rows and MESSAGEs of imc's commands.
+
+Each function runs inside the caller's transaction, locks the room first (as the imc worker
+does, so an API change and a ``#`` command on the same room are serialised) and leaves the
+room exactly as the matching command would: ``#create`` (:func:`create_room`), ``#destroy``
+(:func:`destroy_room`), ``#add`` (:func:`add_member`), ``#invite`` (:func:`invite_member`),
+``#modify`` (:func:`set_member_role`), ``#remove`` (:func:`remove_member`). The notices are
+imc's own texts (imported from :mod:`services.imc.commands`), queued in ``outbound_messages``
+from the room's URI with imc's sources and headers, so the imc worker acts on their outcomes
+(a failed invitation is withdrawn and the inviter told) as for its own.
+
+The caller is an operator, not a member: permission checks of the commands do not apply;
+their rules about the room do (no second owner-less room, no removing the owner, no adding
+a member twice or a banned user).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.imc import commands as text
+from services.imc.commands import BadAddress, build_address
+from services.imc.executor import MANAGERS, NOTICE_TYPE, Config, Kind
+from services.imc.worker import GENERATED_VALUE
+from shared.db import rooms as rooms_db
+from shared.db.offline import GENERATED_HEADER
+from shared.db.outbound import queue_message
+from shared.db.rooms import Member, Role, Room
+from shared.db.types import Executor
+
+#: The headers imc puts on its MESSAGEs (no In-Reply-To: no MESSAGE is being answered).
+HEADERS = [("Supported", "kamailio/imc"), (GENERATED_HEADER, GENERATED_VALUE)]
+
+
+class RoomError(Exception):
+    """A room operation that cannot be carried out; the message is for the operator."""
+
+
+class InvalidRoom(RoomError):
+    """A room name or member address that cannot be accepted."""
+
+
+class RoomNotFound(RoomError):
+    pass
+
+
+class RoomExists(RoomError):
+    pass
+
+
+class MemberNotFound(RoomError):
+    pass
+
+
+class MemberExists(RoomError):
+    """Already a member, already invited, or banned from the room."""
+
+
+class OwnerRequired(RoomError):
+    """The change would remove the room's owner or leave it with none."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A MESSAGE from the room to one address."""
+
+    to: str
+    body: str
+    kind: Kind = Kind.NOTICE
+
+
+def room_key(config: Config, value: str) -> str:
+    """``name@conference-domain`` for ``name`` or ``name@domain`` (imc's room argument rules)."""
+    try:
+        key = build_address(value, config.conference_domain).lower()
+    except BadAddress:
+        raise InvalidRoom(
+            f"invalid room {value!r}: rooms are <name> or <name>@{config.conference_domain}"
+        ) from None
+    name, _, domain = key.rpartition("@")
+    if domain != config.conference_domain or name.startswith("."):
+        raise InvalidRoom(
+            f"invalid room {value!r}: rooms are <name> or <name>@{config.conference_domain}"
+        )
+    return key
+
+
+def user_address(config: Config, value: str) -> str:
+    """``user@host`` for a member argument, as ``#add``/``#invite`` read it."""
+    try:
+        return build_address(value, config.domain)
+    except BadAddress:
+        raise InvalidRoom(f"invalid user {value!r}") from None
+
+
+async def _load(conn: Executor, key: str) -> Room:
+    await rooms_db.lock_room(conn, key)
+    room = await rooms_db.get_room(conn, key)
+    if room is None:
+        raise RoomNotFound(f"no such room: {key}")
+    return room
+
+
+def _broadcast(members: list[Member], body: str) -> list[Notice]:
+    """imc's broadcast: every member except the invited."""
+    return [Notice(m.aor, body) for m in members if m.role is not Role.INVITED]
+
+
+async def _send(conn: Executor, room: Room, notices: list[Notice]) -> None:
+    for notice in notices:
+        await queue_message(
+            conn,
+            from_uri=room.uri,
+            to_aor=notice.to,
+            body=notice.body.encode(),
+            content_type=NOTICE_TYPE,
+            extra_headers=HEADERS,
+            source=notice.kind.value,
+        )
+
+
+async def create_room(
+    conn: Executor, key: str, *, owner: str, private: bool, topic: str | None = None
+) -> int:
+    """``#create``: the room with ``owner`` as its first member; the room's id."""
+    await rooms_db.lock_room(conn, key)
+    if await rooms_db.get_room(conn, key) is not None:
+        raise RoomExists(f"the room exists already: {key}")
+    room_id = await rooms_db.create_room(conn, key, owner=owner, private=private)
+    if topic is not None:
+        await rooms_db.set_options(conn, room_id, topic=topic)
+    return room_id
+
+
+async def update_room(
+    conn: Executor, key: str, *, private: bool | None, topic: str | None, clear_topic: bool
+) -> None:
+    room = await _load(conn, key)
+    await rooms_db.set_options(conn, room.id, private=private, topic=topic)
+    if clear_topic:
+        await rooms_db.clear_topic(conn, room.id)
+
+
+async def destroy_room(conn: Executor, key: str) -> int:
+    """``#destroy``: every member but the invited is told; how many notices were queued."""
+    room = await _load(conn, key)
+    notices = _broadcast(list(room.members), text.DESTROYED)
+    await rooms_db.delete_room(conn, room.id)
+    await _send(conn, room, notices)
+    return len(notices)
+
+
+def _check_newcomer(room: Room, aor: str) -> None:
+    existing = room.find(aor)
+    if existing is not None:
+        what = "invited to" if existing.role is Role.INVITED else "a member of"
+        raise MemberExists(f"{existing.aor} is already {what} {room.key}")
+    if aor.lower() in room.banned:
+        raise MemberExists(f"{aor} is banned from {room.key}")
+
+
+async def add_member(conn: Executor, key: str, aor: str) -> None:
+    """``#add``: ``aor`` becomes a member; the room (the newcomer included) is told."""
+    room = await _load(conn, key)
+    _check_newcomer(room, aor)
+    await rooms_db.add_member(conn, room.id, aor, Role.MEMBER)
+    after = [*room.members, Member(aor, Role.MEMBER)]
+    await _send(conn, room, _broadcast(after, text.joined(aor)))
+
+
+def _inviter(room: Room, inviter: str | None) -> str:
+    if inviter is not None:
+        member = room.find(inviter)
+        if member is None or member.role not in MANAGERS:
+            raise InvalidRoom(f"{inviter} is no owner or admin of {room.key}")
+        return member.aor
+    owners = [m.aor for m in room.members if m.role is Role.OWNER]
+    return owners[0] if owners else room.owner
+
+
+async def invite_member(
+    conn: Executor, config: Config, key: str, aor: str, *, inviter: str | None = None
+) -> str:
+    """``#invite`` on behalf of ``inviter`` (an owner or admin; default: the room's first
+    owner): ``aor`` is added as invited and sent the invitation; who invited."""
+    room = await _load(conn, key)
+    by = _inviter(room, inviter)
+    _check_newcomer(room, aor)
+    await rooms_db.add_member(conn, room.id, aor, Role.INVITED, invited_by=by)
+    invitation = Notice(aor, text.invitation(by, config.command_char), Kind.INVITE)
+    await _send(conn, room, [invitation])
+    return by
+
+
+async def set_member_role(conn: Executor, key: str, aor: str, role: Role) -> str:
+    """``#modify``: ``aor``'s role becomes owner, admin or member; the room is told. The
+    member's address as stored."""
+    if role is Role.INVITED:
+        raise InvalidRoom("a role is owner, admin or member")
+    room = await _load(conn, key)
+    member = room.find(aor)
+    if member is None:
+        raise MemberNotFound(f"{aor} is not a member of {room.key}")
+    after = [Member(m.aor, role) if m is member else m for m in room.members]
+    if not any(m.role is Role.OWNER for m in after):
+        raise OwnerRequired(f"{room.key} would have no owner left")
+    await rooms_db.set_role(conn, room.id, member.aor, role)
+    await _send(conn, room, _broadcast(after, text.modified(member.aor, role.value)))
+    return member.aor
+
+
+async def remove_member(conn: Executor, key: str, aor: str) -> None:
+    """``#remove``: not the owner; the removed member is told, then the room."""
+    room = await _load(conn, key)
+    member = room.find(aor)
+    if member is None:
+        raise MemberNotFound(f"{aor} is not a member of {room.key}")
+    if member.role is Role.OWNER:
+        raise OwnerRequired(f"an owner of {room.key} cannot be removed (change the role first)")
+    await rooms_db.remove_member(conn, room.id, member.aor)
+    after = [m for m in room.members if m is not member]
+    await _send(
+        conn, room, [Notice(member.aor, text.REMOVED), *_broadcast(after, text.left(member.aor))]
+    )

@@ -1,0 +1,111 @@
+"""Offline messages: ``/api/v1/users/{address}/messages`` (count, list, delete one or all)
+and ``/api/v1/messages/purge`` (everything received before a date, in batches).
+
+Reading needs any token; deleting needs an admin token. Deleting a message whose delivery
+is in flight does not recall it: msilo finds the row gone when the outcome arrives.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, status
+from pydantic import AwareDatetime
+
+from services.api.deps import AdminDep, PoolDep, SettingsDep
+from services.api.errors import ErrorBody, NotFound
+from services.api.routers.registrations import existing_user
+from services.api.routers.users import AddressPath
+from services.api.schemas.messages import (
+    MessageCount,
+    MessagePublic,
+    MessagesDeleted,
+    MessagesPublic,
+    MessagesPurged,
+)
+from shared.db import offline as offline_db
+
+router = APIRouter(tags=["messages"])
+
+MAX_PAGE = 1000
+#: Rows deleted per transaction by the purge (short transactions, no long lock).
+PURGE_BATCH = 1000
+
+MessagePath = Annotated[int, Path(ge=1, le=2**63 - 1, description="The message's id.")]
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such user (or message)."}
+}
+
+
+@router.get("/users/{address}/messages/count", responses=_NOT_FOUND)
+async def count_messages(
+    address: AddressPath, pool: PoolDep, settings: SettingsDep
+) -> MessageCount:
+    """How many messages are stored for the user."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        addr = await existing_user(conn, address, settings.domain)
+        return MessageCount(count=await offline_db.count_messages(conn, str(addr)))
+
+
+@router.get("/users/{address}/messages", responses=_NOT_FOUND)
+async def list_messages(
+    address: AddressPath,
+    pool: PoolDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1, description="Messages to skip.")] = 0,
+) -> MessagesPublic:
+    """The user's stored messages in delivery order (oldest first)."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        addr = await existing_user(conn, address, settings.domain)
+        count = await offline_db.count_messages(conn, str(addr))
+        found = await offline_db.list_messages_page(conn, str(addr), limit=limit, offset=offset)
+    return MessagesPublic(
+        data=[MessagePublic.of(m) for m in found], count=count, limit=limit, offset=offset
+    )
+
+
+@router.delete(
+    "/users/{address}/messages/{message_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_NOT_FOUND,
+)
+async def delete_message(
+    address: AddressPath, message_id: MessagePath, pool: PoolDep, settings: SettingsDep, _: AdminDep
+) -> None:
+    """Delete one stored message (it will not be delivered)."""
+    async with pool.acquire() as conn, conn.transaction():
+        addr = await existing_user(conn, address, settings.domain)
+        if not await offline_db.delete_recipient_message(conn, str(addr), message_id):
+            raise NotFound(f"{addr} has no stored message {message_id}", code="message_not_found")
+
+
+@router.delete("/users/{address}/messages", responses=_NOT_FOUND)
+async def delete_messages(
+    address: AddressPath, pool: PoolDep, settings: SettingsDep, _: AdminDep
+) -> MessagesDeleted:
+    """Delete everything stored for the user."""
+    async with pool.acquire() as conn, conn.transaction():
+        addr = await existing_user(conn, address, settings.domain)
+        return MessagesDeleted(deleted=await offline_db.delete_recipient_messages(conn, str(addr)))
+
+
+@router.post("/messages/purge")
+async def purge_messages(
+    pool: PoolDep,
+    _: AdminDep,
+    before: Annotated[
+        AwareDatetime,
+        Query(description="Delete every message received before this time (with a zone)."),
+    ],
+) -> MessagesPurged:
+    """Delete every stored message received before ``before``, for all users, in batches of
+    short transactions; how many."""
+    purged = batches = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            done = await offline_db.purge_received_before(conn, before, limit=PURGE_BATCH)
+        purged += done
+        batches += 1
+        if done < PURGE_BATCH:
+            return MessagesPurged(purged=purged, batches=batches)
