@@ -3,7 +3,6 @@ imc workers, and an msilo worker for the members who are offline."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from services.imc.worker import ImcWorker
 from shared.config import Settings
 from tests.msilo.conftest import msilo, sip, start_msilo
+from tests.workers import worker_starter
 
 __all__ = ["imc", "msilo", "sip", "start_imc", "start_msilo"]
 
@@ -43,25 +43,8 @@ async def start_imc(
     settings: Settings, pool: asyncpg.Pool, database_url: str
 ) -> AsyncIterator[StartImc]:
     """Start imc workers (each LISTENing before it is returned); stopped at the end."""
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-
-    async def start() -> ImcWorker:
-        worker = ImcWorker(settings, pool, database_url)
-        task = asyncio.create_task(worker.run(stop))
-        tasks.append(task)
-        connected = asyncio.ensure_future(worker.listener.connected.wait())
-        await asyncio.wait({task, connected}, timeout=10, return_when="FIRST_COMPLETED")
-        if task.done():
-            task.result()
-        assert connected.done(), "imc did not connect its LISTEN connection"
-        return worker
-
-    try:
+    async with worker_starter(lambda: ImcWorker(settings, pool, database_url), "imc") as start:
         yield start
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from shared.config import Settings
 from shared.db.users import Address, create_user
 from shared.lifecycle import ServiceContext
 from tests.relay_sip.conftest import PASSWORDS, SipServer, free_port
+from tests.workers import wait_started, worker_starter
 
 StartMsilo = Callable[[], Awaitable[MsiloWorker]]
 
@@ -63,11 +64,7 @@ async def sip(
     task = asyncio.create_task(
         run_sip(ServiceContext(configured, database_url, pool, stop), started=started)
     )
-    waiting = asyncio.ensure_future(started.wait())
-    await asyncio.wait({task, waiting}, timeout=10, return_when="FIRST_COMPLETED")
-    if task.done():
-        task.result()
-    assert waiting.done(), "the SIP edge did not start"
+    await wait_started(task, started, "the SIP edge")
     server = SipServer(configured, pool)
     try:
         yield server
@@ -83,25 +80,8 @@ async def start_msilo(
     settings: Settings, pool: asyncpg.Pool, database_url: str
 ) -> AsyncIterator[StartMsilo]:
     """Start msilo workers (each LISTENing before it is returned); stopped at the end."""
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-
-    async def start() -> MsiloWorker:
-        worker = MsiloWorker(settings, pool, database_url)
-        task = asyncio.create_task(worker.run(stop))
-        tasks.append(task)
-        connected = asyncio.ensure_future(worker.listener.connected.wait())
-        await asyncio.wait({task, connected}, timeout=10, return_when="FIRST_COMPLETED")
-        if task.done():
-            task.result()
-        assert connected.done(), "msilo did not connect its LISTEN connection"
-        return worker
-
-    try:
+    async with worker_starter(lambda: MsiloWorker(settings, pool, database_url), "msilo") as start:
         yield start
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
 
 
 @pytest.fixture
