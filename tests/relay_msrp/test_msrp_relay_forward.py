@@ -40,6 +40,9 @@ async def test_send_goes_through_with_the_paths_rewritten(msrp_relay: RunningRel
     assert head.to_path == (bob.uri,)
     assert head.from_path == (bob.use_path[0], alice.use_path[0], alice.uri)
     assert bytes(got.body) == "héllo bob ✓".encode()
+    # The traffic shows in the statistics of bob's session (its connection).
+    (bob_session,) = [x for x in msrp_relay.relay.sessions if x.user.startswith("bob@")]
+    assert bob_session.conn.bytes_out >= len("héllo bob ✓".encode())
     assert head.get_header("Content-Type") == "text/plain"
     # bob's 200 is consumed by the relay, never shown to alice.
     await asyncio.sleep(0.1)

@@ -90,6 +90,8 @@ class MsrpConnection(asyncio.Protocol):
         self.closed = False
         self.last_activity = 0.0
         self.auth_failures = 0
+        self.bytes_in = 0  # for statistics (a session's traffic is its connection's)
+        self.bytes_out = 0
         self.connected = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -112,6 +114,7 @@ class MsrpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = asyncio.get_running_loop().time()
+        self.bytes_in += len(data)
         self.parser.receive_data(data)
         relay = self.relay
         relay.batching = True  # pumps wait until every event of this read is handled
@@ -193,7 +196,9 @@ class MsrpConnection(asyncio.Protocol):
             self._fill(out)
         finally:
             if out:
-                transport.write(b"".join(out))
+                data = b"".join(out)
+                self.bytes_out += len(data)
+                transport.write(data)
 
     def _fill(self, out: list[bytes]) -> None:
         while not self.writing_paused:

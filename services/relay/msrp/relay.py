@@ -363,7 +363,6 @@ class MsrpRelay:
                 # From the client that AUTHed this session, on its own connection.
                 if not same_endpoint(head.from_path[-1], session.client_uri):
                     raise Reject(403, "From-Path does not match the session")
-                session.bytes_in += 0
             else:
                 # Towards the client of this session: only its own URI may follow.
                 if len(rest) != 1 or not same_endpoint(rest[0], session.client_uri):

@@ -32,8 +32,6 @@ class RelaySession:
     conn: MsrpConnection
     expires_at: float
     created_at: float
-    bytes_in: int = 0
-    bytes_out: int = 0
 
 
 @dataclass
