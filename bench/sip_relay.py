@@ -5,12 +5,13 @@
     python bench/sip_relay.py --target 127.0.0.1:5060 --realm example.com --password pw
                                                      # any running server (Kamailio...)
 
-Run by hand, never from the test suite. Without ``--target`` it starts ``imstack serve
-relay`` with an embedded database in a temporary IMSTACK_DATA_DIR, pinned to CPU 0 (the
-embedded PostgreSQL inherits that pin: server and database share one core), creates
-``--users`` users with ``imstack user add ... --password-stdin`` and turns the per-source
-rate limit off (the load comes from one address). The load generator (bench/sip_load.py:
-raw UDP, computes the digest itself) runs pinned to CPU 1. With ``--target`` the users
+Run by hand, never from the test suite. Without ``--target`` it starts an embedded
+PostgreSQL in a temporary folder (on ``--db-cpu``, default 1, or unpinned with
+``--db-cpu none``: never on the relay's core), applies the migrations, creates ``--users``
+users over one connection, then starts ``imstack serve relay`` pinned to CPU 0 with
+IMSTACK_DATABASE_URL pointing at that database and the per-source rate limit off (the load
+comes from one address). The load generator (bench/sip_load.py: raw UDP, computes the
+digest itself) runs pinned to CPU 1. With ``--target`` the users
 ``--user-format`` (``user{i}``) for i < ``--users`` must exist with ``--password`` in realm
 ``--realm``. Prints one JSON object per run and a summary table.
 """
@@ -18,6 +19,7 @@ raw UDP, computes the digest itself) runs pinned to CPU 1. With ``--target`` the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -27,10 +29,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.db.embedded import EmbeddedPostgres  # noqa: E402
+from shared.db.migrate import migrate  # noqa: E402
+from shared.db.users import Address, create_user  # noqa: E402
+
 LOAD = [sys.executable, str(ROOT / "bench" / "sip_load.py")]
 IMSTACK = str(Path(sys.executable).parent / "imstack")
 REALM = "bench.local"
@@ -62,13 +71,52 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
 
 
+def on_cpu(cpu: int | None) -> set[int] | None:
+    """Pin this process (and what it starts from now on) to ``cpu``; the previous set."""
+    if cpu is None or not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) <= cpu:
+        return None
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    return previous
+
+
+class Database:
+    """An embedded PostgreSQL of its own, started outside the relay's CPU pin."""
+
+    def __init__(self, workdir: Path, cpu: int | None) -> None:
+        self.embedded = EmbeddedPostgres(workdir / "db")
+        self.cpu = cpu
+        self.url = ""
+
+    def start(self, users: int) -> None:
+        previous = on_cpu(self.cpu)
+        try:
+            self.url = self.embedded.start()  # the server inherits our affinity
+        finally:
+            if previous is not None:
+                os.sched_setaffinity(0, previous)
+        asyncio.run(self._prepare(users))
+
+    async def _prepare(self, users: int) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await migrate(conn)
+            for i in range(users):
+                await create_user(conn, Address(f"user{i}", REALM), PASSWORD)
+        finally:
+            await conn.close()
+
+    def stop(self) -> None:
+        self.embedded.stop()
+
+
 class Imstack:
-    def __init__(self, workdir: Path, users: int) -> None:
+    def __init__(self, workdir: Path, database_url: str) -> None:
         self.workdir = workdir
-        self.users = users
         self.port = free_port()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("IMSTACK_")},
+            "IMSTACK_DATABASE_URL": database_url,
             "IMSTACK_DATA_DIR": str(workdir / "data"),
             "IMSTACK_DOMAIN": REALM,
             "IMSTACK_SIP_HOST": "127.0.0.1",
@@ -93,18 +141,6 @@ class Imstack:
             stderr=open(self.workdir / "relay.log", "wb"),  # noqa: SIM115
         )
         wait_port(self.port)
-        # Users are added while the relay runs: the CLI joins its embedded PostgreSQL.
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(self._add_user, range(self.users)))
-
-    def _add_user(self, i: int) -> None:
-        subprocess.run(
-            [*pinned(1), IMSTACK, "user", "add", f"user{i}@{REALM}", "--password-stdin"],
-            input=f"{PASSWORD}\n".encode(),
-            env=self.env,
-            check=True,
-            capture_output=True,
-        )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -152,17 +188,29 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--window", type=int, default=50)
     parser.add_argument("--rates", default="100,2500", help="open-loop MESSAGE rates, per second")
+    parser.add_argument(
+        "--db-cpu", default="1", help="CPU for the embedded PostgreSQL, or 'none' (unpinned)"
+    )
     args = parser.parse_args()
 
     server: Imstack | None = None
+    database: Database | None = None
     workdir: Path | None = None
     target = args.target
-    if target is None:
-        workdir = Path(tempfile.mkdtemp(prefix="imstack-sip-bench-"))
-        server = Imstack(workdir, args.users)
-        server.start()
-        target, args.realm, args.password = server.target, REALM, PASSWORD
     try:
+        if target is None:
+            workdir = Path(tempfile.mkdtemp(prefix="imstack-sip-bench-"))
+            database = Database(workdir, None if args.db_cpu == "none" else int(args.db_cpu))
+            started = time.monotonic()
+            database.start(args.users)
+            print(
+                f"database ready, {args.users} users, in {time.monotonic() - started:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            server = Imstack(workdir, database.url)
+            server.start()
+            target, args.realm, args.password = server.target, REALM, PASSWORD
         window = ["--window", str(args.window)]
         results = [
             run_load(args, target, args.realm, args.password, "register", *window),
@@ -175,6 +223,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+        if database is not None:
+            database.stop()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{'run':<40} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6} failed")

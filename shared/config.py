@@ -191,6 +191,24 @@ class Settings(BaseSettings):
         "larger over TCP/TLS is answered 413 and the connection closed; "
         "over UDP it is dropped.",
     )
+    sip_credentials_cache_ttl: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds the SIP edge keeps a user's digest credentials in memory. "
+        "Changes made through imstack (CLI, API) apply at once: they NOTIFY the users "
+        "channel, and a digest that does not match is checked against the database again. "
+        "This limit bounds staleness after a lost notification or a change made with plain "
+        "SQL. 0: read the database on every request.",
+    )
+    sip_bindings_cache_ttl: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds the SIP edge reuses an AoR's bindings when routing. Changes "
+        "made by this relay apply at once; bindings added or removed by another relay "
+        "instance (or the control API) are seen only after this delay. 0: read the "
+        "locations table for every request (several relays sharing one database and "
+        "needing every change at once).",
+    )
     msrp_host: str = Field("0.0.0.0", description="MSRP listen address.")
     msrp_port: Port = Field(
         2855,

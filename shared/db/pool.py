@@ -1,4 +1,12 @@
-"""The asyncpg pool factory: retries the first connection, never logs a password."""
+"""The asyncpg pool factory: retries the first connection, never logs a password.
+
+Pooled connections carry no session state: LISTEN uses its own connection (``listen.py``),
+advisory locks are transaction-scoped (``pg_advisory_xact_lock``) or unlocked explicitly,
+nothing runs ``SET`` outside a transaction (use ``SET LOCAL``). So a released connection
+is not sent asyncpg's default reset query (``pg_advisory_unlock_all(); CLOSE ALL;
+UNLISTEN *; RESET ALL``), a round trip on every release; asyncpg still rolls back a
+transaction left open and drops the connection's listener callbacks.
+"""
 
 from __future__ import annotations
 
@@ -87,13 +95,19 @@ async def retry_connect(
             delay = min(delay * 2, 2.0)
 
 
+async def keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's ``reset``: nothing beyond asyncpg's own rollback (see the module docstring)."""
+
+
 async def create_pool(
     url: str, *, connect_timeout: float = 15.0, max_size: int = 10
 ) -> asyncpg.Pool:
     """An asyncpg pool for ``url``; the first connection is retried for ``connect_timeout`` s."""
 
     async def connect() -> asyncpg.Pool:
-        return await asyncpg.create_pool(url, min_size=1, max_size=max_size, timeout=10)
+        return await asyncpg.create_pool(
+            url, min_size=1, max_size=max_size, timeout=10, reset=keep_session
+        )
 
     pool = await retry_connect(url, connect, timeout=connect_timeout)
     log.info("connected to the database at %s", mask_url(url))

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from shared.db.listen import notify
 from shared.db.types import Executor
 from shared.digest import Algorithm, ha1
 
@@ -31,7 +32,11 @@ class UserNotFound(UserError):
     """No user has that address."""
 
 
-#: NOTIFY channel for user changes: ``{"type": "created"|"updated"|"deleted", "id": address}``.
+#: NOTIFY channel for user changes: ``{"type": ..., "id": address}`` with type ``created``,
+#: ``updated``, ``password``, ``disabled``, ``enabled`` or ``deleted``. Every function here
+#: that changes a user sends it after the change: in the caller's transaction when given a
+#: connection in one (where PostgreSQL folds it with an identical NOTIFY of the caller),
+#: else right after the change commits. The SIP edge's credential cache depends on it.
 USERS_CHANNEL = "users"
 
 
@@ -125,6 +130,7 @@ async def create_user(
     except asyncpg.UniqueViolationError:
         raise UserExists(f"user {address} already exists") from None
     assert row is not None
+    await notify(conn, USERS_CHANNEL, "created", str(address))
     return _user(row)
 
 
@@ -218,6 +224,7 @@ async def update_user(
     )
     if row is None:
         raise UserNotFound(f"no such user: {address}")
+    await notify(conn, USERS_CHANNEL, "updated", str(address))
     return _user(row)
 
 
@@ -242,6 +249,7 @@ async def set_password(conn: Executor, address: Address, password: str) -> None:
         sha256,
     )
     _require_one(status, address)
+    await notify(conn, USERS_CHANNEL, "password", str(address))
 
 
 async def set_disabled(conn: Executor, address: Address, disabled: bool) -> None:
@@ -252,6 +260,7 @@ async def set_disabled(conn: Executor, address: Address, disabled: bool) -> None
         disabled,
     )
     _require_one(status, address)
+    await notify(conn, USERS_CHANNEL, "disabled" if disabled else "enabled", str(address))
 
 
 async def delete_user(conn: Executor, address: Address) -> None:
@@ -259,6 +268,7 @@ async def delete_user(conn: Executor, address: Address) -> None:
         "DELETE FROM users WHERE username = $1 AND domain = $2", address.username, address.domain
     )
     _require_one(status, address)
+    await notify(conn, USERS_CHANNEL, "deleted", str(address))
 
 
 def _require_one(status: str, address: Address) -> None:

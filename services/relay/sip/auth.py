@@ -2,7 +2,9 @@
 
 The registrar challenges with 401 + WWW-Authenticate, the proxy with 407 +
 Proxy-Authenticate (§22.3). The realm is the served domain; HA1 comes from the users
-table. Nonces are bound to the connection (TCP/TLS) or the source address (UDP).
+table through the credential cache (a digest that does not match a cached HA1 is checked
+again against the table, so a password change is honoured at once). Nonces are bound to
+the connection (TCP/TLS) or the source address (UDP).
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-import asyncpg
-
+from services.relay.sip.caches import CredentialCache
 from services.relay.sip.transport import Flow
 from shared.config import Settings
-from shared.db.users import Address, get_credentials
+from shared.db.users import Address
+from shared.db.users import Credentials as StoredCredentials
 from shared.digest import (
     Algorithm,
     AuthResult,
@@ -43,9 +45,11 @@ def nonce_binding(flow: Flow) -> str:
 
 
 class DigestAuthenticator:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, nonces: NonceManager) -> None:
+    def __init__(
+        self, settings: Settings, credentials: CredentialCache, nonces: NonceManager
+    ) -> None:
         self.settings = settings
-        self.pool = pool
+        self.credentials = credentials
         self.nonces = nonces
 
     def challenge(
@@ -80,24 +84,13 @@ class DigestAuthenticator:
                 break
         if credentials is None:
             return self.challenge(request, flow, proxy=proxy)
-        try:
-            address = Address(credentials.username, self.settings.domain)
-            stored = await get_credentials(self.pool, address)
-        except asyncpg.DataError:
-            stored = None
-        ha1_hex: str | None = None
-        if stored is not None:
-            md5 = credentials.algorithm is Algorithm.MD5
-            ha1_hex = stored.ha1_md5 if md5 else stored.ha1_sha256
-        result = verify(
-            credentials,
-            method=request.method,
-            ha1_hex=ha1_hex,
-            nonces=self.nonces,
-            now=time.time(),
-            binding=nonce_binding(flow),
-            realm=self.settings.domain,
-        )
+        address = Address(credentials.username, self.settings.domain)
+        stored = await self.credentials.get(address)
+        result = self._verify(request, flow, credentials, stored)
+        if result in (AuthResult.UNKNOWN_USER, AuthResult.BAD_RESPONSE):
+            # What we hold may predate a change whose NOTIFY has not arrived yet.
+            stored = await self.credentials.get(address, fresh=True)
+            result = self._verify(request, flow, credentials, stored)
         if result is AuthResult.OK:
             assert stored is not None
             if stored.disabled:
@@ -110,3 +103,24 @@ class DigestAuthenticator:
             "%s: %s for %s refused (%s)", flow, request.method, credentials.username, result.value
         )
         return self.challenge(request, flow, proxy=proxy)
+
+    def _verify(
+        self,
+        request: SipRequest,
+        flow: Flow,
+        credentials: Credentials,
+        stored: StoredCredentials | None,
+    ) -> AuthResult:
+        ha1_hex: str | None = None
+        if stored is not None:
+            md5 = credentials.algorithm is Algorithm.MD5
+            ha1_hex = stored.ha1_md5 if md5 else stored.ha1_sha256
+        return verify(
+            credentials,
+            method=request.method,
+            ha1_hex=ha1_hex,
+            nonces=self.nonces,
+            now=time.time(),
+            binding=nonce_binding(flow),
+            realm=self.settings.domain,
+        )

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from services.relay.sip.auth import DigestAuthenticator
+from services.relay.sip.caches import BindingCache, CredentialCache
 from services.relay.sip.flood import RateLimiter
 from services.relay.sip.transactions import ServerTxn, TransactionLayer
 from services.relay.sip.transport import Flow, TransportLayer
@@ -56,7 +57,7 @@ def format_host(host: str) -> str:
 
 
 class SipEdge:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, database_url: str) -> None:
         self.settings = settings
         self.pool = pool
         self.loop = asyncio.get_running_loop()
@@ -64,7 +65,11 @@ class SipEdge:
         #: bindings the previous run held.
         self.relay_instance = f"{socket.gethostname()}:{settings.sip_port}"
         self.nonces = NonceManager(secrets.token_bytes(32), lifetime=settings.sip_nonce_lifetime)
-        self.auth = DigestAuthenticator(settings, pool, self.nonces)
+        self.credentials = CredentialCache(
+            pool, database_url, ttl=settings.sip_credentials_cache_ttl
+        )
+        self.bindings = BindingCache(pool, ttl=settings.sip_bindings_cache_ttl)
+        self.auth = DigestAuthenticator(settings, self.credentials, self.nonces)
         self.transports = TransportLayer(
             on_message=self._on_message,
             on_closed=self._on_closed,
@@ -162,5 +167,7 @@ class SipEdge:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             log.warning("cannot remove the bindings of closed connection: %s", exc)
             return
+        for aor in set(aors):
+            self.bindings.invalidate(aor)
         if aors:
             log.info("connection closed: removed bindings of %s", ", ".join(sorted(set(aors))))

@@ -131,6 +131,7 @@ class Registrar:
             added = any(u.expires > 0 for u in updates)
             if added:
                 await notify(conn, REGISTERED_CHANNEL, REGISTERED_CHANNEL, aor)
+        self.edge.bindings.invalidate(aor)  # committed: routing reads the new bindings
         log.info(
             "REGISTER %s from %s: %d binding(s)%s",
             aor,

@@ -27,8 +27,8 @@ from services.relay.sip.record_route import LooseRouter, RouteCheck, creates_dia
 from services.relay.sip.registrar import Registrar
 from services.relay.sip.transactions import ServerTxn
 from services.relay.sip.transport import Flow
-from shared.db.locations import find_by_contact, get_bindings
-from shared.db.users import Address, get_credentials
+from shared.db.locations import find_by_contact
+from shared.db.users import Address
 from shared.sip.headers import make_response, parse_name_addr, parse_via, to_tag
 from shared.sip.message import SipRequest, SipResponse
 from shared.sip.uri import SipUri, UnsupportedUriScheme, UriError, parse_uri
@@ -185,9 +185,9 @@ class Router:
             return sender
         assert uri.user is not None
         aor = f"{uri.user}@{self.settings.domain}"
-        if await get_credentials(self.edge.pool, Address(uri.user, self.settings.domain)) is None:
+        if await self.edge.credentials.get(Address(uri.user, self.settings.domain)) is None:
             return make_response(request, 404)
-        bindings = await get_bindings(self.edge.pool, aor)
+        bindings = await self.edge.bindings.get(aor)
         offline = aor if request.method == "MESSAGE" else None
         if not bindings:
             if offline is not None:

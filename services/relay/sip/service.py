@@ -1,9 +1,10 @@
 """``run_sip(ctx)``: the SIP edge of the relay, from start to a drained stop.
 
 Starts the listeners (UDP + TCP on IMSTACK_SIP_HOST:IMSTACK_SIP_PORT, TLS on
-IMSTACK_SIP_TLS_PORT when a certificate is configured), the outbound delivery worker and
-the binding purge. On ``ctx.stop``: stop accepting connections and new requests (503),
-let in-flight transactions and deliveries finish within the shutdown timeout, close.
+IMSTACK_SIP_TLS_PORT when a certificate is configured), the outbound delivery worker, the
+LISTEN connection that keeps the credential cache current and the binding purge. On
+``ctx.stop``: stop accepting connections and new requests (503), let in-flight
+transactions and deliveries finish within the shutdown timeout, close.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ async def run_sip(
     """Serve SIP until ``ctx.stop``; ``started`` (for tests) is set once listening. With
     ``msrp_factory``, the TCP and TLS listeners also accept MSRP connections (one port)."""
     settings = ctx.settings
-    edge = SipEdge(settings, ctx.pool)
+    edge = SipEdge(settings, ctx.pool, ctx.database_url)
     edge.transports.msrp_factory = msrp_factory
     router = Router(edge)
     edge.handle_request = router.handle
@@ -45,6 +46,7 @@ async def run_sip(
     worker = DeliveryWorker(edge, ctx.database_url, settings.sip_delivery_poll_interval)
     background = [
         asyncio.create_task(worker.run(ctx.stop), name="sip-delivery"),
+        asyncio.create_task(edge.credentials.run(ctx.stop), name="sip-credentials-listen"),
         asyncio.create_task(
             purge_expired_bindings(edge, ctx.stop, PURGE_INTERVAL), name="sip-purge"
         ),

@@ -1,0 +1,194 @@
+"""In-process caches that keep database round trips off the SIP hot path.
+
+* :class:`CredentialCache` — digest credentials (HA1s, disabled) per user of our domain, and
+  "no such user". Every change made through ``shared.db.users`` NOTIFYs ``users`` with the
+  address, so entries are dropped as soon as the change commits; the cache is bypassed while
+  the LISTEN connection is down and emptied whenever it (re)connects, so a NOTIFY missed
+  meanwhile costs nothing. The TTL is the safety net for anything else (a half-open LISTEN
+  connection, a change made with plain SQL). The authenticator re-reads an entry whose HA1
+  does not match the client's digest, so a new password works even before the NOTIFY.
+* :class:`BindingCache` — an AoR's bindings for routing. This relay drops an AoR's entry
+  whenever it changes that AoR's bindings itself (REGISTER, closed connection, purge);
+  bindings changed by another relay instance are seen once the entry's TTL has run out.
+
+A lookup that races with an invalidation does not store its (possibly stale) result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import asyncpg
+
+from shared.db.listen import Listener, Notification
+from shared.db.locations import Binding, get_bindings
+from shared.db.users import USERS_CHANNEL, Address, Credentials, get_credentials
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class _Entry(Generic[V]):
+    value: V
+    expires: float  # clock time
+
+
+class TtlCache(Generic[K, V]):
+    """A bounded map of values that expire ``ttl`` seconds after they were loaded.
+
+    :meth:`get` loads missing values with ``load``; a load that was running while its key
+    (or everything) was invalidated returns its result but does not keep it, nor is a value
+    kept that ``keep`` refuses. ``ttl`` <= 0 keeps nothing.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[K], Awaitable[V]],
+        *,
+        ttl: float,
+        keep: Callable[[V], bool] = lambda _value: True,
+        max_entries: int = 100_000,  # a few hundred bytes each
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.load = load
+        self.ttl = ttl
+        self.keep = keep
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[K, _Entry[V]] = {}
+        self._seq = 0  # counts invalidations
+        self._invalidated: dict[K, int] = {}  # key → _seq of its last invalidation
+        self._cleared = 0  # _seq of the last invalidation of everything
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: K, *, use_cache: bool = True) -> V:
+        """The value for ``key``, from memory when fresh and ``use_cache`` holds."""
+        now = self.clock()
+        if use_cache and self.ttl > 0:
+            entry = self._entries.get(key)
+            if entry is not None and entry.expires > now:
+                self.hits += 1
+                return entry.value
+        self.misses += 1
+        started = self._seq
+        value = await self.load(key)
+        if use_cache and self.ttl > 0 and self._unchanged_since(key, started) and self.keep(value):
+            self.put(key, value, expires=now + self.ttl)
+        return value
+
+    def put(self, key: K, value: V, *, expires: float) -> None:
+        self._entries.pop(key, None)
+        while len(self._entries) >= self.max_entries:
+            del self._entries[next(iter(self._entries))]  # the oldest load
+        self._entries[key] = _Entry(value, expires)
+
+    def _unchanged_since(self, key: K, started: int) -> bool:
+        return self._cleared <= started and self._invalidated.get(key, 0) <= started
+
+    def invalidate(self, key: K) -> None:
+        self._seq += 1
+        self._entries.pop(key, None)
+        if len(self._invalidated) >= self.max_entries:
+            self.clear()  # forgets the per-key marks: loads in flight keep nothing
+        else:
+            self._invalidated[key] = self._seq
+
+    def clear(self) -> None:
+        self._seq += 1
+        self._cleared = self._seq
+        self._entries.clear()
+        self._invalidated.clear()
+
+
+class CredentialCache:
+    """Credentials of our users by address (None: no such user), invalidated by NOTIFY."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, database_url: str, *, ttl: float, clock: Clock = time.monotonic
+    ) -> None:
+        self.pool = pool
+        self.cache: TtlCache[Address, Credentials | None] = TtlCache(
+            self._load, ttl=ttl, clock=clock
+        )
+        self.listener = Listener(
+            database_url, [USERS_CHANNEL], self._on_notify, catch_up=self._catch_up
+        )
+
+    async def get(self, address: Address, *, fresh: bool = False) -> Credentials | None:
+        """The user's credentials, or None for an unknown user. ``fresh`` reads the database
+        (and refreshes the entry): when a client's digest does not match what we hold."""
+        # Without the LISTEN connection no invalidation would arrive: read the database.
+        use_cache = self.listener.connected.is_set()
+        if fresh and use_cache:
+            self.cache.invalidate(address)
+        return await self.cache.get(address, use_cache=use_cache)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """LISTEN for user changes until ``stop`` (reconnecting as needed)."""
+        if self.cache.ttl > 0:
+            await self.listener.run(stop)
+
+    async def _load(self, address: Address) -> Credentials | None:
+        try:
+            return await get_credentials(self.pool, address)
+        except asyncpg.DataError:  # not a valid text for the column (NUL bytes...)
+            return None
+
+    def _on_notify(self, notification: Notification) -> None:
+        try:
+            username, domain = (notification.id or "").rsplit("@", 1)
+        except ValueError:
+            log.warning("unexpected %s notification %r", USERS_CHANNEL, notification.raw)
+            self.cache.clear()
+            return
+        self.cache.invalidate(Address(username, domain))
+
+    async def _catch_up(self) -> None:
+        # NOTIFYs sent while we were not listening are lost: forget everything.
+        self.cache.clear()
+
+
+class BindingCache:
+    """An AoR's current bindings for routing. Empty results are not kept (a MESSAGE for an
+    unregistered user goes to the database anyway), nor are bindings past their expiry."""
+
+    def __init__(self, pool: asyncpg.Pool, *, ttl: float, clock: Clock = time.monotonic) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.cache: TtlCache[str, tuple[float, list[Binding]]] = TtlCache(
+            self._load, ttl=ttl, keep=lambda loaded: bool(loaded[1]), clock=clock
+        )
+
+    async def get(self, aor: str) -> list[Binding]:
+        loaded_at, bindings = await self.cache.get(aor)
+        # expires_in counts from the query; comparing it with our own clock needs no
+        # agreement between the relay's and the database's clocks.
+        age = self.clock() - loaded_at
+        current = [b for b in bindings if b.expires_in > age]
+        if len(current) < len(bindings):
+            self.cache.invalidate(aor)
+        return current
+
+    def invalidate(self, aor: str) -> None:
+        self.cache.invalidate(aor)
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    async def _load(self, aor: str) -> tuple[float, list[Binding]]:
+        loaded_at = self.clock()
+        return loaded_at, await get_bindings(self.pool, aor)

@@ -1,0 +1,183 @@
+"""The SIP edge's credential and binding caches never serve a change late where it matters:
+user changes over real sockets, the LISTEN connection's loss, lookups racing invalidations."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from services.relay.sip.caches import CredentialCache, TtlCache
+from shared.db.users import Address, create_user, set_disabled, set_password
+from tests.relay_sip.conftest import SipServer, eventually
+from tests.relay_sip.sip_ua import SipUA
+
+ALICE = Address("alice", "example.test")
+
+
+@pytest.fixture
+def sip_settings() -> dict[str, object]:
+    # Far longer than any test: what they see comes from invalidation, not expiry.
+    return {"sip_credentials_cache_ttl": 3600.0, "sip_bindings_cache_ttl": 3600.0}
+
+
+async def deliver(sender: SipUA, receiver: SipUA, body: bytes) -> int:
+    """Send a MESSAGE to ``receiver``'s user, answer it 200 there; the final status."""
+    sending = asyncio.create_task(sender.message(f"sip:{receiver.user}@example.test", body))
+    received = await receiver.next_request()
+    assert received.body == body
+    receiver.answer(received, 200)
+    return (await sending).status
+
+
+async def test_a_changed_password_is_honoured_by_the_next_register(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    assert (await alice.register()).status == 200  # alice's credentials are now cached
+    await set_password(sip.pool, ALICE, "new-secret")
+    renewed = await sip.ua("alice", password="new-secret")
+    assert (await renewed.register()).status == 200
+    assert (await alice.register()).status == 401  # the old password no longer works
+
+
+async def test_a_disabled_user_is_refused_once_disabled(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    assert (await alice.register()).status == 200
+    await set_disabled(sip.pool, ALICE, True)
+
+    async def refused() -> bool:
+        return (await alice.register()).status == 403
+
+    # The NOTIFY of the change reaches the relay within milliseconds; the cache TTL is an hour.
+    await eventually(refused, "the disabled user is refused")
+    await set_disabled(sip.pool, ALICE, False)
+
+    async def admitted() -> bool:
+        return (await alice.register()).status == 200
+
+    await eventually(admitted, "the enabled user is admitted again")
+
+
+async def test_a_user_created_after_a_404_is_found(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    assert (await alice.message("sip:erin@example.test", b"hi")).status == 404
+    await create_user(sip.pool, Address("erin", "example.test"), "erin-pw")
+    erin = await sip.ua("erin", password="erin-pw")
+    assert (await erin.register()).status == 200  # a digest we cannot match is re-read
+
+    async def delivered() -> bool:
+        return await deliver(alice, erin, b"welcome") == 200
+
+    await eventually(delivered, "erin receives messages")
+
+
+async def test_routing_follows_the_bindings_this_relay_changes(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    first = await sip.ua("bob")
+    assert (await first.register()).status == 200
+    assert await deliver(alice, first, b"one") == 200  # bob's bindings are now cached
+    second = await sip.ua("bob")
+    assert (await second.register()).status == 200
+    assert (await first.register(expires=0)).status == 200
+    assert await deliver(alice, second, b"two") == 200
+    assert first.requests.empty()
+
+
+async def test_a_closed_connection_takes_its_binding_out_of_routing(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    bob = await sip.ua("bob", "tcp")
+    assert (await bob.register()).status == 200
+    assert await deliver(alice, bob, b"one") == 200
+    await bob.close()
+
+    async def stored_offline() -> bool:
+        return (await alice.message("sip:bob@example.test", b"later")).status == 202
+
+    await eventually(stored_offline, "bob's message goes to the offline store")
+
+
+async def test_the_credential_cache_is_emptied_when_its_listen_connection_returns(
+    pool: asyncpg.Pool, database_url: str, users: dict[str, str]
+) -> None:
+    cache = CredentialCache(pool, database_url, ttl=3600.0)
+    stop = asyncio.Event()
+    listening = asyncio.create_task(cache.run(stop))
+    try:
+        await asyncio.wait_for(cache.listener.connected.wait(), 10)
+        assert await cache.get(ALICE) is not None
+        assert await cache.get(ALICE) is not None
+        assert (cache.cache.hits, cache.cache.misses, len(cache.cache)) == (1, 1, 1)
+
+        await set_password(pool, ALICE, "changed")
+
+        async def invalidated() -> bool:
+            return len(cache.cache) == 0
+
+        await eventually(invalidated, "the NOTIFY drops alice's entry")
+        assert await cache.get(ALICE) is not None
+        assert len(cache.cache) == 1
+
+        await pool.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()
+                 AND query ILIKE 'LISTEN%'"""
+        )
+
+        async def reconnected() -> bool:
+            return cache.listener.connections_made == 2 and cache.listener.connected.is_set()
+
+        await eventually(reconnected, "the listener reconnects")
+        assert len(cache.cache) == 0  # whatever changed meanwhile was never announced
+    finally:
+        stop.set()
+        await asyncio.wait_for(listening, 10)
+
+
+async def test_without_its_listen_connection_the_credential_cache_reads_the_database(
+    pool: asyncpg.Pool, database_url: str, users: dict[str, str]
+) -> None:
+    cache = CredentialCache(pool, database_url, ttl=3600.0)  # never started
+    assert await cache.get(ALICE) is not None
+    assert await cache.get(ALICE) is not None
+    assert (cache.cache.hits, cache.cache.misses, len(cache.cache)) == (0, 2, 0)
+
+
+async def test_a_load_that_races_an_invalidation_is_not_kept() -> None:
+    release = asyncio.Event()
+    values = iter(["old", "new"])
+
+    async def load(_key: str) -> str:
+        await release.wait()
+        return next(values)
+
+    cache: TtlCache[str, str] = TtlCache(load, ttl=60.0)
+    racing = asyncio.create_task(cache.get("k"))
+    await asyncio.sleep(0)  # the load is under way
+    cache.invalidate("k")  # a change commits meanwhile
+    release.set()
+    assert await racing == "old"
+    assert len(cache) == 0
+    assert await cache.get("k") == "new"
+    assert len(cache) == 1
+
+
+async def test_entries_expire_after_the_ttl_and_refused_values_are_not_kept() -> None:
+    now = [0.0]
+    loads: list[str] = []
+
+    async def load(key: str) -> str:
+        loads.append(key)
+        return key
+
+    cache: TtlCache[str, str] = TtlCache(
+        load, ttl=2.0, keep=lambda value: value != "empty", clock=lambda: now[0]
+    )
+    await cache.get("a")
+    await cache.get("a")
+    now[0] = 1.9
+    await cache.get("a")
+    now[0] = 2.1
+    await cache.get("a")
+    await cache.get("empty")
+    await cache.get("empty")
+    assert loads == ["a", "a", "empty", "empty"]
