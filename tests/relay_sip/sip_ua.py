@@ -53,6 +53,8 @@ class SipUA:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self.contact = ""
+        # Requests seen, by (branch, method), with the bytes of our answer once given.
+        self._answered: dict[tuple[str, str], bytes | None] = {}
 
     @property
     def aor(self) -> str:
@@ -88,6 +90,15 @@ class SipUA:
 
     def received(self, message: SipRequest | SipResponse) -> None:
         if isinstance(message, SipRequest):
+            # Like a real UA's server transaction (RFC 3261 §17.2): a retransmission of a
+            # request already seen is not a new request; it gets the answer again, if any.
+            key = self._transaction_key(message)
+            if key in self._answered:
+                answer = self._answered[key]
+                if answer is not None:
+                    self.send_bytes(answer)
+                return
+            self._answered[key] = None
             self.requests.put_nowait(message)
         else:
             branch = parse_via(message.get("Via") or "").branch or ""
@@ -223,4 +234,11 @@ class SipUA:
         return await asyncio.wait_for(self.requests.get(), TIMEOUT)
 
     def answer(self, request: SipRequest, status: int) -> None:
-        self.send_bytes(make_response(request, status).to_bytes())
+        data = make_response(request, status).to_bytes()
+        self._answered[self._transaction_key(request)] = data
+        self.send_bytes(data)
+
+    @staticmethod
+    def _transaction_key(request: SipRequest) -> tuple[str, str]:
+        branch = parse_via(request.get("Via") or "").branch or ""
+        return branch, request.method
