@@ -167,6 +167,13 @@ class Settings(BaseSettings):
         description="Seconds between imc's polls of the room queue and of its delivery "
         "outcomes without a NOTIFY.",
     )
+    imc_history: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="Chat messages kept per room; a member who joins or accepts an "
+        "invitation gets them replayed from the room. 0: no history.",
+    )
     sip_rate_limit: int = Field(
         100,
         ge=0,

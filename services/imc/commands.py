@@ -27,6 +27,8 @@ class Name(StrEnum):
     DESTROY = "destroy"
     MODIFY = "modify"
     HELP = "help"
+    BAN = "ban"  # imstack: not in Kamailio
+    UNBAN = "unban"  # imstack: not in Kamailio
     UNKNOWN = "unknown"
 
 
@@ -183,6 +185,11 @@ DESTROY_DENIED = "*** Only the room's owner can destroy the room"
 OWNER_CANNOT_BE_REMOVED = "*** The room's owner cannot be removed"
 LAST_OWNER = "*** The room would have no owner left"
 BANNED = "*** You are banned from this room"
+BAN_DENIED = "*** You don't have the permission to ban or unban users in this room"
+OWNER_CANNOT_BE_BANNED = "*** The room's owner cannot be banned"
+CANNOT_BAN_YOURSELF = "*** You cannot ban yourself"
+YOU_ARE_BANNED = "*** You have been banned from the room"
+YOU_ARE_UNBANNED = "*** You are no longer banned from the room"
 
 
 def missing_argument(usage: str) -> str:
@@ -215,6 +222,18 @@ def already_invited(aor: str) -> str:
 
 def user_banned(aor: str) -> str:
     return f"*** sip:{aor} is banned from the room"
+
+
+def not_banned(aor: str) -> str:
+    return f"*** sip:{aor} is not banned from the room"
+
+
+def was_banned(aor: str) -> str:
+    return f"*** {brackets(aor)} has been banned from the room"
+
+
+def was_unbanned(aor: str) -> str:
+    return f"*** {brackets(aor)} is no longer banned from the room"
 
 
 def not_in_room(aor: str) -> str:

@@ -10,6 +10,11 @@ its bugs fixed (§3.9): the invite-failure notice goes to the inviter (worker), 
 honours its room argument and refuses non-members, ``#rooms`` lists private rooms only to
 their members, invited users cannot read ``#members``; and errors Kamailio keeps silent are
 told to the sender in a notice from the room.
+
+Beyond Kamailio: ``#ban``/``#unban`` (owners and admins; a banned user is out of the room
+and cannot join, be added or be invited until unbanned), and room history (when
+``Config.history`` > 0 chat is remembered, and whoever joins or accepts gets the last
+messages replayed).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class Config:
     create_on_join: bool
     domain: str  # the SIP domain: user arguments without a host are its users
     conference_domain: str  # rooms live here
+    history: int = 0  # chat messages kept per room and replayed on joining; 0: none
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class Kind(StrEnum):
     NOTICE = "imc"  # lost when undeliverable
     CHAT = "imc-chat"  # stored offline when the member is unreachable
     INVITE = "imc-invite"  # withdrawn (and the inviter told) when undeliverable
+    HISTORY = "imc-history"  # a replayed room message: lost when undeliverable
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,38 @@ class RemoveMember:
 
 
 @dataclass(frozen=True)
+class Ban:
+    """``aor`` is out of the room (its membership, if any, becomes a ban)."""
+
+    room: str
+    aor: str
+
+
+@dataclass(frozen=True)
+class Unban:
+    room: str
+    aor: str
+
+
+@dataclass(frozen=True)
+class Remember:
+    """Keep a chat message in the room's history (the original body)."""
+
+    room: str
+    sender: str
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Send ``aor`` the room's last messages (the worker reads them), in order, here."""
+
+    room: str
+    aor: str
+
+
+@dataclass(frozen=True)
 class Send:
     from_uri: str
     to: str  # user@domain
@@ -104,7 +143,18 @@ class Send:
     content_type: str = NOTICE_TYPE
 
 
-Effect = CreateRoom | DestroyRoom | AddMember | SetRole | RemoveMember | Send
+Effect = (
+    CreateRoom
+    | DestroyRoom
+    | AddMember
+    | SetRole
+    | RemoveMember
+    | Ban
+    | Unban
+    | Remember
+    | Replay
+    | Send
+)
 
 
 class Refused(Exception):
@@ -131,6 +181,8 @@ ROOM_ARG: dict[Name, int | None] = {
     Name.MEMBERS: 0,
     Name.DESTROY: 0,
     Name.MODIFY: 2,  # Kamailio reads param[3] here (C12 bug (1)); the room is the 3rd
+    Name.BAN: 1,
+    Name.UNBAN: 1,
     Name.ROOMS: None,
     Name.HELP: None,
     Name.UNKNOWN: None,
@@ -141,6 +193,8 @@ USAGE: dict[Name, str] = {
     Name.ADD: "#add <user_name> [<room_name>]",
     Name.REMOVE: "#remove <user_name> [<room_name>]",
     Name.MODIFY: "#modify <user_name> <role> [<room_name>]",
+    Name.BAN: "#ban <user_name> [<room_name>]",
+    Name.UNBAN: "#unban <user_name> [<room_name>]",
 }
 
 
@@ -209,7 +263,7 @@ def execute(
     command = parse_command(incoming.body, config.command_char)
     try:
         if command is None:
-            return _chat(incoming, room)
+            return _chat(config, incoming, room)
         return _command(config, incoming, command, room, visible_rooms or [])
     except Refused as refused:
         return [refusal(incoming, refused)]
@@ -249,8 +303,18 @@ def _manager(room: Room, aor: str, denied: str) -> Member:
     return member
 
 
-def _chat(incoming: Incoming, room: Room | None) -> list[Effect]:
-    """C15: fan-out to every member but the invited and the sender, ``[user]: <body>``."""
+def history_body(sender: str, body: bytes) -> bytes:
+    """C15's fan-out body, ``[user]: <body>`` (also how history is replayed)."""
+    return f"{text.brackets(sender)}: ".encode() + body
+
+
+def _replay(config: Config, room: Room, aor: str) -> list[Effect]:
+    return [Replay(room.key, aor)] if config.history > 0 else []
+
+
+def _chat(config: Config, incoming: Incoming, room: Room | None) -> list[Effect]:
+    """C15: fan-out to every member but the invited and the sender, ``[user]: <body>``;
+    remembered for the history when it is kept."""
     media_type = incoming.content_type.split(";", 1)[0].strip().lower()
     if media_type in NOT_CHAT_TYPES or not incoming.body:
         return []
@@ -258,15 +322,20 @@ def _chat(incoming: Incoming, room: Room | None) -> list[Effect]:
         raise Refused(text.ROOM_NOT_FOUND)
     sender = room.find(incoming.sender)
     if sender is None:
+        if incoming.sender.lower() in room.banned:
+            raise Refused(text.BANNED, room.uri)
         raise Refused(text.CHAT_NOT_A_MEMBER, room.uri)
     if sender.role is Role.INVITED:
         raise Refused(text.INVITED_ONLY, room.uri)
-    body = f"{text.brackets(sender.aor)}: ".encode() + incoming.body
-    return [
+    body = history_body(sender.aor, incoming.body)
+    effects: list[Effect] = [
         Send(room.uri, m.aor, body, Kind.CHAT, incoming.content_type)
         for m in room.members
         if m.role is not Role.INVITED and not m.is_(incoming.sender)
     ]
+    if config.history > 0:
+        effects.append(Remember(room.key, sender.aor, incoming.content_type, incoming.body))
+    return effects
 
 
 def _command(
@@ -298,6 +367,7 @@ def _command(
             return [
                 SetRole(room.key, member.aor, Role.MEMBER),
                 *_broadcast(room.uri, after, text.joined(member.aor)),
+                *_replay(config, room, member.aor),
             ]
         case Name.REJECT:
             room = _existing(room)
@@ -344,6 +414,10 @@ def _command(
             ]
         case Name.MODIFY:
             return _modify(config, incoming, command, _existing(room))
+        case Name.BAN:
+            return _ban(config, incoming, command, _existing(room))
+        case Name.UNBAN:
+            return _unban(config, incoming, command, _existing(room))
         case Name.HELP:
             return [_notice(incoming.room_uri, sender, text.HELP)]
         case Name.UNKNOWN:
@@ -373,6 +447,7 @@ def _create(
     return [
         AddMember(room.key, sender, Role.MEMBER),
         *_broadcast(room.uri, after, text.joined(sender)),
+        *_replay(config, room, sender),
     ]
 
 
@@ -393,6 +468,7 @@ def _join(config: Config, incoming: Incoming, key: str, room: Room | None) -> li
             return [
                 SetRole(room.key, member.aor, Role.MEMBER),
                 *_broadcast(room.uri, after, text.joined(member.aor)),
+                *_replay(config, room, member.aor),
             ]
         return [_notice(room.uri, sender, text.ALREADY_IN)]
     if room.private:
@@ -404,6 +480,7 @@ def _join(config: Config, incoming: Incoming, key: str, room: Room | None) -> li
     return [
         AddMember(room.key, sender, Role.MEMBER),
         *_broadcast(room.uri, after, text.joined(sender)),
+        *_replay(config, room, sender),
     ]
 
 
@@ -477,4 +554,40 @@ def _modify(config: Config, incoming: Incoming, command: Command, room: Room) ->
     return [
         SetRole(room.key, member.aor, role),
         *_broadcast(room.uri, after, text.modified(member.aor, typed_role)),
+    ]
+
+
+def _ban(config: Config, incoming: Incoming, command: Command, room: Room) -> list[Effect]:
+    """OWNER or ADMIN put a user out of the room until unbanned (not an owner, not
+    themselves). A member's membership becomes the ban, so fan-out skips them at once; a
+    user who is not in the room can be banned beforehand. The user is told, then the room."""
+    _manager(room, incoming.sender, text.BAN_DENIED)
+    user = _user_arg(config, command)
+    if user.lower() == incoming.sender.lower():
+        raise Refused(text.CANNOT_BAN_YOURSELF, room.uri)
+    if user.lower() in room.banned:
+        raise Refused(text.user_banned(user), room.uri)
+    member = room.find(user)
+    if member is not None:
+        if member.role is Role.OWNER:
+            raise Refused(text.OWNER_CANNOT_BE_BANNED, room.uri)
+        user = member.aor
+    after = [m for m in room.members if m is not member]
+    return [
+        Ban(room.key, user),
+        _notice(room.uri, user, text.YOU_ARE_BANNED),
+        *_broadcast(room.uri, after, text.was_banned(user)),
+    ]
+
+
+def _unban(config: Config, incoming: Incoming, command: Command, room: Room) -> list[Effect]:
+    """OWNER or ADMIN lift a ban: the user may join (or be added, or invited) again."""
+    _manager(room, incoming.sender, text.BAN_DENIED)
+    user = _user_arg(config, command)
+    if user.lower() not in room.banned:
+        raise Refused(text.not_banned(user), room.uri)
+    return [
+        Unban(room.key, user),
+        _notice(room.uri, user, text.YOU_ARE_UNBANNED),
+        *_broadcast(room.uri, list(room.members), text.was_unbanned(user)),
     ]

@@ -10,6 +10,11 @@ effects (:mod:`services.imc.executor`, pure), apply the room/member changes, que
 MESSAGEs for the relay (``outbound_messages``) and delete the row. Replicas share the work
 without double fan-out; a crash rolls everything back and the row is handled again.
 
+When history is kept (``IMSTACK_IMC_HISTORY``), each chat message is remembered in
+``room_messages`` in the same transaction, and a member who joins or accepts gets the room's
+last messages queued right after the join notice (source ``imc-history``; a replay that
+cannot be delivered is dropped, never stored offline).
+
 Chat for a member with no binding goes straight into the offline store; a chat delivery
 that fails later (408/480/503) is moved there when its outcome arrives. Those stored copies
 carry no offline notice (only the relay's store path sends notices, and it never sees room
@@ -29,6 +34,7 @@ import asyncpg
 from services.imc.commands import Name, not_registered, parse_command
 from services.imc.executor import (
     AddMember,
+    Ban,
     Config,
     CreateRoom,
     DestroyRoom,
@@ -36,10 +42,14 @@ from services.imc.executor import (
     Incoming,
     Kind,
     Refused,
+    Remember,
     RemoveMember,
+    Replay,
     Send,
     SetRole,
+    Unban,
     execute,
+    history_body,
     refusal,
     target,
 )
@@ -75,6 +85,7 @@ class ImcStats:
     fanned_out: int = 0  # chat copies queued for members
     stored_offline: int = 0  # chat copies put in the offline store
     invitations_failed: int = 0
+    replayed: int = 0  # history messages queued for joining members
 
 
 def config_from(settings: Settings) -> Config:
@@ -83,6 +94,7 @@ def config_from(settings: Settings) -> Config:
         create_on_join=settings.imc_create_on_join,
         domain=settings.domain,
         conference_domain=settings.conference_domain,
+        history=settings.imc_history,
     )
 
 
@@ -201,6 +213,34 @@ class ImcWorker:
                     await rooms.set_role(conn, ids[key], aor, role)
                 case RemoveMember(key, aor):
                     await rooms.remove_member(conn, ids[key], aor)
+                case Ban(key, aor):
+                    await rooms.ban_member(conn, ids[key], aor)
+                    log.info("imc: %s banned from %s by %s", aor, key, incoming.sender)
+                case Unban(key, aor):
+                    await rooms.unban_member(conn, ids[key], aor)
+                    log.info("imc: %s unbanned from %s by %s", aor, key, incoming.sender)
+                case Remember(key, sender, content_type, body):
+                    await rooms.remember(
+                        conn,
+                        ids[key],
+                        sender=sender,
+                        content_type=content_type,
+                        body=body,
+                        keep=self.config.history,
+                    )
+                case Replay(key, aor):
+                    kept = await rooms.history(conn, ids[key], self.config.history)
+                    sends.extend(
+                        Send(
+                            f"sip:{key}",
+                            aor,
+                            history_body(m.sender, m.body),
+                            Kind.HISTORY,
+                            m.content_type,
+                        )
+                        for m in kept
+                    )
+                    self.stats.replayed += len(kept)
                 case Send():
                     sends.append(effect)
         chat_to = [send.to for send in sends if send.kind is Kind.CHAT]

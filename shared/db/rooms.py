@@ -1,6 +1,8 @@
-"""The ``rooms``, ``room_members`` and ``room_inbox`` tables: chat rooms and their traffic.
+"""The ``rooms``, ``room_members``, ``room_inbox`` and ``room_messages`` tables: chat rooms,
+their traffic and their history.
 
-The contract (keys, roles, the inbox claim) is documented in ``migrations/0006_rooms.sql``.
+The contract (keys, roles, the inbox claim) is documented in ``migrations/0006_rooms.sql``,
+the history's in ``migrations/0008_room_history.sql``.
 The relay calls :func:`enqueue`; the imc worker claims with :func:`claim_next`, reads a room
 with :func:`get_room` after :func:`lock_room`, and changes it with the other functions, all
 in the claiming transaction. The API (rooms created there behave like ``#create``) uses the
@@ -222,6 +224,84 @@ async def remove_member(conn: Executor, room_id: int, aor: str) -> None:
         room_id,
         aor,
     )
+
+
+async def ban_member(conn: Executor, room_id: int, aor: str) -> None:
+    """``aor`` is banned from the room: a membership (invitation included) becomes the ban,
+    someone not in the room gets a ban row."""
+    await conn.execute(
+        """INSERT INTO room_members (room_id, member, role, state) VALUES ($1, $2, 'member',
+               'banned')
+           ON CONFLICT (room_id, lower(member)) DO UPDATE
+           SET state = 'banned', role = 'member', invited_by = NULL, updated_at = now()""",
+        room_id,
+        aor,
+    )
+
+
+async def unban_member(conn: Executor, room_id: int, aor: str) -> bool:
+    """Lift ``aor``'s ban (they are no member afterwards); False when there was none."""
+    status = await conn.execute(
+        """DELETE FROM room_members
+           WHERE room_id = $1 AND lower(member) = lower($2) AND state = 'banned'""",
+        room_id,
+        aor,
+    )
+    return status != "DELETE 0"
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    """A chat message kept in a room's history (the body as the sender wrote it)."""
+
+    id: int
+    sender: str  # user@domain
+    content_type: str
+    body: bytes
+    sent_at: datetime
+
+
+async def remember(
+    conn: Executor, room_id: int, *, sender: str, content_type: str, body: bytes, keep: int
+) -> None:
+    """Add a chat message to the room's history and forget all but the newest ``keep``
+    (call under the room's lock: :func:`lock_room`)."""
+    await conn.execute(
+        """INSERT INTO room_messages (room_id, sender, content_type, body)
+           VALUES ($1, $2, $3, $4)""",
+        room_id,
+        sender,
+        content_type,
+        body,
+    )
+    await conn.execute(
+        """DELETE FROM room_messages WHERE room_id = $1 AND id <= (
+               SELECT id FROM room_messages WHERE room_id = $1
+               ORDER BY id DESC OFFSET $2 LIMIT 1)""",
+        room_id,
+        keep,
+    )
+
+
+async def history(conn: Executor, room_id: int, limit: int) -> list[HistoryMessage]:
+    """The newest ``limit`` messages of the room's history, oldest first."""
+    rows = await conn.fetch(
+        """SELECT id, sender, content_type, body, sent_at FROM (
+               SELECT * FROM room_messages WHERE room_id = $1 ORDER BY id DESC LIMIT $2
+           ) newest ORDER BY id""",
+        room_id,
+        limit,
+    )
+    return [
+        HistoryMessage(
+            id=r["id"],
+            sender=r["sender"],
+            content_type=r["content_type"],
+            body=bytes(r["body"]),
+            sent_at=r["sent_at"],
+        )
+        for r in rows
+    ]
 
 
 async def visible_rooms(conn: Executor, domain: str, viewer: str) -> list[str]:

@@ -9,6 +9,7 @@ from services.imc import commands as text
 from services.imc.commands import Name, build_address, parse_command
 from services.imc.executor import (
     AddMember,
+    Ban,
     Config,
     CreateRoom,
     DestroyRoom,
@@ -16,9 +17,12 @@ from services.imc.executor import (
     Incoming,
     Kind,
     Refused,
+    Remember,
     RemoveMember,
+    Replay,
     Send,
     SetRole,
+    Unban,
     execute,
     target,
 )
@@ -431,3 +435,119 @@ def test_a_request_uri_that_is_no_room_name_is_refused() -> None:
             "<name>@conference.example.test",
         )
     ]
+
+
+# -- #ban, #unban ---------------------------------------------------------------------------
+
+
+def test_ban_a_member_puts_them_out_and_tells_them_then_the_room() -> None:
+    for requester in ("alice", "bob"):
+        effects = run("#ban carol", sender=requester)
+        assert changes(effects) == [Ban(DEVS, aor("carol"))]
+        assert sent(effects) == [
+            ("carol", "*** You have been banned from the room"),
+            ("alice", "*** [carol] has been banned from the room"),
+            ("bob", "*** [carol] has been banned from the room"),
+        ]
+
+
+def test_ban_an_invited_user_or_an_outsider_beforehand() -> None:
+    effects = run("#ban dave")
+    assert changes(effects) == [Ban(DEVS, aor("dave"))]
+    assert ("dave", "*** You have been banned from the room") in sent(effects)
+    effects = run("#ban sip:Erin@Example.Test", sender="bob")
+    assert changes(effects) == [Ban(DEVS, "Erin@example.test")]
+    assert ("carol", "*** [Erin] has been banned from the room") in sent(effects)
+
+
+def test_ban_refusals_are_told() -> None:
+    assert notice(run("#ban bob", sender="carol")) == (
+        "*** You don't have the permission to ban or unban users in this room"
+    )
+    assert notice(run("#ban bob", sender="dave")) == (
+        "*** You don't have the permission to ban or unban users in this room"
+    )
+    assert notice(run("#ban bob", sender="erin")) == "*** You are not a member of this room"
+    assert notice(run("#ban alice", sender="bob")) == "*** The room's owner cannot be banned"
+    assert notice(run("#ban bob", sender="bob")) == "*** You cannot ban yourself"
+    assert notice(run("#ban")) == "*** Missing argument: #ban <user_name> [<room_name>]"
+    assert notice(run("#ban erin", None)) == "*** Room not found"
+    banned = make_room(("alice", OWNER), banned=("erin",))
+    assert notice(run("#ban erin", banned)) == "*** sip:erin@example.test is banned from the room"
+
+
+def test_unban_lets_the_user_back_and_says_so() -> None:
+    room = make_room(("alice", OWNER), ("bob", ADMIN), ("carol", MEMBER), banned=("erin",))
+    effects = run("#unban ERIN", room, sender="bob")
+    assert changes(effects) == [Unban(DEVS, "ERIN@example.test")]
+    assert sent(effects) == [
+        ("ERIN", "*** You are no longer banned from the room"),
+        ("alice", "*** [ERIN] is no longer banned from the room"),
+        ("bob", "*** [ERIN] is no longer banned from the room"),
+        ("carol", "*** [ERIN] is no longer banned from the room"),
+    ]
+    assert notice(run("#unban erin", room, sender="carol")) == (
+        "*** You don't have the permission to ban or unban users in this room"
+    )
+    assert notice(run("#unban carol", room)) == (
+        "*** sip:carol@example.test is not banned from the room"
+    )
+    assert notice(run("#unban")) == "*** Missing argument: #unban <user_name> [<room_name>]"
+
+
+def test_ban_and_unban_in_another_room_by_argument() -> None:
+    ops = make_room(("alice", OWNER), ("erin", MEMBER), key="ops@conference.example.test")
+    incoming = Incoming(DEVS, aor("alice"), "text/plain", b"#ban erin ops")
+    assert target(CONFIG, incoming, parse_command(incoming.body, "#")) == ops.key
+    assert changes(execute(CONFIG, incoming, ops)) == [Ban(ops.key, aor("erin"))]
+
+
+def test_a_banned_user_cannot_join_create_chat_or_be_added_or_invited() -> None:
+    room = make_room(("alice", OWNER), ("bob", ADMIN), banned=("erin",))
+    for command in ("#join", "#create"):
+        effects = run(command, room, sender="erin")
+        assert changes(effects) == [] and notice(effects) == "*** You are banned from this room"
+    assert notice(run("hi", room, sender="erin")) == "*** You are banned from this room"
+    for command in ("#add erin", "#invite erin"):
+        assert notice(run(command, room, sender="bob")) == (
+            "*** sip:erin@example.test is banned from the room"
+        )
+    # The banned are no members: no fan-out to them, and #members does not show them.
+    assert sent(run("hi", room)) == [("bob", "[alice]: hi")]
+    assert sent(run("#members", room)) == [("alice", "Members:\n*[alice]\n~[bob]")]
+
+
+# -- history ------------------------------------------------------------------------------
+
+HISTORY = Config("#", True, "example.test", "conference.example.test", history=20)
+
+
+def test_chat_is_remembered_when_history_is_kept() -> None:
+    effects = run("hi all", sender="bob", config=HISTORY, content_type="text/html")
+    assert changes(effects) == [Remember(DEVS, aor("bob"), "text/html", b"hi all")]
+    assert sent(effects) == [("alice", "[bob]: hi all"), ("carol", "[bob]: hi all")]
+    assert changes(run("hi all", sender="bob")) == []  # history 0: nothing kept
+    assert changes(run("<imdn/>", config=HISTORY, content_type="message/imdn+xml")) == []
+
+
+def test_joining_or_accepting_replays_the_history_after_the_join_notice() -> None:
+    for sender, command in (("erin", "#join"), ("erin", "#create"), ("dave", "#accept")):
+        effects = run(command, sender=sender, config=HISTORY)
+        assert effects[-1] == Replay(DEVS, aor(sender))
+        assert ("alice", f"*** [{sender}] has joined the room") in sent(effects)
+    effects = run("#join", sender="dave", config=HISTORY)  # #join as #accept
+    assert effects[-1] == Replay(DEVS, aor("dave"))
+
+
+def test_no_replay_without_history_nor_for_those_who_did_not_join() -> None:
+    assert not any(isinstance(e, Replay) for e in run("#join", sender="erin"))
+    for sender, command in (
+        ("carol", "#join"),  # already in
+        ("alice", "#add erin"),  # added by someone else
+        ("alice", "#invite erin"),  # not accepted yet
+    ):
+        effects = run(command, sender=sender, config=HISTORY)
+        assert not any(isinstance(e, Replay) for e in effects), command
+    private = make_room(("alice", OWNER), private=True)
+    assert not any(isinstance(e, Replay) for e in run("#join", private, config=HISTORY))
+    assert not any(isinstance(e, Replay) for e in run("#join", None, config=HISTORY))
