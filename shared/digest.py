@@ -239,12 +239,28 @@ class Credentials:
 _NC_LENGTH = 8  # RFC 7616 §3.4: nc is exactly 8 hex digits
 
 
+#: The last values parsed: a proxy reads a request's credentials twice (to authenticate,
+#: then to drop ours from what it forwards). Credentials are immutable.
+_PARSED_MAX = 256
+_parsed: dict[str, Credentials] = {}
+
+
 def parse_credentials(value: str) -> Credentials:
     """Parse an ``Authorization``/``Proxy-Authorization`` value; raise DigestParseError.
 
     With a qop the nc and cnonce parameters are required (RFC 7616 §3.4).
     ``userhash=true`` (RFC 7616 §3.4.4) is not supported and rejected.
     """
+    cached = _parsed.get(value)
+    if cached is None:
+        cached = _parse_credentials(value)
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.clear()
+        _parsed[value] = cached
+    return cached
+
+
+def _parse_credentials(value: str) -> Credentials:
     scheme, params, _ = _parse_auth_header(value)
     if scheme.lower() != "digest":
         raise DigestParseError(f"not Digest credentials: {scheme!r}")
@@ -351,6 +367,7 @@ class NonceManager:
         self.lifetime = lifetime
         self._max_tracked = max_tracked
         self._last_nc: OrderedDict[str, int] = OrderedDict()
+        self._verified: dict[tuple[str, str], float] = {}  # (nonce, binding) → issued
 
     def _mac(self, stamp: bytes, binding: str) -> bytes:
         msg = stamp + b"\x00" + binding.encode("utf-8", "surrogateescape")
@@ -362,6 +379,20 @@ class NonceManager:
         return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
     def check_nonce(self, nonce: str, now: float, binding: str) -> NonceStatus:
+        # A client reuses its nonce for every request until it goes stale: remember the
+        # ones whose signature was already checked (for that binding) with their issue time.
+        issued = self._verified.get((nonce, binding))
+        if issued is not None:
+            return self._age_status(issued, now)
+        status = self._check_signature(nonce, now, binding)
+        if status is not NonceStatus.INVALID:
+            if len(self._verified) >= self._max_tracked:
+                self._verified.clear()
+            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+            (self._verified[(nonce, binding)],) = _TIMESTAMP.unpack(raw[: _TIMESTAMP.size])
+        return status
+
+    def _check_signature(self, nonce: str, now: float, binding: str) -> NonceStatus:
         if len(nonce) > 64:
             return NonceStatus.INVALID
         try:
@@ -374,6 +405,9 @@ class NonceManager:
         if not hmac.compare_digest(mac, self._mac(stamp, binding)):
             return NonceStatus.INVALID
         (issued,) = _TIMESTAMP.unpack(stamp)
+        return self._age_status(issued, now)
+
+    def _age_status(self, issued: float, now: float) -> NonceStatus:
         # A nonce from the future comes from a replica with a skewed clock: it
         # is still ours (signed), so it only expires, never turns invalid.
         if now - issued > self.lifetime:

@@ -11,6 +11,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shared.sip.errors import LocalProtocolError
 from shared.sip.message import Headers, SipMessage, SipRequest, SipResponse
@@ -38,6 +39,22 @@ __all__ = [
 #: Header parameters in order: (name, value or None for a valueless one).
 #: Quoted values are stored unquoted.
 Params = tuple[tuple[str, str | None], ...]
+
+_T = TypeVar("_T")
+
+#: Parsed values by text: a request's top Via, From and To are parsed several times on its
+#: way through (matching, stamping, routing). The results are immutable; junk is not kept.
+_MEMO_MAX = 2048
+_via_memo: dict[str, Via] = {}
+_name_addr_memo: dict[str, NameAddr] = {}
+
+
+def _remember(memo: dict[str, _T], value: str, result: _T) -> _T:
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()  # values rarely repeat after their request is done: no LRU needed
+    memo[value] = result
+    return result
+
 
 _TOKEN = r"[A-Za-z0-9.!%*_+`'~\-]+"
 _TOKEN_RE = re.compile(_TOKEN)
@@ -163,6 +180,13 @@ class NameAddr:
 
 
 def parse_name_addr(value: str) -> NameAddr:
+    cached = _name_addr_memo.get(value)
+    if cached is not None:
+        return cached
+    return _remember(_name_addr_memo, value, _parse_name_addr(value))
+
+
+def _parse_name_addr(value: str) -> NameAddr:
     text = value.strip(" \t")
     lt = _find_unquoted(text, "<")
     if lt < 0:
@@ -340,6 +364,13 @@ class Via:
 
 
 def parse_via(value: str) -> Via:
+    cached = _via_memo.get(value)
+    if cached is not None:
+        return cached
+    return _remember(_via_memo, value, _parse_via(value))
+
+
+def _parse_via(value: str) -> Via:
     m = _VIA_RE.fullmatch(value)
     if m is None:
         raise ValueError(f"invalid Via {value!r}")

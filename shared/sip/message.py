@@ -118,12 +118,26 @@ COMMA_LIST_HEADERS = frozenset(
 )
 
 
+_NAME_CACHE: dict[str, tuple[str, str]] = {}  # name as given → (canonical, lower-case key)
+_NAME_CACHE_MAX = 4096  # distinct spellings remembered; junk names beyond are not cached
+
+
+def _name_key(name: str) -> tuple[str, str]:
+    """(canonical name, lower-case lookup key) of ``name``; memoised, names repeat."""
+    cached = _NAME_CACHE.get(name)
+    if cached is not None:
+        return cached
+    lower = name.lower()
+    canonical = COMPACT_FORMS.get(lower) or _CANONICAL.get(lower, name)
+    result = (canonical, canonical.lower())
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = result
+    return result
+
+
 def canonical_name(name: str) -> str:
     """Full, canonically spelled header name (``i`` → ``Call-ID``, ``cseq`` → ``CSeq``)."""
-    lower = name.lower()
-    if lower in COMPACT_FORMS:
-        return COMPACT_FORMS[lower]
-    return _CANONICAL.get(lower, name)
+    return _name_key(name)[0]
 
 
 def split_comma_list(value: str) -> list[str]:
@@ -158,10 +172,16 @@ def split_comma_list(value: str) -> list[str]:
 class Headers:
     """Ordered (name, value) pairs with case-insensitive, compact-form-aware lookup."""
 
-    __slots__ = ("_items",)
+    # _keys[i] is the lower-case canonical name of _items[i]: lookups compare it directly.
+    __slots__ = ("_items", "_keys")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+        self._items: list[tuple[str, str]] = []
+        self._keys: list[str] = []
+        for n, v in items:
+            canonical, key = _name_key(n)
+            self._items.append((canonical, v))
+            self._keys.append(key)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -172,8 +192,7 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = canonical_name(name).lower()
-        return any(n.lower() == key for n, _ in self._items)
+        return _name_key(name)[1] in self._keys
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
@@ -185,59 +204,110 @@ class Headers:
 
     def raw(self, name: str) -> list[str]:
         """The values of every line named ``name``, unsplit."""
-        key = canonical_name(name).lower()
-        return [v for n, v in self._items if n.lower() == key]
+        key = _name_key(name)[1]
+        if key not in self._keys:
+            return []
+        return [item[1] for k, item in zip(self._keys, self._items, strict=True) if k == key]
+
+    def first(self, name: str) -> str | None:
+        """The value of the first line named ``name``, unsplit (None: no such line)."""
+        key = _name_key(name)[1]
+        try:
+            return self._items[self._keys.index(key)][1]
+        except ValueError:
+            return None
+
+    def count(self, name: str) -> int:
+        """How many lines are named ``name``."""
+        return self._keys.count(_name_key(name)[1])
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name`` in order; comma-list headers are split into elements."""
         values = self.raw(name)
-        if canonical_name(name).lower() in COMMA_LIST_HEADERS:
+        if _name_key(name)[1] in COMMA_LIST_HEADERS:
             return [part for v in values for part in split_comma_list(v)]
         return values
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name`` (the topmost element for comma-list headers)."""
+        key = _name_key(name)[1]
+        try:
+            index = self._keys.index(key)
+        except ValueError:
+            return default
+        if key not in COMMA_LIST_HEADERS:
+            return self._items[index][1]
+        value = self._items[index][1]
+        if "," not in value:  # the common case: one element per line
+            value = value.strip()
+            if value:
+                return value
         values = self.get_all(name)
         return values[0] if values else default
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((canonical_name(name), value))
+        canonical, key = _name_key(name)
+        self._items.append((canonical, value))
+        self._keys.append(key)
 
     def prepend(self, name: str, value: str) -> None:
         """Insert before every other header (a proxy adding its Via, §16.6 step 8)."""
-        self._items.insert(0, (canonical_name(name), value))
+        canonical, key = _name_key(name)
+        self._items.insert(0, (canonical, value))
+        self._keys.insert(0, key)
 
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` line by one, where the first one was (else at the end)."""
-        key = canonical_name(name).lower()
-        index = next((i for i, (n, _) in enumerate(self._items) if n.lower() == key), None)
+        canonical, key = _name_key(name)
+        try:
+            index = self._keys.index(key)
+        except ValueError:
+            self.add(name, value)
+            return
         self.remove(name)
-        item = (canonical_name(name), value)
-        if index is None:
-            self._items.append(item)
-        else:
-            self._items.insert(index, item)
+        self._items.insert(index, (canonical, value))
+        self._keys.insert(index, key)
+
+    def replace_at(self, index: int, value: str) -> None:
+        """Give line ``index`` (in iteration order) a new value, keeping its name."""
+        self._items[index] = (self._items[index][0], value)
+
+    def index(self, name: str) -> int | None:
+        """The position of the first line named ``name`` (None: no such line)."""
+        try:
+            return self._keys.index(_name_key(name)[1])
+        except ValueError:
+            return None
 
     def remove(self, name: str) -> None:
-        key = canonical_name(name).lower()
-        self._items = [(n, v) for n, v in self._items if n.lower() != key]
+        key = _name_key(name)[1]
+        if key not in self._keys:
+            return
+        kept = [(k, item) for k, item in zip(self._keys, self._items, strict=True) if k != key]
+        self._keys = [k for k, _ in kept]
+        self._items = [item for _, item in kept]
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the topmost element of a header (e.g. the top Via, §16.7)."""
-        key = canonical_name(name).lower()
-        for i, (n, v) in enumerate(self._items):
-            if n.lower() != key:
-                continue
-            parts = split_comma_list(v) if key in COMMA_LIST_HEADERS else [v.strip()]
-            if len(parts) <= 1:
-                del self._items[i]
-            else:
-                self._items[i] = (n, ", ".join(parts[1:]))
-            return parts[0] if parts else None
-        return None
+        key = _name_key(name)[1]
+        try:
+            i = self._keys.index(key)
+        except ValueError:
+            return None
+        n, v = self._items[i]
+        parts = split_comma_list(v) if key in COMMA_LIST_HEADERS else [v.strip()]
+        if len(parts) <= 1:
+            del self._items[i]
+            del self._keys[i]
+        else:
+            self._items[i] = (n, ", ".join(parts[1:]))
+        return parts[0] if parts else None
 
     def copy(self) -> Headers:
-        return Headers(self._items)
+        new = Headers.__new__(Headers)
+        new._items = list(self._items)
+        new._keys = list(self._keys)
+        return new
 
 
 def _check_header(name: str, value: str) -> None:

@@ -48,7 +48,6 @@ REQUIRED_RESPONSE_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
 _TOO_LARGE = StatusCode.MESSAGE_TOO_LARGE
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
-_LINE_END_RE = re.compile(r"\r?\n")
 _HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.IGNORECASE | re.DOTALL)
 
@@ -91,71 +90,87 @@ def parse_head(
 ) -> SipRequest | SipResponse:
     """Parse a start line and headers (no blank line, no body) and validate them."""
     text = head.decode("utf-8", "surrogateescape")
-    lines = _LINE_END_RE.split(text)
-    if "\r" in lines[0]:
+    lines = text.split("\n")  # then a CR before each LF is dropped: CRLF or bare LF
+    start = lines[0][:-1] if lines[0].endswith("\r") else lines[0]
+    if "\r" in start:
         raise RemoteProtocolError("bare CR in start line")
-    message = _parse_start_line(lines[0])
-    fields: list[list[str]] = []
+    message = _parse_start_line(start)
+    fields: list[str] = []
     for line in lines[1:]:
+        if line.endswith("\r"):
+            line = line[:-1]
         if "\r" in line:
             raise RemoteProtocolError("bare CR in header", partial=message)
         if line[:1] in (" ", "\t"):
             # §7.3.1: a continuation line; the fold is equivalent to one SP.
             if not fields:
                 raise RemoteProtocolError("continuation before any header", partial=message)
-            fields[-1].append(line.strip(" \t"))
+            part = line.strip(" \t")
+            if part:
+                fields[-1] = f"{fields[-1]} {part}" if fields[-1] else part
             continue
-        fields.append([line])
+        fields.append(line)
     headers = Headers()
     message.headers = headers
     if len(fields) > max_headers:
         raise RemoteProtocolError("too many headers", status_hint=_TOO_LARGE, partial=message)
-    for parts in fields:
-        field = " ".join(p for p in parts if p)
+    for field in fields:
         if len(field) > max_line_length:
             raise RemoteProtocolError(
                 "header line too long", status_hint=_TOO_LARGE, partial=message
             )
         name, colon, value = field.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not _TOKEN_RE.fullmatch(name):
+        if not colon:
             raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
+        name = name.rstrip(" \t")
+        if name not in _VALID_NAMES:
+            if not _TOKEN_RE.fullmatch(name):
+                raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
+            if len(_VALID_NAMES) < _VALID_NAMES_MAX:
+                _VALID_NAMES.add(name)
         headers.add(name, value.strip(" \t"))
     _validate(message)
     return message
 
 
+#: Header names already seen to be tokens (they repeat in every message).
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_MAX = 4096
+
+
 def _validate(message: SipRequest | SipResponse) -> None:
-    required = (
-        REQUIRED_REQUEST_HEADERS if isinstance(message, SipRequest) else REQUIRED_RESPONSE_HEADERS
-    )
+    headers = message.headers
+    is_request = isinstance(message, SipRequest)
+    required = REQUIRED_REQUEST_HEADERS if is_request else REQUIRED_RESPONSE_HEADERS
     for name in required:
-        if not message.headers.raw(name):
+        if name not in headers:
             raise RemoteProtocolError(f"missing {name} header", partial=message)
-    for name in ("From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length"):
-        if len(message.headers.raw(name)) > 1:
+    for name in _SINGLE_HEADERS:
+        if headers.count(name) > 1:
             # §7.3.1: these may not be repeated; two CSeqs make matching ambiguous.
             raise RemoteProtocolError(f"repeated {name} header", partial=message)
     try:
-        cseq = parse_cseq(message.headers.raw("CSeq")[0])
+        cseq = parse_cseq(headers.first("CSeq") or "")
     except ValueError as exc:
         raise RemoteProtocolError(str(exc), partial=message) from None
     if isinstance(message, SipRequest):
         # §8.2.2 (and RFC 4475 §3.1.2.16): CSeq method must equal the request method.
         if cseq.method != message.method:
             raise RemoteProtocolError("CSeq method does not match request", partial=message)
-        max_forwards = message.headers.raw("Max-Forwards")[0]
+        max_forwards = headers.first("Max-Forwards") or ""
         if not max_forwards.isdigit() or int(max_forwards) > 255:
             raise RemoteProtocolError("invalid Max-Forwards", partial=message)
-    if not message.headers.raw("Call-ID")[0]:
+    if not headers.first("Call-ID"):
         raise RemoteProtocolError("empty Call-ID", partial=message)
 
 
+_SINGLE_HEADERS = ("From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length")
+
+
 def _content_length(message: SipRequest | SipResponse) -> int | None:
-    values = message.headers.raw("Content-Length")
-    if not values:
+    value = message.headers.first("Content-Length")
+    if value is None:
         return None
-    value = values[0]
     if not value.isdigit() or len(value) > 12:
         raise RemoteProtocolError(f"invalid Content-Length {value[:20]!r}", partial=message)
     return int(value)

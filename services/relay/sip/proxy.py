@@ -131,6 +131,9 @@ class Fork:
                 record_route=self.record_route(flow) if self.record_route is not None else (),
             )
             self.branches.append(edge.transactions.send_request(branch, flow, on_provisional))
+        if len(self.branches) == 1 and not statuses:  # one binding: nothing to race
+            response = await self.branches[0].final
+            return ForkResult(response, (response.status,))
         pending: set[asyncio.Future[SipResponse]] = {txn.final for txn in self.branches}
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)

@@ -22,7 +22,7 @@ from services.relay.sip.flood import RateLimiter
 from services.relay.sniff import ProtocolSniffer
 from shared.sip.errors import LocalProtocolError, RemoteProtocolError
 from shared.sip.headers import make_response, parse_via
-from shared.sip.message import Headers, SipRequest, SipResponse, split_comma_list
+from shared.sip.message import SipRequest, SipResponse, split_comma_list
 from shared.sip.parser import (
     DEFAULT_MAX_DATAGRAM_SIZE,
     DEFAULT_MAX_HEAD_SIZE,
@@ -74,12 +74,11 @@ def same_host(a: str, b: str) -> bool:
 
 def stamp_via(request: SipRequest, flow: Flow) -> None:
     """Add ``received``/``rport`` to the top Via (§18.2.1, RFC 3581 §4); ValueError if bad."""
-    items = list(request.headers)
-    for index, (name, value) in enumerate(items):
+    for index, (name, value) in enumerate(request.headers):
         if name != "Via":
             continue
-        parts = split_comma_list(value)
-        if not parts:
+        parts = split_comma_list(value) if "," in value else [value.strip()]
+        if not parts or not parts[0]:
             continue
         via = parse_via(parts[0])
         changed = via
@@ -89,8 +88,7 @@ def stamp_via(request: SipRequest, flow: Flow) -> None:
             changed = changed.with_param("received", flow.host)
         if changed is not via:
             parts[0] = str(changed)
-            items[index] = (name, ", ".join(parts))
-            request.headers = Headers(items)
+            request.headers.replace_at(index, ", ".join(parts))
         return
     raise ValueError("no Via")
 
