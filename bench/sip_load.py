@@ -50,6 +50,7 @@ class Pending:
     measured: bool
     to: int = 0  # MESSAGE: the receiving user
     challenges: int = 0
+    body: str = "hello"  # MESSAGE: the text sent (bench/msilo.py numbers its messages)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Generator:
         self.stats = Stats()
         self.completed: deque[int] = deque()  # users whose transaction just ended
         self.receivers_answered = 0
+        self.expires = 3600  # REGISTER: 0 removes this generator's contact again
 
     # -- building requests --------------------------------------------------------------
 
@@ -144,7 +146,7 @@ class Generator:
                 f"Call-ID: reg-{self.run_id}-{user}\r\n"
                 f"CSeq: {self.cseq[user]} REGISTER\r\n"
                 f"Contact: <sip:{name}@{self.local}>\r\n"
-                "Expires: 3600\r\n"
+                f"Expires: {self.expires}\r\n"
             )
             body = ""
         else:
@@ -159,7 +161,7 @@ class Generator:
                 f"CSeq: {self.cseq[user]} MESSAGE\r\n"
                 "Content-Type: text/plain\r\n"
             )
-            body = "hello"
+            body = pending.body if pending is not None else "hello"
         data = f"{head}{self._authorization(user, kind, uri)}Content-Length: {len(body)}\r\n\r\n"
         if pending is None:
             pending = Pending(kind, user, time.perf_counter(), measured=True)
@@ -321,6 +323,15 @@ def drain(gen: Generator) -> None:
     gen.completed.clear()
 
 
+def unregister(gen: Generator, users: list[int]) -> None:
+    """Remove the contacts this run registered (what a UA does when it quits), so that the
+    next run's MESSAGEs are not also forked to this process's closed socket."""
+    gen.expires = 0
+    for user in users:
+        gen.send("REGISTER", user, pending=Pending("REGISTER", user, 0.0, measured=False))
+    drain(gen)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target", required=True, help="host:port of the SIP server (UDP)")
@@ -343,6 +354,7 @@ def main() -> None:
         gen.stats = Stats()
         elapsed = closed_loop(gen, "REGISTER", everyone, 0, args.window, args.duration)
         result.update(mode=f"closed loop, window {args.window}")
+        registered = everyone
     else:
         half = args.users // 2
         senders, receivers = everyone[:half], everyone[half:]
@@ -357,7 +369,9 @@ def main() -> None:
             elapsed = closed_loop(gen, "MESSAGE", senders, half, args.window, args.duration)
             result.update(mode=f"closed loop, window {args.window}")
         result["warmup_delivered"] = registered_ok
+        registered = receivers
     result.update(gen.stats.summary(elapsed), seconds=round(elapsed, 2))
+    unregister(gen, registered)
     print(json.dumps(result), flush=True)
 
 

@@ -111,8 +111,17 @@ class Database:
 
 
 class Imstack:
-    def __init__(self, workdir: Path, database_url: str) -> None:
+    """``imstack serve <services>`` pinned to CPU 0 (``extra_env``: more IMSTACK_* settings)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        services: tuple[str, ...] = ("relay",),
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.services = services
         self.port = free_port()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("IMSTACK_")},
@@ -126,6 +135,7 @@ class Imstack:
             "IMSTACK_MSRP_PORT": str(free_port()),
             "IMSTACK_SIP_RATE_LIMIT": "0",  # every request comes from 127.0.0.1
             "IMSTACK_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -135,10 +145,10 @@ class Imstack:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*pinned(0), IMSTACK, "serve", "relay"],
+            [*pinned(0), IMSTACK, "serve", *self.services],
             env=self.env,
             stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "relay.log", "wb"),  # noqa: SIM115
+            stderr=open(self.workdir / f"{'-'.join(self.services)}.log", "ab"),  # noqa: SIM115
         )
         wait_port(self.port)
 

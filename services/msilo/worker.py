@@ -157,13 +157,19 @@ class MsiloWorker:
             pass
 
     async def _step(self, recipient: str) -> bool:
-        """One transaction on the head of the queue; True when the next may follow at once."""
+        """One transaction on the head of the queue; True when the next may follow at once.
+
+        A delivered head is deleted and the next message queued in the same transaction:
+        one commit per message instead of two.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            head = await offline.claim_head(conn, recipient)
-            if head is None:
-                return False  # empty, or another worker is at it
-            message = head.message
-            if message.state is OfflineState.SENDING:
+            while True:
+                head = await offline.claim_head(conn, recipient)
+                if head is None:
+                    return False  # empty, or another worker is at it
+                message = head.message
+                if message.state is not OfflineState.SENDING:
+                    break
                 outbound = (
                     None
                     if message.outbound_id is None
@@ -184,7 +190,7 @@ class MsiloWorker:
                         recipient,
                         outbound.last_status,
                     )
-                    return True
+                    continue  # the next one, if any, in this transaction
                 if outbound.status is OutboundStatus.FAILED:
                     await offline.mark_failed(
                         conn,

@@ -214,12 +214,17 @@ async def clear_retry(conn: Executor, recipient: str) -> None:
 
 
 async def recipients_of_outbound(conn: Executor, outbound_ids: list[int]) -> list[str]:
-    """The recipients whose in-flight message is one of these outbound rows."""
+    """The recipients of these outbound rows, when msilo queued them (a delivery's ``to_aor``
+    is the stored message's recipient). Looked up by the outbound rows' primary key:
+    ``offline_messages.outbound_id`` has no index, and a scan per outcome made a drain
+    quadratic in the number of stored messages."""
     rows = await conn.fetch(
-        "SELECT DISTINCT recipient FROM offline_messages WHERE outbound_id = ANY($1::bigint[])",
+        """SELECT DISTINCT to_aor FROM outbound_messages
+           WHERE id = ANY($1::bigint[]) AND source = $2""",
         outbound_ids,
+        DELIVERY_SOURCE,
     )
-    return [row["recipient"] for row in rows]
+    return [row["to_aor"] for row in rows]
 
 
 async def recipients_needing_work(conn: Executor, *, limit: int) -> list[str]:
