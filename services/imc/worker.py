@@ -58,13 +58,13 @@ from shared.db import offline, rooms
 from shared.db.listen import Listener, Notification
 from shared.db.offline import GENERATED_HEADER
 from shared.db.outbound import DONE_CHANNEL, queue_message
+from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
 from shared.db.rooms import INBOX_CHANNEL, InboxMessage, Room
 from shared.db.types import Connection
 
 log = logging.getLogger(__name__)
 
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 BAD_REQUEST_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 ERROR_BACKOFF = 1.0  # seconds before retrying after a database error, doubling...
 MAX_ERROR_BACKOFF = 30.0  # ...up to this

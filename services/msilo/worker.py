@@ -27,12 +27,12 @@ from shared.db import offline
 from shared.db.listen import Listener, Notification
 from shared.db.offline import DELIVERY_SOURCE, OfflineState
 from shared.db.outbound import DONE_CHANNEL, OutboundStatus, get_message, queue_message
+from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
 
 log = logging.getLogger(__name__)
 
 REGISTERED_CHANNEL = "registered"  # the registrar NOTIFYs it with the AoR
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 SWEEP_BATCH = 1000  # recipients looked at per sweep query
 ERROR_BACKOFF = 1.0  # seconds before retrying after a database error, doubling...
 MAX_ERROR_BACKOFF = 30.0  # ...up to this

@@ -42,6 +42,11 @@ _TRANSIENT = (
 )
 
 
+#: What a query can raise when the database is down, restarting or unreachable: callers that
+#: must degrade (answer 503, retry later) catch exactly these.
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached; ``str()`` is one line naming the masked URL and why."""
 

@@ -17,11 +17,12 @@ import secrets
 import asyncpg
 
 from services.relay.sip.edge import SipEdge, format_host
+from services.relay.sip.handover import RELAY_WRITTEN_HEADERS
 from services.relay.sip.proxy import Fork, Target
-from services.relay.sip.router import DATABASE_ERRORS
 from shared.db.listen import Listener
 from shared.db.locations import delete_expired, get_bindings
 from shared.db.outbound import QUEUED_CHANNEL, OutboundMessage, claim_batch, finish
+from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
 from shared.sip.errors import LocalProtocolError
 from shared.sip.headers import NameAddr
@@ -33,24 +34,6 @@ BATCH = 50  # rows claimed at once
 #: Seconds after which a row left 'sending' by a dead relay is sent again: longer than
 #: any transaction (64*T1 = 32 s) plus margin.
 LEASE = 120.0
-
-#: Headers the relay writes itself; a row's extra_headers cannot override them.
-OWNED_HEADERS = frozenset(
-    name.lower()
-    for name in (
-        "Via",
-        "From",
-        "To",
-        "Call-ID",
-        "CSeq",
-        "Contact",
-        "Max-Forwards",
-        "Route",
-        "Record-Route",
-        "Content-Type",
-        "Content-Length",
-    )
-)
 
 
 def build_request(edge: SipEdge, message: OutboundMessage) -> SipRequest:
@@ -65,7 +48,7 @@ def build_request(edge: SipEdge, message: OutboundMessage) -> SipRequest:
     headers.add("CSeq", "1 MESSAGE")
     headers.add("Content-Type", message.content_type)
     for name, value in message.extra_headers:
-        if canonical_name(name).lower() not in OWNED_HEADERS:
+        if canonical_name(name).lower() not in RELAY_WRITTEN_HEADERS:
             headers.add(name, value)
     request = SipRequest(method="MESSAGE", uri=to_uri, headers=headers, body=message.body)
     request.to_bytes()  # raises LocalProtocolError for header injection

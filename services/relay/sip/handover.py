@@ -18,20 +18,22 @@ import asyncpg
 from shared.config import Settings
 from shared.db.offline import GENERATED_HEADER, NOTICE_SOURCE, store_message
 from shared.db.outbound import queue_message
+from shared.db.pool import DATABASE_ERRORS
 from shared.db.rooms import enqueue
 from shared.sip.headers import make_response, parse_name_addr
 from shared.sip.message import SipRequest, SipResponse, canonical_name
 
 log = logging.getLogger(__name__)
 
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 #: Headers not worth keeping with a stored message: routing, transport, authentication and
 #: dialog headers (the delivery gets new ones), and those the delivery writes itself (Date,
 #: Content-Type). Everything else is kept — P-Asserted-Identity, Privacy, Subject, extension
 #: and X- headers (Kamailio keeps the headers its parser does not know, plus PAI/PPI/Privacy).
-NOT_STORED_HEADERS = frozenset(
-    canonical_name(name).lower()
+#: Headers the relay writes itself on every MESSAGE it sends; a queued row's extra headers
+#: cannot override them.
+RELAY_WRITTEN_HEADERS = frozenset(
+    name.lower()
     for name in (
         "Via",
         "From",
@@ -42,10 +44,15 @@ NOT_STORED_HEADERS = frozenset(
         "Max-Forwards",
         "Route",
         "Record-Route",
-        "Path",
-        "Service-Route",
         "Content-Type",
         "Content-Length",
+    )
+)
+NOT_STORED_HEADERS = RELAY_WRITTEN_HEADERS | frozenset(
+    canonical_name(name).lower()
+    for name in (
+        "Path",
+        "Service-Route",
         "Expires",
         "Date",
         "Authorization",

@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-import asyncpg
-
 from services.relay.sip import handover
 from services.relay.sip.auth import Authenticated
 from services.relay.sip.edge import BRANCH_PREFIX, SipEdge
@@ -28,6 +26,7 @@ from services.relay.sip.registrar import Registrar
 from services.relay.sip.transactions import ServerTxn
 from services.relay.sip.transport import Flow
 from shared.db.locations import find_by_contact
+from shared.db.pool import DATABASE_ERRORS
 from shared.db.users import Address
 from shared.sip.headers import make_response, parse_name_addr, parse_via, to_tag
 from shared.sip.message import SipRequest, SipResponse
@@ -39,7 +38,6 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER"
 FORWARDED_METHODS = frozenset({"MESSAGE", "OPTIONS", "INVITE"})
 #: Methods inside a dialog, forwarded to a registered Contact without authentication.
 IN_DIALOG_METHODS = frozenset({"BYE", "INVITE", "MESSAGE", "INFO", "UPDATE", "NOTIFY", "REFER"})
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 class Router:
