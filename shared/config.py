@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     registrar_max_contacts: int = Field(
         10, ge=1, description="Most contacts one address-of-record may register (then 403)."
     )
+    outbound_retention: float = Field(
+        604800.0,
+        ge=0,
+        description="Seconds a delivered or failed outbound message is kept as the send log "
+        "before the relay deletes it (default 7 days). 0: keep forever.",
+    )
     msilo_expire: int = Field(
         259200,
         ge=1,

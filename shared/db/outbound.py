@@ -142,3 +142,19 @@ async def finish(
         reason,
     )
     await notify(conn, DONE_CHANNEL, outcome.value, message_id)
+
+
+async def purge_finished(conn: Executor, *, older_than: float, limit: int = 1000) -> int:
+    """Delete up to ``limit`` delivered or failed rows finished more than ``older_than``
+    seconds ago (the send log's retention); how many. Rows still queued or being sent are
+    never touched."""
+    status = await conn.execute(
+        """DELETE FROM outbound_messages WHERE id IN (
+               SELECT id FROM outbound_messages
+               WHERE status IN ('delivered', 'failed')
+                 AND finished_at < now() - make_interval(secs => $1::float8)
+               ORDER BY id LIMIT $2)""",
+        float(older_than),
+        limit,
+    )
+    return int(status.rsplit(" ", 1)[-1])

@@ -14,14 +14,12 @@ import contextlib
 import logging
 import secrets
 
-import asyncpg
-
 from services.relay.sip.edge import SipEdge, format_host
 from services.relay.sip.handover import RELAY_WRITTEN_HEADERS
 from services.relay.sip.proxy import Fork, Target
 from shared.db.listen import Listener
 from shared.db.locations import delete_expired, get_bindings
-from shared.db.outbound import QUEUED_CHANNEL, OutboundMessage, claim_batch, finish
+from shared.db.outbound import QUEUED_CHANNEL, OutboundMessage, claim_batch, finish, purge_finished
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
 from shared.sip.errors import LocalProtocolError
@@ -130,15 +128,20 @@ class DeliveryWorker:
         return result.response.status, result.response.reason
 
 
-async def purge_expired_bindings(edge: SipEdge, stop: asyncio.Event, interval: float) -> None:
-    """Delete expired bindings now and then (lookups ignore them anyway)."""
+async def purge_stale_rows(edge: SipEdge, stop: asyncio.Event, interval: float) -> None:
+    """Now and then: delete expired bindings (lookups ignore them anyway), finished outbound
+    rows past IMSTACK_OUTBOUND_RETENTION, and close idle connections."""
+    retention = edge.settings.outbound_retention
     while not stop.is_set():
         try:
             removed = await delete_expired(edge.pool)
             if removed:
                 log.info("purged %d expired binding(s)", removed)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.warning("cannot purge expired bindings: %s", exc)
+            if retention > 0:
+                while (purged := await purge_finished(edge.pool, older_than=retention)) > 0:
+                    log.info("purged %d finished outbound message(s)", purged)
+        except DATABASE_ERRORS as exc:
+            log.warning("cannot purge stale rows: %s", exc)
         edge.transports.sweep_idle()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from services.relay import tls
-from services.relay.sip.delivery import DeliveryWorker, purge_expired_bindings
+from services.relay.sip.delivery import DeliveryWorker, purge_stale_rows
 from services.relay.sip.edge import SipEdge
 from services.relay.sip.router import Router
 from shared.db.locations import delete_instance_stream_bindings
@@ -47,9 +47,7 @@ async def run_sip(
     background = [
         asyncio.create_task(worker.run(ctx.stop), name="sip-delivery"),
         asyncio.create_task(edge.credentials.run(ctx.stop), name="sip-credentials-listen"),
-        asyncio.create_task(
-            purge_expired_bindings(edge, ctx.stop, PURGE_INTERVAL), name="sip-purge"
-        ),
+        asyncio.create_task(purge_stale_rows(edge, ctx.stop, PURGE_INTERVAL), name="sip-purge"),
     ]
     if started is not None:
         started.set()
