@@ -75,6 +75,8 @@ class User:
     disabled: bool
     created_at: datetime
     updated_at: datetime
+    #: E-mail notices of messages stored while offline (msilo), when there is an address.
+    notify_email: bool = True
 
     @property
     def address(self) -> Address:
@@ -91,7 +93,9 @@ class Credentials:
     disabled: bool
 
 
-_PUBLIC = "id, username, domain, display_name, email, disabled, created_at, updated_at"
+_PUBLIC = (
+    "id, username, domain, display_name, email, disabled, created_at, updated_at, notify_email"
+)
 
 
 def _user(row: asyncpg.Record) -> User:
@@ -114,18 +118,21 @@ async def create_user(
     *,
     display_name: str | None = None,
     email: str | None = None,
+    notify_email: bool = True,
 ) -> User:
     md5, sha256 = _ha1s(address, password)
     try:
         row = await conn.fetchrow(
-            f"""INSERT INTO users (username, domain, display_name, email, ha1_md5, ha1_sha256)
-                VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_PUBLIC}""",
+            f"""INSERT INTO users (username, domain, display_name, email, ha1_md5, ha1_sha256,
+                                   notify_email)
+                VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_PUBLIC}""",
             address.username,
             address.domain,
             display_name,
             email,
             md5,
             sha256,
+            notify_email,
         )
     except asyncpg.UniqueViolationError:
         raise UserExists(f"user {address} already exists") from None
@@ -207,12 +214,14 @@ async def update_user(
     *,
     display_name: str | _Unset | None = UNSET,
     email: str | _Unset | None = UNSET,
+    notify_email: bool | _Unset = UNSET,
 ) -> User:
     """Change the profile fields given (``None`` clears one); return the updated user."""
     row = await conn.fetchrow(
         f"""UPDATE users SET
                 display_name = CASE WHEN $3 THEN $4 ELSE display_name END,
                 email = CASE WHEN $5 THEN $6 ELSE email END,
+                notify_email = CASE WHEN $7 THEN $8 ELSE notify_email END,
                 updated_at = now()
             WHERE username = $1 AND domain = $2 RETURNING {_PUBLIC}""",
         address.username,
@@ -221,6 +230,8 @@ async def update_user(
         None if isinstance(display_name, _Unset) else display_name,
         not isinstance(email, _Unset),
         None if isinstance(email, _Unset) else email,
+        not isinstance(notify_email, _Unset),
+        None if isinstance(notify_email, _Unset) else notify_email,
     )
     if row is None:
         raise UserNotFound(f"no such user: {address}")

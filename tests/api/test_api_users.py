@@ -319,3 +319,19 @@ async def test_an_unreachable_database_is_503_not_500(settings: Settings) -> Non
         await pool.close()
     assert response.status_code == 503
     assert response.json()["code"] == "database_unavailable"
+
+
+async def test_e_mail_notice_preference_is_set_on_create_and_changed_by_patch(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    made = await create(client, address="erin@example.test", email="erin@mail.test")
+    assert made.json()["notify_email"] is True  # on by default
+    quiet = await create(client, address="fred@example.test", notify_email=False)
+    assert quiet.json()["notify_email"] is False
+    changed = await client.patch(f"{USERS}/erin@example.test", json={"notify_email": False})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["notify_email"] is False
+    assert changed.json()["email"] == "erin@mail.test"  # left out: unchanged
+    assert not await pool.fetchval("SELECT notify_email FROM users WHERE username = 'erin'")
+    refused = await client.patch(f"{USERS}/erin@example.test", json={"notify_email": None})
+    assert refused.status_code == 422

@@ -75,6 +75,7 @@ async def create_user(
             body.password.get_secret_value(),
             display_name=body.display_name,
             email=body.email,
+            notify_email=body.notify_email,
         )
         await notify(conn, USERS_CHANNEL, "created", str(address))
     response.headers["Location"] = str(request.url_for("get_user", address=str(address)))
@@ -125,7 +126,7 @@ async def get_user(address: AddressPath, pool: PoolDep, settings: SettingsDep) -
 async def update_user(
     address: AddressPath, body: UserUpdate, pool: PoolDep, settings: SettingsDep, _: AdminDep
 ) -> UserPublic:
-    """Change the display name and/or e-mail address (``null`` clears one)."""
+    """Change the display name, e-mail address (``null`` clears one) and e-mail notices."""
     addr = _address(settings, address)
     changes = body.model_dump(include=body.model_fields_set)
     async with pool.acquire() as conn, conn.transaction():

@@ -51,6 +51,9 @@ class UserCreate(BaseModel):
     password: Password
     display_name: DisplayName | None = None
     email: Email | None = None
+    notify_email: bool = Field(
+        True, description="E-mail the user about messages stored while they are offline."
+    )
 
     @model_validator(mode="after")
     def _one_way_to_name(self) -> UserCreate:
@@ -68,6 +71,9 @@ class UserUpdate(BaseModel):
 
     display_name: DisplayName | None = None
     email: Email | None = None
+    notify_email: bool = Field(
+        True, description="E-mail the user about messages stored while they are offline."
+    )
 
 
 class PasswordSet(BaseModel):
@@ -82,6 +88,7 @@ class UserPublic(BaseModel):
     domain: str
     display_name: str | None
     email: str | None
+    notify_email: bool
     disabled: bool
     created_at: datetime
     updated_at: datetime
@@ -94,6 +101,7 @@ class UserPublic(BaseModel):
             domain=user.domain,
             display_name=user.display_name,
             email=user.email,
+            notify_email=user.notify_email,
             disabled=user.disabled,
             created_at=user.created_at,
             updated_at=user.updated_at,
