@@ -11,10 +11,10 @@ import pytest
 
 from services.imc.worker import ImcWorker
 from shared.config import Settings
-from tests.msilo.conftest import msilo, sip, start_msilo
+from tests.msilo.conftest import msilo, sip, sip_settings, start_msilo, users
 from tests.workers import worker_starter
 
-__all__ = ["imc", "msilo", "sip", "start_imc", "start_msilo"]
+__all__ = ["imc", "msilo", "sip", "sip_settings", "start_imc", "start_msilo", "users"]
 
 StartImc = Callable[[], Awaitable[ImcWorker]]
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,12 +13,11 @@ import asyncpg
 import pytest
 
 from services.msilo.worker import MsiloWorker
-from services.relay.sip.service import run_sip
 from shared.config import Settings
-from shared.db.users import Address, create_user
-from shared.lifecycle import ServiceContext
-from tests.relay_sip.conftest import PASSWORDS, SipServer, free_port
-from tests.workers import wait_started, worker_starter
+from tests.relay_sip.conftest import SipServer, sip, sip_settings, users
+from tests.workers import worker_starter
+
+__all__ = ["msilo", "sip", "sip_settings", "start_msilo", "users"]
 
 StartMsilo = Callable[[], Awaitable[MsiloWorker]]
 
@@ -40,39 +38,6 @@ def settings(settings: Settings, msilo_overrides: dict[str, Any]) -> Settings:
             **msilo_overrides,
         }
     )
-
-
-@pytest.fixture
-async def sip(
-    settings: Settings, pool: asyncpg.Pool, database_url: str
-) -> AsyncIterator[SipServer]:
-    """The SIP edge on 127.0.0.1 with the users alice, bob and carol."""
-    for name in ("alice", "bob", "carol"):
-        await create_user(pool, Address(name, settings.domain), PASSWORDS[name])
-    port = free_port()
-    configured = settings.model_copy(
-        update={
-            "sip_host": "127.0.0.1",
-            "sip_port": port,
-            "sip_tls_port": port,
-            "shutdown_timeout": 3.0,
-            "sip_delivery_poll_interval": 30.0,
-        }
-    )
-    stop = asyncio.Event()
-    started = asyncio.Event()
-    task = asyncio.create_task(
-        run_sip(ServiceContext(configured, database_url, pool, stop), started=started)
-    )
-    await wait_started(task, started, "the SIP edge")
-    server = SipServer(configured, pool)
-    try:
-        yield server
-    finally:
-        for ua in server.uas:
-            await ua.close()
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from shared.config import Settings
 from shared.db.users import Address, create_user, set_disabled
 from shared.lifecycle import ServiceContext
 from tests.relay_sip.sip_ua import SipUA
+from tests.workers import wait_started
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}
 DISABLED = {"dave"}
@@ -102,12 +103,7 @@ async def sip(
     started = asyncio.Event()
     ctx = ServiceContext(configured, database_url, pool, stop)
     task = asyncio.create_task(run_sip(ctx, started=started))
-    await asyncio.wait_for(
-        asyncio.wait({task, asyncio.ensure_future(started.wait())}, return_when="FIRST_COMPLETED"),
-        10,
-    )
-    if task.done():
-        task.result()
+    await wait_started(task, started, "the SIP edge")
     server = SipServer(configured, pool)
     try:
         yield server
