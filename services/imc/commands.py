@@ -218,7 +218,7 @@ def topic_changed(aor: str, topic: str) -> str:
 
 def joined_with_topic(aor: str, topic: str | None) -> str:
     """The join notice the newcomer gets: with the room's topic, when it has one."""
-    return joined(aor) if topic is None else f"{joined(aor)}\n{topic_is(topic)}"
+    return f"{joined(aor)}\n{topic_is(topic)}" if topic else joined(aor)
 
 
 def room_full(limit: int) -> str:

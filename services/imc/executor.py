@@ -20,7 +20,7 @@ owners and admins set it, the room is told; a newcomer's join notice ends with i
 limit (``rooms.member_limit``, else ``Config.member_limit``; 0: none): joined members
 (owners, admins, members; not the invited) never exceed it — ``#join``, ``#create`` of an
 existing room, ``#accept``, ``#add`` and ``#invite`` are refused with a notice when the room
-is full), and flood control: a member's chat less than ``Config.min_interval`` seconds after
+is full, and flood control: a member's chat less than ``Config.min_interval`` seconds after
 their previous chat message in the room (both timed when the relay received them) is not
 sent, and they are told.
 """
@@ -700,7 +700,7 @@ def _topic(incoming: Incoming, command: Command, room: Room) -> list[Effect]:
             raise Refused(text.BANNED, room.uri)
         if room.private and room.find(sender) is None:
             raise Refused(text.NOT_A_MEMBER, room.uri)
-        reply = text.NO_TOPIC if room.topic is None else text.topic_is(room.topic)
+        reply = text.topic_is(room.topic) if room.topic else text.NO_TOPIC
         return [_notice(room.uri, sender, reply)]
     setter = _manager(room, sender, text.TOPIC_DENIED)
     topic = command.rest

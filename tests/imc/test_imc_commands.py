@@ -584,6 +584,13 @@ def test_topic_without_text_shows_it_or_says_there_is_none() -> None:
         assert sent(effects) == [(sender, "*** Topic: Release 2.0 planning")]
         assert [e.from_uri for e in effects if isinstance(e, Send)] == [DEVS_URI]
     assert notice(run("#topic", None)) == "*** Room not found"
+    # An empty topic (the API accepts "") is no topic.
+    empty = make_room(("alice", OWNER), topic="")
+    assert notice(run("#topic", empty)) == "*** The room has no topic"
+    assert sent(run("#join", empty, sender="erin"))[-1] == (
+        "erin",
+        "*** [erin] has joined the room",
+    )
 
 
 def test_a_private_rooms_topic_is_for_its_members_and_invited_only() -> None:
