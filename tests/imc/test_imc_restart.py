@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+import pytest
 
 from services.imc.worker import ImcWorker
 from shared.config import Settings
@@ -81,3 +82,27 @@ async def test_rooms_survive_a_restart_and_what_came_meanwhile_is_sent_once(
     assert await rooms.inbox_count(sip.pool) == 0
     room = await rooms.get_room(sip.pool, DEVS_KEY)
     assert room is not None and room.topic == "Plans for the week"
+
+
+@pytest.mark.parametrize("imc_overrides", [{"imc_min_interval": 1.0}])
+async def test_a_backlog_after_an_outage_is_not_taken_for_a_flood(
+    sip: SipServer, settings: Settings, database_url: str
+) -> None:
+    """Flood control times messages by when the relay took them, not when imc gets to them:
+    messages sent at a decent pace while imc was down all go out when it is back."""
+    alice, bob = await registered(sip, "alice", "bob")
+    async with running_imc(settings, sip.pool, database_url):
+        await send(alice, "#create")
+        await expect(alice, "*** Room was created")
+        await send(bob, "#join")
+        await expect(alice, "*** [bob] has joined the room")
+        await expect(bob, "*** [bob] has joined the room")
+    for n in range(3):
+        if n:
+            await asyncio.sleep(1.1)
+        await send(alice, f"paced {n}")
+    assert await rooms.inbox_count(sip.pool) == 3
+    async with running_imc(settings, sip.pool, database_url):
+        assert sorted(await receive(bob, 3)) == [f"[alice]: paced {n}" for n in range(3)]
+        await send(bob, "all there")
+        await expect(alice, "[bob]: all there")  # and no "too fast" notice came before it
