@@ -309,7 +309,8 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="imstack-imc-bench-"))
     database = Database(workdir, None if args.db_cpu == "none" else int(args.db_cpu))
-    extra_env = {"IMSTACK_LOG_LEVEL": "WARNING"}
+    # One sender floods the room on purpose: flood control (IMSTACK_IMC_MIN_INTERVAL) off.
+    extra_env = {"IMSTACK_LOG_LEVEL": "WARNING", "IMSTACK_IMC_MIN_INTERVAL": "0"}
     if args.history is not None:
         extra_env["IMSTACK_IMC_HISTORY"] = str(args.history)
     server: Imstack | None = None

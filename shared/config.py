@@ -180,6 +180,21 @@ class Settings(BaseSettings):
         description="Chat messages kept per room; a member who joins or accepts an "
         "invitation gets them replayed from the room. 0: no history.",
     )
+    imc_member_limit: int = Field(
+        0,
+        ge=0,
+        description="Members a chat room may have (owners and admins included, the invited "
+        "not), unless the room sets its own limit (API option member_limit); beyond it "
+        "#join, #add, #invite and #accept are refused with a notice. 0: no limit.",
+    )
+    imc_min_interval: float = Field(
+        0.5,
+        ge=0,
+        le=3600,
+        description="Flood control: least seconds between two chat messages of one member "
+        "in one room; a message sent sooner is not fanned out and the sender is told. "
+        "0: off.",
+    )
     sip_rate_limit: int = Field(
         100,
         ge=0,

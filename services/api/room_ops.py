@@ -16,6 +16,7 @@ a member twice or a banned user).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.imc import commands as text
@@ -120,25 +121,44 @@ async def _send(conn: Executor, room: Room, notices: list[Notice]) -> None:
 
 
 async def create_room(
-    conn: Executor, key: str, *, owner: str, private: bool, topic: str | None = None
+    conn: Executor,
+    key: str,
+    *,
+    owner: str,
+    private: bool,
+    topic: str | None = None,
+    limits: Mapping[str, int | None] | None = None,
 ) -> int:
-    """``#create``: the room with ``owner`` as its first member; the room's id."""
+    """``#create``: the room with ``owner`` as its first member; the room's id. ``limits``:
+    its member limit and/or history length (:data:`shared.db.rooms.LIMITS`)."""
     await rooms_db.lock_room(conn, key)
     if await rooms_db.get_room(conn, key) is not None:
         raise RoomExists(f"the room exists already: {key}")
     room_id = await rooms_db.create_room(conn, key, owner=owner, private=private)
     if topic is not None:
         await rooms_db.set_options(conn, room_id, topic=topic)
+    if limits:
+        await rooms_db.set_limits(conn, room_id, limits)
     return room_id
 
 
 async def update_room(
-    conn: Executor, key: str, *, private: bool | None, topic: str | None, clear_topic: bool
+    conn: Executor,
+    key: str,
+    *,
+    private: bool | None,
+    topic: str | None,
+    clear_topic: bool,
+    limits: Mapping[str, int | None] | None = None,
 ) -> None:
+    """Change the options; ``limits``: the member limit and/or history length to set (None:
+    back to the setting's default)."""
     room = await _load(conn, key)
     await rooms_db.set_options(conn, room.id, private=private, topic=topic)
     if clear_topic:
         await rooms_db.clear_topic(conn, room.id)
+    if limits:
+        await rooms_db.set_limits(conn, room.id, limits)
 
 
 async def destroy_room(conn: Executor, key: str) -> int:

@@ -29,6 +29,7 @@ class Name(StrEnum):
     HELP = "help"
     BAN = "ban"  # imstack: not in Kamailio
     UNBAN = "unban"  # imstack: not in Kamailio
+    TOPIC = "topic"  # imstack: not in Kamailio
     UNKNOWN = "unknown"
 
 
@@ -48,6 +49,7 @@ class Command:
     name: Name
     typed: str  # the name as typed (without the command character)
     args: tuple[str, ...]
+    rest: str = ""  # the first line after the name, as typed (tabs as spaces), trimmed
 
 
 def parse_command(body: bytes, command_char: str) -> Command | None:
@@ -62,7 +64,8 @@ def parse_command(body: bytes, command_char: str) -> Command | None:
     words = line.replace("\t", " ").split(" ")
     typed = words[0]
     args = tuple(word for word in words[1:] if word)[:MAX_PARAMS]
-    return Command(NAMES.get(typed.lower(), Name.UNKNOWN), typed, args)
+    rest = " ".join(words[1:]).strip()
+    return Command(NAMES.get(typed.lower(), Name.UNKNOWN), typed, args, rest)
 
 
 # -- addresses ----------------------------------------------------------------------------
@@ -102,7 +105,7 @@ def brackets(aor: str) -> str:
 # -- texts --------------------------------------------------------------------------------
 
 #: §3.8, byte for byte (the typo "is" included). It always shows '#' (C13).
-HELP = (
+KAMAILIO_HELP = (
     "\r\n#create <room_name> - create new conference room\r\n"
     "#join [<room_name>] - join the conference room\r\n"
     "#invite <user_name> [<room_name>] - invite a user to join a conference room\r\n"
@@ -115,6 +118,12 @@ HELP = (
     "#rooms - list existing conference rooms\r\n"
     "#leave [<room_name>] - leave from a conference room\r\n"
     "#destroy [<room_name>] - destroy conference room\r\n"
+)
+#: Kamailio's help, then imstack's own commands in the same form.
+HELP = KAMAILIO_HELP + (
+    "#topic [<text>] - show or set the topic of the conference room\r\n"
+    "#ban <user_name> [<room_name>] - ban a user from a conference room\r\n"
+    "#unban <user_name> [<room_name>] - lift a user's ban from a conference room\r\n"
 )
 
 # Kamailio's texts (IMC-C*).
@@ -190,6 +199,54 @@ OWNER_CANNOT_BE_BANNED = "*** The room's owner cannot be banned"
 CANNOT_BAN_YOURSELF = "*** You cannot ban yourself"
 YOU_ARE_BANNED = "*** You have been banned from the room"
 YOU_ARE_UNBANNED = "*** You are no longer banned from the room"
+NO_TOPIC = "*** The room has no topic"
+TOPIC_DENIED = "*** You don't have the permission to set the topic of this room"
+TOPIC_CONTROL_CHARACTERS = "*** The topic cannot contain control characters"
+#: Longest topic (characters), as the control API accepts it.
+TOPIC_MAX = 500
+TOPIC_TOO_LONG = f"*** The topic is too long: {TOPIC_MAX} characters at most"
+
+
+def topic_is(topic: str) -> str:
+    """``#topic`` without text, and the last line of a newcomer's join notice."""
+    return f"*** Topic: {topic}"
+
+
+def topic_changed(aor: str, topic: str) -> str:
+    return f"*** {brackets(aor)} changed the topic to: {topic}"
+
+
+def joined_with_topic(aor: str, topic: str | None) -> str:
+    """The join notice the newcomer gets: with the room's topic, when it has one."""
+    return f"{joined(aor)}\n{topic_is(topic)}" if topic else joined(aor)
+
+
+def room_full(limit: int) -> str:
+    """To whoever tries to join (or accept an invitation to) a room that is full."""
+    return f"*** The room is full ({limit} members at most)"
+
+
+def invitation_kept(limit: int) -> str:
+    """``#accept`` into a full room: the invitation stays open."""
+    return f"{room_full(limit)}: your invitation stays open, try again later"
+
+
+def not_added_full(aor: str, limit: int) -> str:
+    """``#add`` into a full room."""
+    return f"{room_full(limit)}: sip:{aor} was not added"
+
+
+def not_invited_full(aor: str, limit: int) -> str:
+    """``#invite`` into a full room."""
+    return f"{room_full(limit)}: sip:{aor} was not invited"
+
+
+def too_fast(interval: float) -> str:
+    """Chat sooner than IMSTACK_IMC_MIN_INTERVAL after the member's previous message."""
+    return (
+        f"*** You are sending messages too fast (one every {interval:g} seconds at most): "
+        "your message was not sent"
+    )
 
 
 def missing_argument(usage: str) -> str:

@@ -12,14 +12,23 @@ their members, invited users cannot read ``#members``; and errors Kamailio keeps
 told to the sender in a notice from the room.
 
 Beyond Kamailio: ``#ban``/``#unban`` (owners and admins; a banned user is out of the room
-and cannot join, be added or be invited until unbanned), and room history (when
-``Config.history`` > 0 chat is remembered, and whoever joins or accepts gets the last
-messages replayed).
+and cannot join, be added or be invited until unbanned), room history (when the room's
+history length — ``rooms.history_length``, else ``Config.history`` — is > 0 chat is
+remembered, and whoever joins or accepts gets the last messages replayed), ``#topic``
+(anyone may read the topic of a public room, members and the invited that of a private one;
+owners and admins set it, the room is told; a newcomer's join notice ends with it), a member
+limit (``rooms.member_limit``, else ``Config.member_limit``; 0: none): joined members
+(owners, admins, members; not the invited) never exceed it — ``#join``, ``#create`` of an
+existing room, ``#accept``, ``#add`` and ``#invite`` are refused with a notice when the room
+is full, and flood control: a member's chat less than ``Config.min_interval`` seconds after
+their previous chat message in the room (both timed when the relay received them) is not
+sent, and they are told.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from services.imc import commands as text
@@ -40,6 +49,8 @@ class Config:
     domain: str  # the SIP domain: user arguments without a host are its users
     conference_domain: str  # rooms live here
     history: int = 0  # chat messages kept per room and replayed on joining; 0: none
+    member_limit: int = 0  # joined members per room, unless the room sets it; 0: no limit
+    min_interval: float = 0.0  # seconds between one member's chat messages in a room; 0: off
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class Incoming:
     content_type: str
     body: bytes
     call_id: str = ""
+    received_at: datetime | None = None  # when the relay took it (flood control)
 
     @property
     def room_uri(self) -> str:
@@ -124,14 +136,32 @@ class Remember:
     sender: str
     content_type: str
     body: bytes
+    keep: int = 0  # the room's history length: older messages are forgotten
 
 
 @dataclass(frozen=True)
 class Replay:
-    """Send ``aor`` the room's last messages (the worker reads them), in order, here."""
+    """Send ``aor`` the room's last ``limit`` messages (the worker reads them), in order,
+    here."""
 
     room: str
     aor: str
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class SetTopic:
+    room: str
+    topic: str
+
+
+@dataclass(frozen=True)
+class Spoke:
+    """``aor``'s chat message received ``at`` was sent to the room (flood control)."""
+
+    room: str
+    aor: str
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -153,6 +183,8 @@ Effect = (
     | Unban
     | Remember
     | Replay
+    | SetTopic
+    | Spoke
     | Send
 )
 
@@ -183,6 +215,7 @@ ROOM_ARG: dict[Name, int | None] = {
     Name.MODIFY: 2,  # Kamailio reads param[3] here (C12 bug (1)); the room is the 3rd
     Name.BAN: 1,
     Name.UNBAN: 1,
+    Name.TOPIC: None,  # special-cased: the room is always the Request-URI's (text follows)
     Name.ROOMS: None,
     Name.HELP: None,
     Name.UNKNOWN: None,
@@ -230,6 +263,8 @@ def target(config: Config, incoming: Incoming, command: Command | None) -> str |
         return _room_arg(config, incoming.room)
     if command.name is Name.CREATE:
         return _create_args(config, incoming, command.args)[0]
+    if command.name is Name.TOPIC:
+        return _room_arg(config, incoming.room)
     position = ROOM_ARG[command.name]
     if position is None:
         return None
@@ -256,14 +291,16 @@ def execute(
     room: Room | None,
     *,
     visible_rooms: list[str] | None = None,
+    last_chat: datetime | None = None,
 ) -> list[Effect]:
     """The effects of ``incoming`` on ``room`` (the room :func:`target` named, as it is now;
     None when it does not exist). ``visible_rooms``: for ``#rooms``, the names the sender
-    may see."""
+    may see. ``last_chat``: for chat, when the sender's previous chat message in the room
+    was received (None: never, or not known)."""
     command = parse_command(incoming.body, config.command_char)
     try:
         if command is None:
-            return _chat(config, incoming, room)
+            return _chat(config, incoming, room, last_chat)
         return _command(config, incoming, command, room, visible_rooms or [])
     except Refused as refused:
         return [refusal(incoming, refused)]
@@ -308,11 +345,49 @@ def history_body(sender: str, body: bytes) -> bytes:
     return f"{text.brackets(sender)}: ".encode() + body
 
 
+def history_length(config: Config, room: Room) -> int:
+    """Chat messages the room keeps: its own setting, else IMSTACK_IMC_HISTORY."""
+    return config.history if room.history_length is None else room.history_length
+
+
+def member_limit(config: Config, room: Room) -> int:
+    """Joined members the room may have: its own setting, else IMSTACK_IMC_MEMBER_LIMIT;
+    0: no limit."""
+    return config.member_limit if room.member_limit is None else room.member_limit
+
+
+def _full(config: Config, room: Room) -> int:
+    """The room's member limit when it is reached (no one more may join), else 0."""
+    limit = member_limit(config, room)
+    joined = sum(1 for m in room.members if m.role is not Role.INVITED)
+    return limit if limit and joined >= limit else 0
+
+
 def _replay(config: Config, room: Room, aor: str) -> list[Effect]:
-    return [Replay(room.key, aor)] if config.history > 0 else []
+    keep = history_length(config, room)
+    return [Replay(room.key, aor, keep)] if keep > 0 else []
 
 
-def _chat(config: Config, incoming: Incoming, room: Room | None) -> list[Effect]:
+def _welcome(room: Room, after: list[Member], aor: str) -> list[Effect]:
+    """The join broadcast (Kamailio's text to every member, the newcomer included); the
+    newcomer's copy also gives the room's topic."""
+    everyone, newcomer = text.joined(aor), text.joined_with_topic(aor, room.topic)
+    return [
+        _notice(room.uri, m.aor, newcomer if m.is_(aor) else everyone)
+        for m in after
+        if m.role is not Role.INVITED
+    ]
+
+
+def _too_soon(config: Config, incoming: Incoming, last_chat: datetime | None) -> bool:
+    if config.min_interval <= 0 or last_chat is None or incoming.received_at is None:
+        return False
+    return (incoming.received_at - last_chat).total_seconds() < config.min_interval
+
+
+def _chat(
+    config: Config, incoming: Incoming, room: Room | None, last_chat: datetime | None = None
+) -> list[Effect]:
     """C15: fan-out to every member but the invited and the sender, ``[user]: <body>``;
     remembered for the history when it is kept."""
     media_type = incoming.content_type.split(";", 1)[0].strip().lower()
@@ -327,14 +402,19 @@ def _chat(config: Config, incoming: Incoming, room: Room | None) -> list[Effect]
         raise Refused(text.CHAT_NOT_A_MEMBER, room.uri)
     if sender.role is Role.INVITED:
         raise Refused(text.INVITED_ONLY, room.uri)
+    if _too_soon(config, incoming, last_chat):
+        raise Refused(text.too_fast(config.min_interval), room.uri)
     body = history_body(sender.aor, incoming.body)
     effects: list[Effect] = [
         Send(room.uri, m.aor, body, Kind.CHAT, incoming.content_type)
         for m in room.members
         if m.role is not Role.INVITED and not m.is_(incoming.sender)
     ]
-    if config.history > 0:
-        effects.append(Remember(room.key, sender.aor, incoming.content_type, incoming.body))
+    keep = history_length(config, room)
+    if keep > 0:
+        effects.append(Remember(room.key, sender.aor, incoming.content_type, incoming.body, keep))
+    if config.min_interval > 0 and incoming.received_at is not None:
+        effects.append(Spoke(room.key, sender.aor, incoming.received_at))
     return effects
 
 
@@ -363,10 +443,12 @@ def _command(
             member = _member(room, sender)
             if member.role is not Role.INVITED:
                 raise Refused(text.NO_INVITATION, room.uri)
+            if limit := _full(config, room):
+                raise Refused(text.invitation_kept(limit), room.uri)
             after = _replace(room, member, Role.MEMBER)
             return [
                 SetRole(room.key, member.aor, Role.MEMBER),
-                *_broadcast(room.uri, after, text.joined(member.aor)),
+                *_welcome(room, after, member.aor),
                 *_replay(config, room, member.aor),
             ]
         case Name.REJECT:
@@ -418,6 +500,8 @@ def _command(
             return _ban(config, incoming, command, _existing(room))
         case Name.UNBAN:
             return _unban(config, incoming, command, _existing(room))
+        case Name.TOPIC:
+            return _topic(incoming, command, _existing(room))
         case Name.HELP:
             return [_notice(incoming.room_uri, sender, text.HELP)]
         case Name.UNKNOWN:
@@ -443,10 +527,12 @@ def _create(
         return [_notice(incoming.room_uri, sender, text.PRIVATE_EXISTS)]
     if room.find(sender) is not None:
         return [_notice(incoming.room_uri, sender, text.EXISTS_AND_MEMBER)]
+    if limit := _full(config, room):
+        raise Refused(text.room_full(limit), room.uri)
     after = [*room.members, Member(sender, Role.MEMBER)]
     return [
         AddMember(room.key, sender, Role.MEMBER),
-        *_broadcast(room.uri, after, text.joined(sender)),
+        *_welcome(room, after, sender),
         *_replay(config, room, sender),
     ]
 
@@ -464,10 +550,12 @@ def _join(config: Config, incoming: Incoming, key: str, room: Room | None) -> li
     if member is not None:
         if member.role is Role.INVITED:
             # Kamailio clears INVITED silently (C2); say so, as #accept does.
+            if limit := _full(config, room):
+                raise Refused(text.invitation_kept(limit), room.uri)
             after = _replace(room, member, Role.MEMBER)
             return [
                 SetRole(room.key, member.aor, Role.MEMBER),
-                *_broadcast(room.uri, after, text.joined(member.aor)),
+                *_welcome(room, after, member.aor),
                 *_replay(config, room, member.aor),
             ]
         return [_notice(room.uri, sender, text.ALREADY_IN)]
@@ -476,10 +564,12 @@ def _join(config: Config, incoming: Incoming, key: str, room: Room | None) -> li
             _notice(room.uri, sender, text.PRIVATE_JOIN),
             *_broadcast(room.uri, list(room.members), text.attempted(sender)),
         ]
+    if limit := _full(config, room):
+        raise Refused(text.room_full(limit), room.uri)
     after = [*room.members, Member(sender, Role.MEMBER)]
     return [
         AddMember(room.key, sender, Role.MEMBER),
-        *_broadcast(room.uri, after, text.joined(sender)),
+        *_welcome(room, after, sender),
         *_replay(config, room, sender),
     ]
 
@@ -499,6 +589,8 @@ def _invite(config: Config, incoming: Incoming, command: Command, room: Room) ->
     inviter = _manager(room, incoming.sender, text.INVITE_DENIED)
     invitee = _user_arg(config, command)
     _check_newcomer(room, invitee)
+    if limit := _full(config, room):
+        raise Refused(text.not_invited_full(invitee, limit), room.uri)
     body = text.invitation(inviter.aor, config.command_char).encode()
     return [
         AddMember(room.key, invitee, Role.INVITED, invited_by=inviter.aor),
@@ -511,8 +603,10 @@ def _add(config: Config, incoming: Incoming, command: Command, room: Room) -> li
     _manager(room, incoming.sender, text.ADD_DENIED)
     user = _user_arg(config, command)
     _check_newcomer(room, user)
+    if limit := _full(config, room):
+        raise Refused(text.not_added_full(user, limit), room.uri)
     after = [*room.members, Member(user, Role.MEMBER)]
-    return [AddMember(room.key, user, Role.MEMBER), *_broadcast(room.uri, after, text.joined(user))]
+    return [AddMember(room.key, user, Role.MEMBER), *_welcome(room, after, user)]
 
 
 def _remove(config: Config, incoming: Incoming, command: Command, room: Room) -> list[Effect]:
@@ -590,4 +684,31 @@ def _unban(config: Config, incoming: Incoming, command: Command, room: Room) -> 
         Unban(room.key, user),
         _notice(room.uri, user, text.YOU_ARE_UNBANNED),
         *_broadcast(room.uri, list(room.members), text.was_unbanned(user)),
+    ]
+
+
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
+
+
+def _topic(incoming: Incoming, command: Command, room: Room) -> list[Effect]:
+    """``#topic``: the room's topic (anyone for a public room; members and the invited for
+    a private one). ``#topic <text>``: OWNER or ADMIN set it (the first line, trimmed);
+    every member is told, the setter included."""
+    sender = incoming.sender
+    if not command.rest:
+        if sender.lower() in room.banned:
+            raise Refused(text.BANNED, room.uri)
+        if room.private and room.find(sender) is None:
+            raise Refused(text.NOT_A_MEMBER, room.uri)
+        reply = text.topic_is(room.topic) if room.topic else text.NO_TOPIC
+        return [_notice(room.uri, sender, reply)]
+    setter = _manager(room, sender, text.TOPIC_DENIED)
+    topic = command.rest
+    if len(topic) > text.TOPIC_MAX:
+        raise Refused(text.TOPIC_TOO_LONG, room.uri)
+    if _CONTROL.intersection(topic):
+        raise Refused(text.TOPIC_CONTROL_CHARACTERS, room.uri)
+    return [
+        SetTopic(room.key, topic),
+        *_broadcast(room.uri, list(room.members), text.topic_changed(setter.aor, topic)),
     ]

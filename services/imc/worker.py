@@ -10,10 +10,15 @@ effects (:mod:`services.imc.executor`, pure), apply the room/member changes, que
 MESSAGEs for the relay (``outbound_messages``) and delete the row. Replicas share the work
 without double fan-out; a crash rolls everything back and the row is handled again.
 
-When history is kept (``IMSTACK_IMC_HISTORY``), each chat message is remembered in
-``room_messages`` in the same transaction, and a member who joins or accepts gets the room's
-last messages queued right after the join notice (source ``imc-history``; a replay that
-cannot be delivered is dropped, never stored offline).
+When history is kept (the room's history length, else ``IMSTACK_IMC_HISTORY``), each chat
+message is remembered in ``room_messages`` in the same transaction, and a member who joins
+or accepts gets the room's last messages queued right after the join notice (source
+``imc-history``; a replay that cannot be delivered is dropped, never stored offline).
+
+Flood control (``IMSTACK_IMC_MIN_INTERVAL``) compares a member's chat message with the
+previous one they sent to the room by the time the relay received each (``received_at``,
+``room_members.last_chat_at``): in the database, so it holds across imc processes and
+restarts, and a backlog handled at once after an outage is not mistaken for a flood.
 
 Chat for a member with no binding goes straight into the offline store; a chat delivery
 that fails later (408/480/503) is moved there when its outcome arrives. Those stored copies
@@ -47,6 +52,8 @@ from services.imc.executor import (
     Replay,
     Send,
     SetRole,
+    SetTopic,
+    Spoke,
     Unban,
     execute,
     history_body,
@@ -95,6 +102,8 @@ def config_from(settings: Settings) -> Config:
         domain=settings.domain,
         conference_domain=settings.conference_domain,
         history=settings.imc_history,
+        member_limit=settings.imc_member_limit,
+        min_interval=settings.imc_min_interval,
     )
 
 
@@ -174,6 +183,7 @@ class ImcWorker:
             content_type=message.content_type,
             body=message.body,
             call_id=message.call_id,
+            received_at=message.received_at,
         )
         command = parse_command(message.body, self.config.command_char)
         self.stats.commands[command.name.value if command else "chat"] += 1
@@ -191,7 +201,12 @@ class ImcWorker:
                 visible = await rooms.visible_rooms(
                     conn, self.config.conference_domain, incoming.sender
                 )
-            effects = execute(self.config, incoming, room, visible_rooms=visible)
+            last_chat = None
+            if command is None and self.config.min_interval > 0 and room is not None:
+                last_chat = await rooms.last_chat(conn, room.id, incoming.sender)
+            effects = execute(
+                self.config, incoming, room, visible_rooms=visible, last_chat=last_chat
+            )
         await self._apply(conn, incoming, room, effects)
 
     async def _apply(
@@ -219,17 +234,17 @@ class ImcWorker:
                 case Unban(key, aor):
                     await rooms.unban_member(conn, ids[key], aor)
                     log.info("imc: %s unbanned from %s by %s", aor, key, incoming.sender)
-                case Remember(key, sender, content_type, body):
+                case Remember(key, sender, content_type, body, keep):
                     await rooms.remember(
                         conn,
                         ids[key],
                         sender=sender,
                         content_type=content_type,
                         body=body,
-                        keep=self.config.history,
+                        keep=keep,
                     )
-                case Replay(key, aor):
-                    kept = await rooms.history(conn, ids[key], self.config.history)
+                case Replay(key, aor, limit):
+                    kept = await rooms.history(conn, ids[key], limit)
                     sends.extend(
                         Send(
                             f"sip:{key}",
@@ -241,6 +256,11 @@ class ImcWorker:
                         for m in kept
                     )
                     self.stats.replayed += len(kept)
+                case SetTopic(key, topic):
+                    await rooms.set_options(conn, ids[key], topic=topic)
+                    log.info("imc: topic of %s set by %s", key, incoming.sender)
+                case Spoke(key, aor, at):
+                    await rooms.set_last_chat(conn, ids[key], aor, at)
                 case Send():
                     sends.append(effect)
         chat_to = [send.to for send in sends if send.kind is Kind.CHAT]

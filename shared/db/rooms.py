@@ -2,7 +2,8 @@
 their traffic and their history.
 
 The contract (keys, roles, the inbox claim) is documented in ``migrations/0006_rooms.sql``,
-the history's in ``migrations/0008_room_history.sql``.
+the history's in ``migrations/0008_room_history.sql``, the member limit, history length and
+flood control's in ``migrations/0011_room_limits.sql``.
 The relay calls :func:`enqueue`; the imc worker claims with :func:`claim_next`, reads a room
 with :func:`get_room` after :func:`lock_room`, and changes it with the other functions, all
 in the claiming transaction. The API (rooms created there behave like ``#create``) uses the
@@ -11,7 +12,7 @@ same functions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -57,6 +58,8 @@ class Room:
     topic: str | None
     members: tuple[Member, ...]
     banned: frozenset[str] = frozenset()  # lower-case addresses
+    member_limit: int | None = None  # None: IMSTACK_IMC_MEMBER_LIMIT
+    history_length: int | None = None  # None: IMSTACK_IMC_HISTORY
 
     @property
     def key(self) -> str:
@@ -173,6 +176,8 @@ async def get_room(conn: Executor, key: str) -> Room | None:
         topic=row["topic"],
         members=members,
         banned=banned,
+        member_limit=row["member_limit"],
+        history_length=row["history_length"],
     )
 
 
@@ -304,6 +309,27 @@ async def history(conn: Executor, room_id: int, limit: int) -> list[HistoryMessa
     ]
 
 
+async def last_chat(conn: Executor, room_id: int, aor: str) -> datetime | None:
+    """When ``aor``'s last chat message sent to the room was received (flood control)."""
+    at: datetime | None = await conn.fetchval(
+        """SELECT last_chat_at FROM room_members
+           WHERE room_id = $1 AND lower(member) = lower($2)""",
+        room_id,
+        aor,
+    )
+    return at
+
+
+async def set_last_chat(conn: Executor, room_id: int, aor: str, at: datetime) -> None:
+    await conn.execute(
+        """UPDATE room_members SET last_chat_at = $3
+           WHERE room_id = $1 AND lower(member) = lower($2)""",
+        room_id,
+        aor,
+        at,
+    )
+
+
 async def visible_rooms(conn: Executor, domain: str, viewer: str) -> list[str]:
     """Names of the rooms of ``domain`` that ``viewer`` may see listed: every public room,
     and the private rooms ``viewer`` is in (invited included). Sorted by name."""
@@ -360,6 +386,8 @@ class RoomSummary:
     owner: str
     private: bool
     topic: str | None
+    member_limit: int | None  # None: IMSTACK_IMC_MEMBER_LIMIT
+    history_length: int | None  # None: IMSTACK_IMC_HISTORY
     created_at: datetime
     member_count: int  # active members that have joined (owners, admins, members)
     invited_count: int  # invited, not yet accepted
@@ -381,7 +409,8 @@ class MemberRow:
     updated_at: datetime
 
 
-_SUMMARY = """r.id, r.name, r.domain, r.owner, r.private, r.topic, r.created_at,
+_SUMMARY = """r.id, r.name, r.domain, r.owner, r.private, r.topic, r.member_limit,
+    r.history_length, r.created_at,
     (SELECT count(*) FROM room_members m WHERE m.room_id = r.id AND m.state = 'active'
         AND m.role <> 'invited')::int AS member_count,
     (SELECT count(*) FROM room_members m WHERE m.room_id = r.id AND m.state = 'active'
@@ -467,6 +496,19 @@ async def set_options(
 
 async def clear_topic(conn: Executor, room_id: int) -> None:
     await conn.execute("UPDATE rooms SET topic = NULL WHERE id = $1", room_id)
+
+
+#: The room options that may be NULL (the setting's default applies), see set_limits.
+LIMITS = ("member_limit", "history_length")
+
+
+async def set_limits(conn: Executor, room_id: int, limits: Mapping[str, int | None]) -> None:
+    """Set the room's member limit and/or history length (keys of :data:`LIMITS`); a value
+    of None gives the room the default of the setting again."""
+    for column, value in limits.items():
+        if column not in LIMITS:
+            raise ValueError(f"not a room limit: {column}")
+        await conn.execute(f"UPDATE rooms SET {column} = $2 WHERE id = $1", room_id, value)
 
 
 async def member_rows(conn: Executor, room_id: int) -> list[MemberRow]:

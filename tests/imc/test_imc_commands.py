@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from services.imc import commands as text
@@ -22,6 +25,8 @@ from services.imc.executor import (
     Replay,
     Send,
     SetRole,
+    SetTopic,
+    Spoke,
     Unban,
     execute,
     target,
@@ -43,6 +48,9 @@ def make_room(
     private: bool = False,
     banned: tuple[str, ...] = (),
     key: str = DEVS,
+    topic: str | None = None,
+    member_limit: int | None = None,
+    history_length: int | None = None,
 ) -> Room:
     name, _, domain = key.partition("@")
     return Room(
@@ -51,9 +59,11 @@ def make_room(
         domain=domain,
         owner=aor(members[0][0]),
         private=private,
-        topic=None,
+        topic=topic,
         members=tuple(Member(aor(user), role) for user, role in members),
         banned=frozenset(aor(user) for user in banned),
+        member_limit=member_limit,
+        history_length=history_length,
     )
 
 
@@ -69,10 +79,12 @@ def run(
     config: Config = CONFIG,
     content_type: str = "text/plain;charset=UTF-8",
     rooms: list[str] | None = None,
+    received_at: datetime | None = None,
+    last_chat: datetime | None = None,
 ) -> list[Effect]:
     data = body.encode() if isinstance(body, str) else body
-    incoming = Incoming(to, aor(sender), content_type, data, "call-1")
-    return execute(config, incoming, room, visible_rooms=rooms)
+    incoming = Incoming(to, aor(sender), content_type, data, "call-1", received_at)
+    return execute(config, incoming, room, visible_rooms=rooms, last_chat=last_chat)
 
 
 def sent(effects: list[Effect]) -> list[tuple[str, str]]:
@@ -374,12 +386,19 @@ def test_modify_keeps_an_owner() -> None:
     assert changes(effects) == [SetRole(DEVS, aor("bob"), OWNER)]
 
 
-def test_help_is_kamailios_text_byte_for_byte() -> None:
+def test_help_is_kamailios_text_byte_for_byte_then_imstacks_commands() -> None:
     (help_message,) = [e for e in run("#help", None) if isinstance(e, Send)]
-    assert help_message.body.startswith(b"\r\n#create <room_name> - create new conference room\r\n")
-    assert b"#members - list members is a conference room\r\n" in help_message.body
-    assert help_message.body.endswith(b"#destroy [<room_name>] - destroy conference room\r\n")
-    assert help_message.body.count(b"\r\n") == 13
+    kamailio, _, ours = help_message.body.partition(
+        b"#destroy [<room_name>] - destroy conference room\r\n"
+    )
+    assert kamailio.startswith(b"\r\n#create <room_name> - create new conference room\r\n")
+    assert b"#members - list members is a conference room\r\n" in kamailio
+    assert kamailio.count(b"\r\n") == 12
+    assert ours == (
+        b"#topic [<text>] - show or set the topic of the conference room\r\n"
+        b"#ban <user_name> [<room_name>] - ban a user from a conference room\r\n"
+        b"#unban <user_name> [<room_name>] - lift a user's ban from a conference room\r\n"
+    )
     assert help_message.from_uri == DEVS_URI and help_message.to == aor("alice")
 
 
@@ -524,7 +543,7 @@ HISTORY = Config("#", True, "example.test", "conference.example.test", history=2
 
 def test_chat_is_remembered_when_history_is_kept() -> None:
     effects = run("hi all", sender="bob", config=HISTORY, content_type="text/html")
-    assert changes(effects) == [Remember(DEVS, aor("bob"), "text/html", b"hi all")]
+    assert changes(effects) == [Remember(DEVS, aor("bob"), "text/html", b"hi all", 20)]
     assert sent(effects) == [("alice", "[bob]: hi all"), ("carol", "[bob]: hi all")]
     assert changes(run("hi all", sender="bob")) == []  # history 0: nothing kept
     assert changes(run("<imdn/>", config=HISTORY, content_type="message/imdn+xml")) == []
@@ -533,10 +552,10 @@ def test_chat_is_remembered_when_history_is_kept() -> None:
 def test_joining_or_accepting_replays_the_history_after_the_join_notice() -> None:
     for sender, command in (("erin", "#join"), ("erin", "#create"), ("dave", "#accept")):
         effects = run(command, sender=sender, config=HISTORY)
-        assert effects[-1] == Replay(DEVS, aor(sender))
+        assert effects[-1] == Replay(DEVS, aor(sender), 20)
         assert ("alice", f"*** [{sender}] has joined the room") in sent(effects)
     effects = run("#join", sender="dave", config=HISTORY)  # #join as #accept
-    assert effects[-1] == Replay(DEVS, aor("dave"))
+    assert effects[-1] == Replay(DEVS, aor("dave"), 20)
 
 
 def test_no_replay_without_history_nor_for_those_who_did_not_join() -> None:
@@ -551,3 +570,188 @@ def test_no_replay_without_history_nor_for_those_who_did_not_join() -> None:
     private = make_room(("alice", OWNER), private=True)
     assert not any(isinstance(e, Replay) for e in run("#join", private, config=HISTORY))
     assert not any(isinstance(e, Replay) for e in run("#join", None, config=HISTORY))
+
+
+# -- #topic -------------------------------------------------------------------------------
+
+
+def test_topic_without_text_shows_it_or_says_there_is_none() -> None:
+    assert notice(run("#topic", sender="carol")) == "*** The room has no topic"
+    room = make_room(("alice", OWNER), ("carol", MEMBER), topic="Release 2.0 planning")
+    for sender in ("alice", "carol", "erin"):  # a public room's topic is public
+        effects = run("#TOPIC  ", room, sender=sender)
+        assert changes(effects) == []
+        assert sent(effects) == [(sender, "*** Topic: Release 2.0 planning")]
+        assert [e.from_uri for e in effects if isinstance(e, Send)] == [DEVS_URI]
+    assert notice(run("#topic", None)) == "*** Room not found"
+    # An empty topic (the API accepts "") is no topic.
+    empty = make_room(("alice", OWNER), topic="")
+    assert notice(run("#topic", empty)) == "*** The room has no topic"
+    assert sent(run("#join", empty, sender="erin"))[-1] == (
+        "erin",
+        "*** [erin] has joined the room",
+    )
+
+
+def test_a_private_rooms_topic_is_for_its_members_and_invited_only() -> None:
+    room = make_room(
+        ("alice", OWNER), ("dave", INVITED), private=True, topic="secret", banned=("erin",)
+    )
+    assert notice(run("#topic", room, sender="dave")) == "*** Topic: secret"
+    assert notice(run("#topic", room, sender="frank")) == "*** You are not a member of this room"
+    assert notice(run("#topic", room, sender="erin")) == "*** You are banned from this room"
+
+
+def test_owner_and_admin_set_the_topic_and_every_member_is_told() -> None:
+    for setter in ("alice", "bob"):
+        effects = run("#topic  Release\t2.0:  ship it #now  \r\nsecond line", sender=setter)
+        assert changes(effects) == [SetTopic(DEVS, "Release 2.0:  ship it #now")]
+        told = f"*** [{setter}] changed the topic to: Release 2.0:  ship it #now"
+        assert sent(effects) == [(user, told) for user in ("alice", "bob", "carol")]
+
+
+def test_setting_the_topic_is_refused_with_a_reason() -> None:
+    assert notice(run("#topic hello", sender="carol")) == (
+        "*** You don't have the permission to set the topic of this room"
+    )
+    assert notice(run("#topic hello", sender="dave")) == (
+        "*** You don't have the permission to set the topic of this room"
+    )
+    assert notice(run("#topic hello", sender="erin")) == "*** You are not a member of this room"
+    assert notice(run("#topic hello", None)) == "*** Room not found"
+    assert notice(run("#topic " + "x" * 501)) == (
+        "*** The topic is too long: 500 characters at most"
+    )
+    assert changes(run("#topic " + "x" * 500)) == [SetTopic(DEVS, "x" * 500)]
+    assert notice(run("#topic bell\x07")) == "*** The topic cannot contain control characters"
+
+
+def test_topic_acts_on_the_request_uri_room_whatever_the_text() -> None:
+    incoming = Incoming(DEVS, aor("alice"), "text/plain", b"#topic ops@conference.example.test")
+    assert target(CONFIG, incoming, parse_command(incoming.body, "#")) == DEVS
+
+
+def test_the_newcomers_join_notice_gives_the_topic() -> None:
+    room = replace(TEAM, topic="Release 2.0")
+    with_topic = "*** [erin] has joined the room\n*** Topic: Release 2.0"
+    for sender, command in (("erin", "#join"), ("erin", "#create"), ("alice", "#add erin")):
+        assert sent(run(command, room, sender=sender)) == [
+            ("alice", "*** [erin] has joined the room"),
+            ("bob", "*** [erin] has joined the room"),
+            ("carol", "*** [erin] has joined the room"),
+            ("erin", with_topic),
+        ]
+    for command in ("#accept", "#join"):
+        effects = run(command, room, sender="dave")
+        assert ("dave", "*** [dave] has joined the room\n*** Topic: Release 2.0") in sent(effects)
+        assert ("alice", "*** [dave] has joined the room") in sent(effects)
+
+
+# -- member limit ---------------------------------------------------------------------------
+
+LIMITED = Config("#", True, "example.test", "conference.example.test", member_limit=3)
+
+
+def test_a_full_room_refuses_newcomers_with_a_notice() -> None:
+    # TEAM: alice, bob, carol joined (3), dave invited (does not count).
+    full = "*** The room is full (3 members at most)"
+    for sender, command in (("erin", "#join"), ("erin", "#create")):
+        effects = run(command, sender=sender, config=LIMITED)
+        assert changes(effects) == [] and sent(effects) == [(sender, full)]
+        assert [e.from_uri for e in effects if isinstance(e, Send)] == [DEVS_URI]
+    for command in ("#accept", "#join"):
+        effects = run(command, sender="dave", config=LIMITED)
+        assert changes(effects) == []
+        assert sent(effects) == [("dave", f"{full}: your invitation stays open, try again later")]
+    assert sent(run("#add erin", config=LIMITED)) == [
+        ("alice", f"{full}: sip:erin@example.test was not added")
+    ]
+    assert sent(run("#invite erin", sender="bob", config=LIMITED)) == [
+        ("bob", f"{full}: sip:erin@example.test was not invited")
+    ]
+    # Below the limit all is as before.
+    roomy = Config("#", True, "example.test", "conference.example.test", member_limit=4)
+    assert changes(run("#join", sender="erin", config=roomy)) == [
+        AddMember(DEVS, aor("erin"), MEMBER)
+    ]
+    assert changes(run("#accept", sender="dave", config=roomy)) == [
+        SetRole(DEVS, aor("dave"), MEMBER)
+    ]
+
+
+def test_the_rooms_own_limit_wins_over_the_default_and_0_is_none() -> None:
+    room = replace(TEAM, member_limit=0)
+    assert changes(run("#join", room, sender="erin", config=LIMITED)) == [
+        AddMember(DEVS, aor("erin"), MEMBER)
+    ]
+    room = replace(TEAM, member_limit=2)  # already beyond: nobody is removed, nobody joins
+    assert notice(run("#join", room, sender="erin")) == "*** The room is full (2 members at most)"
+    assert sent(run("hi", room, sender="carol")) == [
+        ("alice", "[carol]: hi"),
+        ("bob", "[carol]: hi"),
+    ]
+
+
+def test_a_private_rooms_invitation_rule_comes_before_its_limit() -> None:
+    private = make_room(("alice", OWNER), private=True, member_limit=1)
+    assert sent(run("#join", private, sender="erin")) == [
+        ("erin", "*** Private rooms are by invitation only. Room owners have been notified."),
+        ("alice", "*** [erin] attempted to join the room"),
+    ]
+
+
+def test_the_rooms_history_length_wins_over_the_default() -> None:
+    room = replace(TEAM, history_length=5)
+    assert changes(run("hi", room, config=HISTORY)) == [
+        Remember(DEVS, aor("alice"), "text/plain;charset=UTF-8", b"hi", 5)
+    ]
+    assert run("#join", room, sender="erin")[-1] == Replay(DEVS, aor("erin"), 5)
+    off = replace(TEAM, history_length=0)
+    assert changes(run("hi", off, config=HISTORY)) == []
+    assert not any(isinstance(e, Replay) for e in run("#join", off, sender="erin", config=HISTORY))
+
+
+# -- flood control ----------------------------------------------------------------------------
+
+FLOOD = Config("#", True, "example.test", "conference.example.test", min_interval=2.0)
+T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+
+
+def test_chat_sooner_than_the_interval_is_refused_with_a_notice() -> None:
+    later = T0 + timedelta(seconds=1.5)
+    effects = run("again", sender="bob", config=FLOOD, received_at=later, last_chat=T0)
+    assert changes(effects) == []
+    assert sent(effects) == [
+        (
+            "bob",
+            "*** You are sending messages too fast (one every 2 seconds at most): "
+            "your message was not sent",
+        )
+    ]
+
+
+def test_chat_after_the_interval_is_sent_and_its_time_recorded() -> None:
+    later = T0 + timedelta(seconds=2)
+    for last in (T0, None):
+        effects = run("again", sender="bob", config=FLOOD, received_at=later, last_chat=last)
+        assert sent(effects) == [("alice", "[bob]: again"), ("carol", "[bob]: again")]
+        assert changes(effects) == [Spoke(DEVS, aor("bob"), later)]
+
+
+def test_flood_control_off_and_what_it_never_counts() -> None:
+    # 0: off, nothing recorded.
+    effects = run("hi", sender="bob", received_at=T0, last_chat=T0)
+    assert len(sent(effects)) == 2 and changes(effects) == []
+    # Commands and typing notifications are not chat.
+    assert notice(run("#members", sender="bob", config=FLOOD, received_at=T0, last_chat=T0))
+    assert (
+        run(
+            "<x/>",
+            sender="bob",
+            config=FLOOD,
+            content_type="application/im-iscomposing+xml",
+            received_at=T0,
+            last_chat=T0,
+        )
+        == []
+    )

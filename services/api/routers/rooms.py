@@ -110,7 +110,14 @@ async def create_room(
     key = room_ops.room_key(config, body.name)
     owner = room_ops.user_address(config, body.owner)
     async with pool.acquire() as conn, conn.transaction():
-        await room_ops.create_room(conn, key, owner=owner, private=body.private, topic=body.topic)
+        await room_ops.create_room(
+            conn,
+            key,
+            owner=owner,
+            private=body.private,
+            topic=body.topic,
+            limits={f: getattr(body, f) for f in rooms_db.LIMITS if f in body.model_fields_set},
+        )
         room = await _summary(conn, key)
     response.headers["Location"] = str(request.url_for("get_room", room=key))
     return room
@@ -160,7 +167,8 @@ async def get_room(room: RoomPath, pool: PoolDep, settings: SettingsDep) -> Room
 async def update_room(
     room: RoomPath, body: RoomUpdate, pool: PoolDep, settings: SettingsDep, _: AdminDep
 ) -> RoomPublic:
-    """Change whether the room is private, and its topic (``null`` clears it)."""
+    """Change whether the room is private, its topic (``null`` clears it), member limit
+    and history length (``null``: the settings' defaults)."""
     key = room_ops.room_key(_config(settings), room)
     changes = body.model_fields_set
     async with pool.acquire() as conn, conn.transaction():
@@ -170,6 +178,7 @@ async def update_room(
             private=body.private,
             topic=body.topic,
             clear_topic="topic" in changes and body.topic is None,
+            limits={f: getattr(body, f) for f in rooms_db.LIMITS if f in changes},
         )
         return await _summary(conn, key)
 

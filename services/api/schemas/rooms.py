@@ -22,6 +22,24 @@ RoomName = Annotated[
     ),
 ]
 Topic = Annotated[str, Field(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")]
+MemberLimit = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=1_000_000,
+        description="Most members that have joined (owners and admins too, not the invited); "
+        "0: no limit; null: IMSTACK_IMC_MEMBER_LIMIT.",
+    ),
+]
+HistoryLength = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=1000,
+        description="Chat messages kept and replayed to whoever joins; 0: none; "
+        "null: IMSTACK_IMC_HISTORY.",
+    ),
+]
 
 
 class RoleName(StrEnum):
@@ -41,15 +59,20 @@ class RoomCreate(BaseModel):
     owner: AddressText
     private: bool = Field(False, description="By invitation only; listed only to members.")
     topic: Topic | None = None
+    member_limit: MemberLimit | None = None
+    history_length: HistoryLength | None = None
 
 
 class RoomUpdate(BaseModel):
-    """The options to change; a field left out stays as it is, a ``null`` topic clears it."""
+    """The options to change; a field left out stays as it is, a ``null`` topic clears it,
+    a ``null`` member limit or history length gives the room the setting's default."""
 
     model_config = ConfigDict(extra="forbid")
 
     private: bool | None = None
     topic: Topic | None = None
+    member_limit: MemberLimit | None = None
+    history_length: HistoryLength | None = None
 
 
 class RoomPublic(BaseModel):
@@ -60,6 +83,12 @@ class RoomPublic(BaseModel):
     owner: str = Field(description="Who created the room.")
     private: bool
     topic: str | None
+    member_limit: int | None = Field(
+        description="Most joined members; 0: no limit; null: IMSTACK_IMC_MEMBER_LIMIT."
+    )
+    history_length: int | None = Field(
+        description="Chat messages kept and replayed; null: IMSTACK_IMC_HISTORY."
+    )
     member_count: int = Field(description="Members that have joined (owners and admins too).")
     invited_count: int = Field(description="Invited users that have not accepted yet.")
     created_at: datetime
@@ -74,6 +103,8 @@ class RoomPublic(BaseModel):
             owner=room.owner,
             private=room.private,
             topic=room.topic,
+            member_limit=room.member_limit,
+            history_length=room.history_length,
             member_count=room.member_count,
             invited_count=room.invited_count,
             created_at=room.created_at,
