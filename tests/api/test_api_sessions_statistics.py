@@ -1,0 +1,233 @@
+"""``/api/v1/msrp/sessions``, ``/api/v1/statistics`` and the statistics in ``/metrics``, with
+the real relay service (SIP + MSRP, its publishers) in this process and the real database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from services.relay.msrp.session_publisher import SessionPublisher
+from services.relay.msrp.sessions import SessionTable
+from services.relay.service import run as run_relay
+from shared.config import Settings
+from shared.db.tokens import Scope
+from shared.db.users import Address, create_user
+from shared.lifecycle import ServiceContext
+from shared.msrp import parse_uri
+from shared.stats import StatsPublisher, relay_instance
+from tests.api.api_client import client_for, new_token
+from tests.relay_msrp.msrp_client import MsrpTestClient
+from tests.test_serve import free_port
+
+SESSIONS = "/api/v1/msrp/sessions"
+STATISTICS = "/api/v1/statistics"
+INTERVAL = 0.2  # IMSTACK_STATS_INTERVAL for these tests
+INSERT_SESSION = """
+    INSERT INTO msrp_sessions (session_id, relay_instance, aor, peer, transport, use_path,
+                               client_uri, created_at, expires_at)
+    VALUES ($1, $2, 'carol@example.test', '192.0.2.1:5000', 'tcp', 'msrp://x:1/s;tcp',
+            'msrp://192.0.2.1:5000/c;tcp', $3, $4)
+"""
+
+
+@dataclass
+class Relay:
+    settings: Settings
+    port: int  # SIP and MSRP share it
+
+    @property
+    def instance(self) -> str:
+        return relay_instance(self.port)
+
+    async def msrp(self, name: str, password: str) -> MsrpTestClient:
+        client = await MsrpTestClient.connect("127.0.0.1", self.port, name=name)
+        answer = await client.auth(parse_uri(f"msrp://127.0.0.1:{self.port};tcp"), name, password)
+        assert answer.head.status == 200  # type: ignore[union-attr]
+        return client
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """Poll ``check()`` until it returns something truthy (the services publish
+    asynchronously); fail after 10 s."""
+    async with asyncio.timeout(10):
+        while not (result := await check()):  # noqa: ASYNC110 - published through the database
+            await asyncio.sleep(0.05)
+    return result
+
+
+@pytest.fixture
+async def relay(settings: Settings, pool: asyncpg.Pool, database_url: str) -> AsyncIterator[Relay]:
+    for name in ("alice", "bob"):
+        await create_user(pool, Address(name, settings.domain), f"{name}-pw")
+    port = free_port()
+    configured = settings.model_copy(
+        update={
+            "sip_host": "127.0.0.1",
+            "sip_port": port,
+            "sip_tls_port": free_port(),
+            "msrp_host": "127.0.0.1",
+            "msrp_port": port,
+            "msrp_public_host": "127.0.0.1",
+            "msrp_allow_insecure_auth": True,
+            "stats_interval": INTERVAL,
+            "shutdown_timeout": 3.0,
+        }
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_relay(ServiceContext(configured, database_url, pool, stop)))
+
+    async def published() -> bool:
+        if task.done():
+            task.result()
+        rows = await pool.fetchval(
+            "SELECT count(*) FROM service_stats WHERE service = 'relay' AND instance = $1",
+            relay_instance(port),
+        )
+        return bool(rows)
+
+    await eventually(published, "the relay's first statistics")
+    try:
+        yield Relay(configured, port)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    token = await new_token(pool, "reader", Scope.READ)  # reading needs no admin token
+    async with client_for(settings, pool, token=token) as http:
+        yield http
+
+
+async def test_an_msrp_session_is_listed_with_its_user_and_peer_counts_bytes_and_goes_away(
+    relay: Relay, client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    alice = await relay.msrp("alice", "alice-pw")
+    bob = await relay.msrp("bob", "bob-pw")
+    alice_sid = alice.use_path[0].session_id
+
+    async def alice_sessions() -> list[dict[str, Any]]:
+        response = await client.get(SESSIONS, params={"user": "alice"})
+        assert response.status_code == 200, response.text
+        data: list[dict[str, Any]] = response.json()["data"]
+        return data
+
+    (session,) = await eventually(alice_sessions, "alice's session in the API")
+    local = alice.writer.get_extra_info("sockname")
+    assert session["session_id"] == alice_sid
+    assert session["user"] == "alice@example.test"
+    assert session["peer"] == f"127.0.0.1:{local[1]}"
+    assert session["transport"] == "tcp"
+    assert session["relay_instance"] == relay.instance
+    assert session["use_path"] == str(alice.use_path[0])
+    assert 3500 < session["expires"] <= 3600
+    before = session["bytes_in"]
+
+    everyone = (await client.get(SESSIONS)).json()
+    assert everyone["count"] == 2
+    assert {s["user"] for s in everyone["data"]} == {"alice@example.test", "bob@example.test"}
+    page = (await client.get(SESSIONS, params={"limit": 1, "offset": 1})).json()
+    assert (page["count"], len(page["data"]), page["limit"], page["offset"]) == (2, 1, 1, 1)
+    assert (await client.get(SESSIONS, params={"user": "carol"})).json()["count"] == 0
+
+    body = b"x" * 5000
+    sent = await alice.send_text((*alice.use_path, *bob.use_path, bob.uri), body)
+    assert sent is not None and sent.head.status == 200  # type: ignore[union-attr]
+    assert bytes((await bob.next_request()).body) == body
+
+    async def grown() -> bool:
+        (now,) = await alice_sessions()
+        return bool(now["bytes_in"] >= before + len(body))
+
+    await eventually(grown, "alice's session's bytes growing")
+
+    async def relayed() -> dict[str, Any] | None:
+        stats: dict[str, Any] = (await client.get(STATISTICS)).json()["msrp"]
+        return stats if stats["bytes_relayed"] >= len(body) else None
+
+    msrp = await eventually(relayed, "the relay's published byte count")
+    assert (msrp["sessions"], msrp["connections_open"]) == (2, 2)
+    assert msrp["auth_ok"] >= 2 and msrp["requests_relayed"] >= 1
+
+    await alice.close()
+
+    async def gone() -> bool:
+        return not await alice_sessions()
+
+    await eventually(gone, "alice's session leaving the API after her connection closed")
+    assert (await client.get(SESSIONS)).json()["count"] == 1
+    await bob.close()
+
+
+async def test_a_relay_restart_drops_its_previous_rows_and_dead_relays_are_not_listed(
+    relay: Relay, client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    now = datetime.now(UTC)
+    # A relay that stopped publishing long ago (its statistics row is stale).
+    await pool.execute(
+        "INSERT INTO service_stats (service, instance, started_at, updated_at, stale_at) "
+        "VALUES ('relay', 'dead:1', $1, $1, $1)",
+        now - timedelta(minutes=5),
+    )
+    await pool.execute(INSERT_SESSION, "dead-session", "dead:1", now, now + timedelta(hours=1))
+    assert (await client.get(SESSIONS)).json()["count"] == 0
+    instances = {
+        (i["service"], i["instance"]) for i in (await client.get(STATISTICS)).json()["services"]
+    }
+    assert ("relay", relay.instance) in instances and ("relay", "dead:1") not in instances
+
+
+async def test_a_relay_drops_its_previous_runs_rows_when_it_starts_and_its_own_when_it_stops(
+    pool: asyncpg.Pool,
+) -> None:
+    now = datetime.now(UTC)
+    await pool.execute(INSERT_SESSION, "left-over", "host:5060", now, now + timedelta(hours=1))
+    await pool.execute(INSERT_SESSION, "other-relay", "host:5070", now, now + timedelta(hours=1))
+    publisher = SessionPublisher(SessionTable(), pool, "host:5060", interval=INTERVAL)
+    stop = asyncio.Event()
+    task = asyncio.create_task(publisher.run(stop))
+    await publisher.written.wait()
+    remaining = await pool.fetch("SELECT session_id FROM msrp_sessions ORDER BY 1")
+    assert [r["session_id"] for r in remaining] == ["other-relay"]
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_rows_of_long_dead_instances_are_garbage_collected(pool: asyncpg.Pool) -> None:
+    long_ago = datetime.now(UTC) - timedelta(hours=3)
+    for instance in ("dead:1", "recent:1"):
+        stale = long_ago if instance == "dead:1" else datetime.now(UTC) - timedelta(minutes=1)
+        await pool.execute(
+            "INSERT INTO service_stats (service, instance, started_at, updated_at, stale_at) "
+            "VALUES ('relay', $1, $2, $2, $2)",
+            instance,
+            stale,
+        )
+    await pool.execute(INSERT_SESSION, "dead-session", "dead:1", long_ago, long_ago)
+    await pool.execute(INSERT_SESSION, "recent-session", "recent:1", long_ago, long_ago)
+    await pool.execute("UPDATE msrp_sessions SET updated_at = $1", long_ago)
+    assert await StatsPublisher(pool, "imc", interval=INTERVAL).publish()
+    rows = await pool.fetch("SELECT service, instance FROM service_stats ORDER BY 1, 2")
+    # The long-dead relay's row is gone; the recently dead one stays (but is not shown).
+    assert [r["service"] for r in rows] == ["imc", "relay"]
+    assert rows[1]["instance"] == "recent:1"
+
+    publisher = SessionPublisher(SessionTable(), pool, "host:1", interval=INTERVAL)
+    stop = asyncio.Event()
+    task = asyncio.create_task(publisher.run(stop))
+
+    async def collected() -> bool:
+        left = await pool.fetch("SELECT session_id FROM msrp_sessions")
+        return [r["session_id"] for r in left] == ["recent-session"]
+
+    await eventually(collected, "the dead relay's sessions deleted")
+    stop.set()
+    await asyncio.wait_for(task, 10)
