@@ -4,6 +4,7 @@ the real relay service (SIP + MSRP, its publishers) in this process and the real
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.relay.msrp.session_publisher import SessionPublisher
 from services.relay.msrp.sessions import SessionTable
@@ -24,6 +26,7 @@ from shared.msrp import parse_uri
 from shared.stats import StatsPublisher, relay_instance
 from tests.api.api_client import client_for, new_token
 from tests.relay_msrp.msrp_client import MsrpTestClient
+from tests.relay_sip.sip_ua import SipUA
 from tests.test_serve import free_port
 
 SESSIONS = "/api/v1/msrp/sessions"
@@ -231,3 +234,96 @@ async def test_rows_of_long_dead_instances_are_garbage_collected(pool: asyncpg.P
     await eventually(collected, "the dead relay's sessions deleted")
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_statistics_count_a_stored_message_and_a_room_and_metrics_show_them(
+    relay: Relay, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    admin = await new_token(pool, "admin")
+    async with client_for(settings, pool, token=admin) as http:
+        before = (await http.get(STATISTICS)).json()
+        assert before["messages"]["stored"] == 0 and before["rooms"]["rooms"] == 0
+
+        # bob is offline: the relay stores alice's MESSAGE (202) and counts it.
+        ua = SipUA("udp", ("127.0.0.1", relay.port), "alice", "alice-pw", settings.domain)
+        await ua.start()
+        try:
+            assert (await ua.message(f"sip:bob@{settings.domain}", b"later")).status == 202
+        finally:
+            await ua.close()
+        made = await http.post("/api/v1/rooms", json={"name": "lobby", "owner": "alice"})
+        assert made.status_code == 201, made.text
+
+        def stored_since_start(stats: dict[str, Any]) -> int:
+            return int(stats["messages"]["stored_since_start"])
+
+        async def counted() -> dict[str, Any] | None:
+            stats: dict[str, Any] = (await http.get(STATISTICS)).json()
+            return stats if stored_since_start(stats) > stored_since_start(before) else None
+
+        after = await eventually(counted, "the relay's published stored-message count")
+        assert stored_since_start(after) == stored_since_start(before) + 1
+        assert (after["messages"]["stored"], after["messages"]["stored_recipients"]) == (1, 1)
+        assert (after["rooms"]["rooms"], after["rooms"]["members"]) == (1, 1)
+        assert after["users"] == 2
+        sip = after["totals"]["relay"]["sip_requests"]
+        assert sip["MESSAGE"] >= 2  # challenged, then authenticated
+        relays = [s for s in after["services"] if s["service"] == "relay"]
+        assert [s["instance"] for s in relays] == [relay.instance]
+
+        text = (await http.get("/metrics")).text
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert found[("imstack_stored_messages", ())] == 1
+    assert found[("imstack_rooms", ())] == 1
+    assert found[("imstack_room_members", ())] == 1
+    assert found[("imstack_msrp_sessions", ())] == 0
+    assert found[("imstack_messages_stored_total", ())] == stored_since_start(after)
+    assert found[("imstack_service_instances", (("service", "relay"),))] == 1
+    assert found[("imstack_sip_requests_total", (("method", "MESSAGE"),))] >= 2
+    for family in ("imstack_registrations", "imstack_msrp_bytes_relayed_total"):
+        assert (family, ()) in found
+    assert "# TYPE imstack_api_request_duration_seconds histogram" in text
+
+
+async def test_sessions_and_statistics_need_a_token_and_check_their_input(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    async with client_for(settings, pool) as anonymous:
+        for path in (SESSIONS, STATISTICS):
+            response = await anonymous.get(path)
+            assert response.status_code == 401, path
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        wrong = await anonymous.get(SESSIONS, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+    reader = await new_token(pool, "reader", Scope.READ)
+    async with client_for(settings, pool, token=reader) as http:
+        assert (await http.get(STATISTICS)).status_code == 200
+        assert (await http.get(SESSIONS)).json() == {
+            "data": [],
+            "count": 0,
+            "limit": 100,
+            "offset": 0,
+        }
+        for params in ({"user": "a b@c"}, {"limit": 0}, {"offset": -1}, {"user": ""}):
+            response = await http.get(SESSIONS, params=params)
+            assert response.status_code == 422, params
+            assert set(response.json()) >= {"detail", "code"}
+        # Writes are refused to a read-only token elsewhere; these routes only read.
+        assert (await http.post(SESSIONS)).status_code == 405
+
+
+async def test_the_api_publishes_its_request_counts(pool: asyncpg.Pool, settings: Settings) -> None:
+    publisher = StatsPublisher(pool, "api", interval=INTERVAL)
+    before = publisher.collect()[0].get("requests", {})
+    async with client_for(settings, pool) as anonymous:
+        assert (await anonymous.get(STATISTICS)).status_code == 401
+    assert await publisher.publish()
+    row = await pool.fetchrow("SELECT counters FROM service_stats WHERE service = 'api'")
+    assert row is not None
+    published = json.loads(row["counters"])["requests"]
+    assert isinstance(before, dict)
+    assert published["401"] == before.get("401", 0) + 1
