@@ -164,8 +164,6 @@ class StatsPublisher:
         self.sources = dict(sources or {})
         self.gauges = dict(gauges or {})
         self.started_at = datetime.now(UTC)
-        #: Set after each publish attempt (tests wait on it).
-        self.published = asyncio.Event()
 
     @property
     def stale_after(self) -> float:
@@ -206,8 +204,6 @@ class StatsPublisher:
         except DATABASE_ERRORS as exc:
             log.warning("%s: statistics not published: %s", self.service, exc)
             return False
-        finally:
-            self.published.set()
         log.debug(
             "%s: statistics published in %.1f ms",
             self.service,

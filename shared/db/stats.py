@@ -111,6 +111,7 @@ class TableCounts:
     private_rooms: int
     room_members: int
     users: int
+    outbound_pending: int
 
 
 async def table_counts(conn: Executor) -> TableCounts:
@@ -125,7 +126,9 @@ async def table_counts(conn: Executor) -> TableCounts:
                (SELECT count(*) FROM rooms WHERE private) AS private_rooms,
                (SELECT count(*) FROM room_members WHERE state = 'active' AND role <> 'invited')
                    AS room_members,
-               (SELECT count(*) FROM users) AS users
+               (SELECT count(*) FROM users) AS users,
+               (SELECT count(*) FROM outbound_messages WHERE status IN ('queued', 'sending'))
+                   AS outbound_pending
         """
     )
     assert row is not None

@@ -76,8 +76,7 @@ async def collect_statistics(conn: Executor) -> StatisticsPublic:
             delivered=n("msilo", "delivered"),
             delivery_failed=n("msilo", "failed"),
             expired=n("msilo", "expired"),
-            outbound_delivered=n("relay", "outbound_delivered"),
-            outbound_failed=n("relay", "outbound_failed"),
+            outbound_pending=tables.outbound_pending,
         ),
         rooms=RoomStatistics(
             rooms=tables.rooms,

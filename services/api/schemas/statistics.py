@@ -35,8 +35,10 @@ class MessageStatistics(BaseModel):
     delivered: int = Field(description="Stored messages delivered by msilo.")
     delivery_failed: int = Field(description="Failed delivery attempts of stored messages.")
     expired: int = Field(description="Stored messages that expired undelivered.")
-    outbound_delivered: int = Field(description="Queued MESSAGEs (all sources) sent with 2xx.")
-    outbound_failed: int
+    outbound_pending: int = Field(
+        description="MESSAGEs queued for the relays to send (deliveries, fan-out, notices) "
+        "and not sent yet, now."
+    )
 
 
 class RoomStatistics(BaseModel):

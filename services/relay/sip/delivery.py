@@ -25,7 +25,6 @@ from shared.db.queue import WakeReason, Wakeup
 from shared.sip.errors import LocalProtocolError
 from shared.sip.headers import NameAddr
 from shared.sip.message import Headers, SipRequest, canonical_name
-from shared.stats import for_service
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,6 @@ class DeliveryWorker:
             log.warning("outbound message %d: database unavailable (%s)", message.id, exc)
             return  # stays 'sending'; claimed again after the lease
         delivered = 200 <= status < 300
-        for_service("relay").inc("outbound_delivered" if delivered else "outbound_failed")
         log.info(
             "outbound message %d to %s: %s %d %s",
             message.id,

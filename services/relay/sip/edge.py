@@ -150,9 +150,9 @@ class SipEdge:
         self.transactions.receive(message, flow)
 
     def _on_request(self, txn: ServerTxn) -> None:
+        RELAY_STATS.inc_label("sip_requests", txn.request.method)
         if self.handle_request is None:
             return
-        RELAY_STATS.inc_label("sip_requests", txn.request.method)
         self.spawn(self.handle_request(txn), name=f"sip-{txn.request.method}")
 
     def _on_ack(self, request: SipRequest, flow: Flow) -> None:
