@@ -15,10 +15,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.imc.service import run as run_imc
+from services.msilo.service import run as run_msilo
 from services.relay.msrp.session_publisher import SessionPublisher
 from services.relay.msrp.sessions import SessionTable
 from services.relay.service import run as run_relay
 from shared.config import Settings
+from shared.db import rooms
 from shared.db.tokens import Scope
 from shared.db.users import Address, create_user
 from shared.lifecycle import ServiceContext
@@ -327,3 +330,117 @@ async def test_the_api_publishes_its_request_counts(pool: asyncpg.Pool, settings
     published = json.loads(row["counters"])["requests"]
     assert isinstance(before, dict)
     assert published["401"] == before.get("401", 0) + 1
+
+
+class Inbox:
+    """A registered UA answering every MESSAGE with 200 and keeping each new body once
+    (retransmissions of one it answered are answered again, not kept twice)."""
+
+    def __init__(self, ua: SipUA) -> None:
+        self.ua = ua
+        self.seen: set[tuple[str, str]] = set()
+
+    async def next_body(self) -> bytes:
+        while True:
+            request = await self.ua.next_request()
+            self.ua.answer(request, 200)
+            key = (request.get("Call-ID") or "", request.get("CSeq") or "")
+            if request.method == "MESSAGE" and key not in self.seen:
+                self.seen.add(key)
+                return request.body
+
+
+async def test_statistics_follow_delivery_fan_out_and_relaying_across_the_services(
+    settings: Settings, pool: asyncpg.Pool, database_url: str
+) -> None:
+    """relay, msilo and imc run as the services they are; the API sees what they did only
+    through the database."""
+    for name in ("alice", "bob"):
+        await create_user(pool, Address(name, settings.domain), f"{name}-pw")
+    port = free_port()
+    configured = settings.model_copy(
+        update={
+            "sip_host": "127.0.0.1",
+            "sip_port": port,
+            "sip_tls_port": free_port(),
+            "msrp_host": "127.0.0.1",
+            "msrp_port": free_port(),
+            "stats_interval": INTERVAL,
+            "shutdown_timeout": 3.0,
+            "sip_rate_limit": 0,
+            "imc_history": 0,
+        }
+    )
+    relay_at = ("127.0.0.1", port)
+    stop = asyncio.Event()
+    ctx = ServiceContext(configured, database_url, pool, stop)
+    tasks = [
+        asyncio.create_task(run_relay(ctx)),
+        asyncio.create_task(run_msilo(ctx)),
+        asyncio.create_task(run_imc(ctx)),
+    ]
+    token = await new_token(pool, "reader", Scope.READ)
+    uas: list[SipUA] = []
+    try:
+        async with client_for(settings, pool, token=token) as http:
+
+            async def statistics() -> dict[str, Any]:
+                for task in tasks:
+                    if task.done():
+                        task.result()
+                stats: dict[str, Any] = (await http.get(STATISTICS)).json()
+                return stats
+
+            async def all_publishing() -> dict[str, Any] | None:
+                stats = await statistics()
+                services = {s["service"] for s in stats["services"]}
+                return stats if {"relay", "msilo", "imc"} <= services else None
+
+            before = await eventually(all_publishing, "relay, msilo and imc publishing")
+            alice = await SipUA("udp", relay_at, "alice", "alice-pw", "example.test").start()
+            bob = await SipUA("udp", relay_at, "bob", "bob-pw", "example.test").start()
+            uas += [alice, bob]
+            room_id = await rooms.create_room(
+                pool, "lobby@conference.example.test", owner="alice@example.test", private=False
+            )
+            await rooms.add_member(pool, room_id, "bob@example.test", rooms.Role.MEMBER)
+
+            # Stored for offline bob, delivered by msilo when he registers.
+            assert (await alice.message("sip:bob@example.test", b"later")).status == 202
+            assert (await bob.register()).status == 200
+            inbox = Inbox(bob)
+            assert (await inbox.next_body()).endswith(b"] later")  # "[Offline message ...]"
+            # Relayed to registered bob; fanned out to him by the room.
+            sending = asyncio.create_task(alice.message("sip:bob@example.test", b"now"))
+            assert await inbox.next_body() == b"now"
+            assert (await sending).status == 200
+            room = "sip:lobby@conference.example.test"
+            assert (await alice.message(room, b"hello room")).status == 202
+            assert await inbox.next_body() == b"[alice]: hello room"
+
+            def grew(after: dict[str, Any], section: str, key: str) -> int:
+                return int(after[section][key]) - int(before[section][key])
+
+            async def caught_up() -> dict[str, Any] | None:
+                after = await statistics()
+                done = grew(after, "messages", "delivered") and grew(after, "rooms", "fanned_out")
+                return after if done and grew(after, "messages", "relayed") else None
+
+            after = await eventually(caught_up, "the services' published counts")
+            assert grew(after, "messages", "delivered") == 1
+            assert grew(after, "messages", "stored_since_start") == 1
+            assert grew(after, "messages", "relayed") == 1
+            assert grew(after, "messages", "to_rooms") == 1
+            assert grew(after, "rooms", "fanned_out") == 1
+            assert grew(after, "rooms", "handled") == 1
+            assert after["rooms"]["commands"].get("chat", 0) == 1 + before["rooms"]["commands"].get(
+                "chat", 0
+            )
+            assert after["messages"]["stored"] == 0  # delivered, so deleted
+            assert (after["registrations"]["bindings"], after["registrations"]["users"]) == (1, 1)
+            assert (after["rooms"]["rooms"], after["rooms"]["members"]) == (1, 2)
+    finally:
+        for ua in uas:
+            await ua.close()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
