@@ -16,6 +16,20 @@ and *gauges* for current values (connections open, sessions).
 ``migrations/0010_service_stats.sql``); the control API sums the live rows. Counters are
 counts since the process started, so they fall back to zero when it restarts (Prometheus
 treats that as a counter reset).
+
+What each service publishes (``GET /api/v1/statistics`` → ``totals``):
+
+* relay — ``sip_requests`` {method}; ``forwarded`` {method} (forwarded requests that got a
+  2xx: MESSAGEs relayed); ``messages_stored`` (202 after storing offline);
+  ``messages_to_rooms``; from ``MsrpStats``: ``msrp_connections``, ``msrp_auth_ok``,
+  ``msrp_auth_failed``, ``msrp_requests_relayed``, ``msrp_bytes_relayed``, ``msrp_rejects``
+  {status}, ...; gauges ``msrp_connections_open``, ``msrp_sessions``. Its live sessions go
+  to ``msrp_sessions`` (``services/relay/msrp/session_publisher.py``).
+* msilo — from ``MsiloStats``: ``queued``, ``delivered``, ``failed``, ``expired``,
+  ``registrations``; ``emails_sent``, ``emails_failed``.
+* imc — from ``ImcStats``: ``handled``, ``commands`` {command}, ``fanned_out``,
+  ``stored_offline``, ``replayed``, ``invitations_failed``.
+* api — ``requests`` {status}.
 """
 
 from __future__ import annotations
