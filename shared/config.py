@@ -317,6 +317,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a stopping service waits for in-flight work before aborting it.",
     )
+    stats_interval: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds between two writes of each service's counters (and the relay's "
+        "live MSRP sessions' byte counts) to the database, where the API's statistics read "
+        "them. An instance silent for 3 intervals + 5 s is left out.",
+    )
 
     @field_validator("api_tokens", mode="before")
     @classmethod

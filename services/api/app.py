@@ -17,7 +17,7 @@ from services.api.deps import require_token
 from services.api.errors import ERROR_RESPONSES, install_error_handlers
 from services.api.metrics import ApiMetrics, MetricsMiddleware
 from services.api.metrics import router as metrics_router
-from services.api.routers import health, messages, registrations, rooms, users
+from services.api.routers import health, messages, registrations, rooms, sessions, statistics, users
 from shared.config import Settings
 from shared.db.pool import create_pool
 
@@ -69,4 +69,6 @@ def api_v1_router() -> APIRouter:
     v1.include_router(registrations.router)
     v1.include_router(messages.router)
     v1.include_router(rooms.router)
+    v1.include_router(sessions.router)
+    v1.include_router(statistics.router)
     return v1

@@ -11,6 +11,7 @@ import uvicorn
 
 from services.api.app import create_app
 from shared.lifecycle import ServiceContext
+from shared.stats import StatsPublisher
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ async def run(ctx: ServiceContext) -> None:
     where = f"{settings.api_host}:{settings.api_port}"
     serving = asyncio.create_task(_serve(server, where), name="api-uvicorn")
     stopping = asyncio.create_task(ctx.stop.wait())
+    stats = StatsPublisher(ctx.pool, "api", interval=settings.stats_interval)
+    publishing = asyncio.create_task(stats.run(ctx.stop), name="api-stats")
     try:
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if serving.done():
@@ -55,3 +58,6 @@ async def run(ctx: ServiceContext) -> None:
         stopping.cancel()
         if not serving.done():
             serving.cancel()
+        if not ctx.stop.is_set():
+            publishing.cancel()  # failed: no final publish
+        await asyncio.gather(publishing, return_exceptions=True)

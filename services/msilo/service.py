@@ -13,6 +13,7 @@ import logging
 from services.msilo.email import EmailNotifier
 from services.msilo.worker import MsiloWorker
 from shared.lifecycle import ServiceContext
+from shared.stats import StatsPublisher, counters_of
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,15 @@ async def run(ctx: ServiceContext) -> None:
     worker = MsiloWorker(ctx.settings, ctx.pool, ctx.database_url)
     notifier = EmailNotifier(ctx.settings, ctx.pool)
     log.info("msilo: started (e-mail notices %s)", "on" if notifier.enabled else "off")
+    email = counters_of(notifier, sent="emails_sent", failed="emails_failed")
+    sources = {"worker": counters_of(worker.stats), "email": email}
+    publisher = StatsPublisher(
+        ctx.pool, "msilo", interval=ctx.settings.stats_interval, sources=sources
+    )
     async with asyncio.TaskGroup() as group:
         group.create_task(worker.run(ctx.stop), name="msilo-delivery")
         group.create_task(notifier.run(ctx.stop), name="msilo-email")
+        group.create_task(publisher.run(ctx.stop), name="msilo-stats")
     stats = worker.stats
     log.info(
         "msilo: stopped (queued %d, delivered %d, failed %d, expired %d)",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from services.relay.msrp.connection import MsrpConnection
 from services.relay.msrp.listener import MsrpListener
 from services.relay.msrp.relay import MsrpRelay
+from services.relay.msrp.session_publisher import relay_publishers
 from services.relay.sip.service import run_sip
 from services.relay.tls import TlsConfigError, client_context, server_context
 from shared.lifecycle import ServiceContext
@@ -35,9 +36,12 @@ async def run(ctx: ServiceContext) -> None:
         def msrp_factory(secure: bool) -> asyncio.Protocol:
             return MsrpConnection(relay, secure=secure)
 
+    stats, sessions = relay_publishers(relay, ctx.pool, settings)
     async with asyncio.TaskGroup() as group:
         group.create_task(run_sip(ctx, msrp_factory=msrp_factory), name="sip")
         group.create_task(run_msrp(ctx, relay, listen=not shared), name="msrp")
+        group.create_task(stats.run(ctx.stop), name="relay-stats")
+        group.create_task(sessions.run(ctx.stop), name="msrp-sessions-publish")
 
 
 async def run_msrp(ctx: ServiceContext, relay: MsrpRelay, *, listen: bool = True) -> None:

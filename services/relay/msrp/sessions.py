@@ -6,6 +6,7 @@ client's URI; it lives until its Expires runs out or that connection closes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -40,6 +41,8 @@ class SessionTable:
 
     _by_id: dict[str, RelaySession] = field(default_factory=dict)
     _by_conn: dict[MsrpConnection, set[str]] = field(default_factory=dict)
+    #: Set when a session is issued or dropped (the API's published copy follows).
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def issue(
         self,
@@ -64,6 +67,7 @@ class SessionTable:
         session = RelaySession(session_id, user, uri, client_uri, conn, now + expires, now)
         self._by_id[session_id] = session
         self._by_conn.setdefault(conn, set()).add(session_id)
+        self.changed.set()
         return session
 
     def get(self, session_id: str | None, now: float) -> RelaySession | None:
@@ -77,6 +81,7 @@ class SessionTable:
         return session
 
     def remove(self, session: RelaySession) -> None:
+        self.changed.set()
         self._by_id.pop(session.session_id, None)
         ids = self._by_conn.get(session.conn)
         if ids is not None:
@@ -86,6 +91,7 @@ class SessionTable:
 
     def drop_connection(self, conn: MsrpConnection) -> list[RelaySession]:
         dropped = [self._by_id.pop(sid) for sid in self._by_conn.pop(conn, set())]
+        self.changed.set()
         return dropped
 
     def has_sessions(self, conn: MsrpConnection) -> bool:

@@ -27,8 +27,10 @@ from shared.db.locations import Binding, delete_connection_bindings
 from shared.digest import NonceManager
 from shared.sip.message import SipRequest, SipResponse
 from shared.sip.transaction import MAGIC_COOKIE
+from shared.stats import for_service
 
 log = logging.getLogger(__name__)
+RELAY_STATS = for_service("relay")
 
 #: Our branch IDs start with this, so that loop detection recognises our own Via (§16.3).
 BRANCH_PREFIX = MAGIC_COOKIE + "-ims-"
@@ -148,6 +150,7 @@ class SipEdge:
         self.transactions.receive(message, flow)
 
     def _on_request(self, txn: ServerTxn) -> None:
+        RELAY_STATS.inc_label("sip_requests", txn.request.method)
         if self.handle_request is None:
             return
         self.spawn(self.handle_request(txn), name=f"sip-{txn.request.method}")

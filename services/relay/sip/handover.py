@@ -22,6 +22,7 @@ from shared.db.pool import DATABASE_ERRORS
 from shared.db.rooms import enqueue
 from shared.sip.headers import make_response, parse_name_addr
 from shared.sip.message import SipRequest, SipResponse, canonical_name
+from shared.stats import for_service
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ async def store_offline(
         warning = f'399 {settings.domain} "the offline mailbox of {aor} is full"'
         return make_response(request, 480, "Mailbox Full", headers=[("Warning", warning)])
     log.info("MESSAGE for %s stored offline (id %d, %d s)", aor, stored, lifetime)
+    for_service("relay").inc("messages_stored")
     return make_response(request, 202)
 
 
@@ -229,4 +231,5 @@ async def deliver_to_room(
         log.warning("MESSAGE to room %s not queued: database unavailable (%s)", room, exc)
         return make_response(request, 503, headers=[("Retry-After", "5")])
     log.debug("MESSAGE from %s to room %s queued (id %d)", sender, room, queued)
+    for_service("relay").inc("messages_to_rooms")
     return make_response(request, 202)

@@ -31,6 +31,7 @@ from shared.db.users import Address
 from shared.sip.headers import make_response, parse_name_addr, parse_via, to_tag
 from shared.sip.message import SipRequest, SipResponse
 from shared.sip.uri import SipUri, UnsupportedUriScheme, UriError, parse_uri
+from shared.stats import for_service
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,7 @@ class Router:
                 txn.respond(upstream_copy(response))
 
         result = await fork.run(targets, on_provisional=provisional)
+        for_service("relay").inc_label("forwarded", request.method, result.ok)  # 2xx ones
         txn.on_cancel = None
         if result.ok:
             fork.cancel_pending()  # §16.7 step 10: the other branches have lost
