@@ -49,6 +49,7 @@ _TOO_LARGE = StatusCode.MESSAGE_TOO_LARGE
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 _HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+_BAD_URI_CHAR_RE = re.compile(r'[\x00-\x1f\x7f<>"]')
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.IGNORECASE | re.DOTALL)
 
 
@@ -76,7 +77,7 @@ def _parse_start_line(line: str) -> SipRequest | SipResponse:
     if version.upper() != "SIP/2.0":
         status = StatusCode.VERSION_NOT_SUPPORTED if version[:4].upper() == "SIP/" else 400
         raise RemoteProtocolError(f"unsupported version {version[:20]!r}", status_hint=status)
-    if any(c < " " or c in '\x7f<>"' for c in uri):
+    if _BAD_URI_CHAR_RE.search(uri):
         # RFC 4475 §3.1.2.7: a Request-URI in <> is invalid.
         raise RemoteProtocolError(f"invalid Request-URI {uri[:80]!r}")
     return SipRequest(method=method, uri=uri)
@@ -90,26 +91,19 @@ def parse_head(
 ) -> SipRequest | SipResponse:
     """Parse a start line and headers (no blank line, no body) and validate them."""
     text = head.decode("utf-8", "surrogateescape")
-    lines = text.split("\n")  # then a CR before each LF is dropped: CRLF or bare LF
-    start = lines[0][:-1] if lines[0].endswith("\r") else lines[0]
-    if "\r" in start:
-        raise RemoteProtocolError("bare CR in start line")
-    message = _parse_start_line(start)
-    fields: list[str] = []
-    for line in lines[1:]:
-        if line.endswith("\r"):
-            line = line[:-1]
-        if "\r" in line:
-            raise RemoteProtocolError("bare CR in header", partial=message)
-        if line[:1] in (" ", "\t"):
-            # §7.3.1: a continuation line; the fold is equivalent to one SP.
-            if not fields:
-                raise RemoteProtocolError("continuation before any header", partial=message)
-            part = line.strip(" \t")
-            if part:
-                fields[-1] = f"{fields[-1]} {part}" if fields[-1] else part
-            continue
-        fields.append(line)
+    crlf = text.count("\r\n")
+    if (
+        text.count("\n") == crlf
+        and text.count("\r") == crlf
+        and "\n " not in text
+        and "\n\t" not in text
+    ):
+        # What nearly every message looks like: CRLF line ends, no folding.
+        lines = text.split("\r\n")
+        message = _parse_start_line(lines[0])
+        fields = lines[1:]
+    else:
+        message, fields = _unfold(text)
     headers = Headers()
     message.headers = headers
     if len(fields) > max_headers:
@@ -133,6 +127,31 @@ def parse_head(
     return message
 
 
+def _unfold(text: str) -> tuple[SipRequest | SipResponse, list[str]]:
+    """The start line's message and the unfolded header lines, for any line ends."""
+    lines = text.split("\n")  # then a CR before each LF is dropped: CRLF or bare LF
+    start = lines[0][:-1] if lines[0].endswith("\r") else lines[0]
+    if "\r" in start:
+        raise RemoteProtocolError("bare CR in start line")
+    message = _parse_start_line(start)
+    fields: list[str] = []
+    for line in lines[1:]:
+        if line.endswith("\r"):
+            line = line[:-1]
+        if "\r" in line:
+            raise RemoteProtocolError("bare CR in header", partial=message)
+        if line[:1] in (" ", "\t"):
+            # §7.3.1: a continuation line; the fold is equivalent to one SP.
+            if not fields:
+                raise RemoteProtocolError("continuation before any header", partial=message)
+            part = line.strip(" \t")
+            if part:
+                fields[-1] = f"{fields[-1]} {part}" if fields[-1] else part
+            continue
+        fields.append(line)
+    return message, fields
+
+
 #: Header names already seen to be tokens (they repeat in every message).
 _VALID_NAMES: set[str] = set()
 _VALID_NAMES_MAX = 4096
@@ -142,11 +161,12 @@ def _validate(message: SipRequest | SipResponse) -> None:
     headers = message.headers
     is_request = isinstance(message, SipRequest)
     required = REQUIRED_REQUEST_HEADERS if is_request else REQUIRED_RESPONSE_HEADERS
+    keys = headers.keys()
     for name in required:
-        if name not in headers:
+        if name.lower() not in keys:
             raise RemoteProtocolError(f"missing {name} header", partial=message)
     for name in _SINGLE_HEADERS:
-        if headers.count(name) > 1:
+        if keys.count(name.lower()) > 1:
             # §7.3.1: these may not be repeated; two CSeqs make matching ambiguous.
             raise RemoteProtocolError(f"repeated {name} header", partial=message)
     try:
@@ -194,8 +214,15 @@ def parse_datagram(
     data = data.lstrip(b"\r\n")
     if not data:
         return None
-    m = _HEAD_END_RE.search(data)
-    if m is None:
+    end = data.find(b"\r\n\r\n")
+    if (
+        end > 0
+        and data[end - 1] != 0x0A
+        and b"\n\n" not in data[:end]
+        and b"\n\r\n" not in data[:end]
+    ):
+        head, body = data[:end], data[end + 4 :]  # the usual CRLF CRLF
+    elif (m := _HEAD_END_RE.search(data)) is None:
         head, body = data.rstrip(b"\r\n"), b""
     else:
         head, body = data[: m.start()], data[m.end() :]
