@@ -67,8 +67,8 @@ class Algorithm(StrEnum):
         raise DigestParseError(f"unsupported digest algorithm {value!r}")
 
     def hash_hex(self, data: str) -> str:
-        name = "md5" if self is Algorithm.MD5 else "sha256"
-        return hashlib.new(name, data.encode("utf-8")).hexdigest()
+        new = hashlib.md5 if self is Algorithm.MD5 else hashlib.sha256
+        return new(data.encode("utf-8")).hexdigest()
 
 
 # --- header syntax (RFC 7616 §3.3/§3.4, RFC 3261 §25.1 auth-param) -------------

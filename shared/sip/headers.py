@@ -449,6 +449,7 @@ def parse_cseq(value: str) -> CSeq:
 # --- responses (§8.2.6) ----------------------------------------------------------------
 
 RESPONSE_COPIED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+_COPIED_KEYS = tuple(name.lower() for name in RESPONSE_COPIED_HEADERS)
 
 
 def make_response(
@@ -468,13 +469,18 @@ def make_response(
     Content-Length is computed from ``body``. Raises LocalProtocolError if
     the request lacks one of the headers a response needs.
     """
+    copied: dict[str, list[tuple[str, str]]] = {key: [] for key in _COPIED_KEYS}
+    for key, item in zip(request.headers.keys(), request.headers, strict=True):
+        lines = copied.get(key)
+        if lines is not None:
+            lines.append(item)
     out = Headers()
-    for name in RESPONSE_COPIED_HEADERS:
-        values = request.headers.raw(name)
-        if not values:
+    for key, name in zip(_COPIED_KEYS, RESPONSE_COPIED_HEADERS, strict=True):
+        lines = copied[key]
+        if not lines:
             raise LocalProtocolError(f"cannot answer a request without {name}")
-        for value in values:
-            if name == "To" and status > 100 and get_tag(value) is None:
+        for _, value in lines:
+            if key == "to" and status > 100 and get_tag(value) is None:
                 value = f"{value};tag={to_tag or secrets.token_hex(8)}"
             out.add(name, value)
     for name, value in headers:

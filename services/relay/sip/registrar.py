@@ -141,7 +141,8 @@ class Registrar:
                 self._new_binding(aor, updates[0], updates[0].text, call_id, cseq, request, flow),
                 max_contacts=s.registrar_max_contacts,
                 channel=REGISTERED_CHANNEL,
-                payload=json.dumps({"type": REGISTERED_CHANNEL, "id": aor}),
+                # What shared.db.listen.notify sends: {"type": ..., "id": aor}.
+                payload=f'{{"type": "{REGISTERED_CHANNEL}", "id": {json.dumps(aor)}}}',
             )
         if bindings:
             self.edge.bindings.invalidate(aor)
