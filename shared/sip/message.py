@@ -252,6 +252,14 @@ class Headers:
         values = self.get_all(name)
         return values[0] if values else default
 
+    def extend_parsed(self, fields: list[tuple[str, str]]) -> None:
+        """Append (name as received, value) lines: the parser's bulk :meth:`add`."""
+        items, keys, cache = self._items, self._keys, _NAME_CACHE
+        for name, value in fields:
+            names = cache.get(name) or _name_key(name)
+            items.append((names[0], value))
+            keys.append(names[1])
+
     def add(self, name: str, value: str) -> None:
         canonical, key = _name_key(name)
         self._items.append((canonical, value))

@@ -49,6 +49,25 @@ _TOO_LARGE = StatusCode.MESSAGE_TOO_LARGE
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 _HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+#: Methods known to be tokens (others are checked with the token pattern).
+_METHODS = frozenset(
+    [
+        "REGISTER",
+        "INVITE",
+        "ACK",
+        "CANCEL",
+        "BYE",
+        "OPTIONS",
+        "MESSAGE",
+        "INFO",
+        "UPDATE",
+        "NOTIFY",
+        "SUBSCRIBE",
+        "REFER",
+        "PRACK",
+        "PUBLISH",
+    ]
+)
 _BAD_URI_CHAR_RE = re.compile(r'[\x00-\x1f\x7f<>"]')
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.IGNORECASE | re.DOTALL)
 
@@ -72,9 +91,9 @@ def _parse_start_line(line: str) -> SipRequest | SipResponse:
         # RFC 4475 §3.1.2.11: exactly one SP between the request-line elements.
         raise RemoteProtocolError(f"invalid request line {line[:80]!r}")
     method, uri, version = parts
-    if not _TOKEN_RE.fullmatch(method):
+    if method not in _METHODS and not _TOKEN_RE.fullmatch(method):
         raise RemoteProtocolError(f"invalid method {method[:40]!r}")
-    if version.upper() != "SIP/2.0":
+    if version != "SIP/2.0" and version.upper() != "SIP/2.0":
         status = StatusCode.VERSION_NOT_SUPPORTED if version[:4].upper() == "SIP/" else 400
         raise RemoteProtocolError(f"unsupported version {version[:20]!r}", status_hint=status)
     if _BAD_URI_CHAR_RE.search(uri):
@@ -108,21 +127,26 @@ def parse_head(
     message.headers = headers
     if len(fields) > max_headers:
         raise RemoteProtocolError("too many headers", status_hint=_TOO_LARGE, partial=message)
+    parsed: list[tuple[str, str]] = []
     for field in fields:
         if len(field) > max_line_length:
+            headers.extend_parsed(parsed)
             raise RemoteProtocolError(
                 "header line too long", status_hint=_TOO_LARGE, partial=message
             )
         name, colon, value = field.partition(":")
         if not colon:
+            headers.extend_parsed(parsed)
             raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
         name = name.rstrip(" \t")
         if name not in _VALID_NAMES:
             if not _TOKEN_RE.fullmatch(name):
+                headers.extend_parsed(parsed)
                 raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
             if len(_VALID_NAMES) < _VALID_NAMES_MAX:
                 _VALID_NAMES.add(name)
-        headers.add(name, value.strip(" \t"))
+        parsed.append((name, value.strip(" \t")))
+    headers.extend_parsed(parsed)
     _validate(message)
     return message
 
