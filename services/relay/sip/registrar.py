@@ -1,10 +1,13 @@
 """The registrar (RFC 3261 §10.3): digest-authenticated REGISTER into ``locations``.
 
 One REGISTER is applied in one database transaction, serialised per AoR, so concurrent
-registrations of the same user from several relays never interleave. The 200 lists every
-current binding with its remaining lifetime. A registration that adds or refreshes a
-binding NOTIFYs ``registered`` with the AoR (``user@domain``) when it commits; the offline
-store delivers waiting messages on it.
+registrations of the same user from several relays never interleave. The usual one — a
+client refreshing the one binding it has — is a single statement instead (one round trip:
+update, NOTIFY and the AoR's bindings; :func:`shared.db.locations.refresh_binding`), which
+the row lock serialises with any other change of that binding; anything it cannot decide
+alone goes the long way. The 200 lists every current binding with its remaining lifetime.
+A registration that adds or refreshes a binding NOTIFYs ``registered`` with the AoR
+(``user@domain``) when it commits; the offline store delivers waiting messages on it.
 """
 
 from __future__ import annotations
