@@ -15,7 +15,9 @@ a request without an answer after ``--timeout`` counts as lost.
 
 ``--window N`` runs closed-loop (N transactions outstanding, at most one per user) and
 measures the rate; ``--rate R`` runs open-loop at R per second and measures latency.
-Prints one JSON object.
+With ``--server-pid`` (a server on this machine) the CPU time that process used during the
+measured phase (utime + stime from /proc/<pid>/stat) is reported per successful request:
+``server_cpu_us`` — on a busy machine steadier than the rates. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -36,6 +38,19 @@ _BRANCH_RE = re.compile(rb"branch=([^;,\s]+)")
 _NONCE_RE = re.compile(r'nonce="([^"]+)"')
 _QOP_RE = re.compile(r'qop="?([^",]+)')
 _OPAQUE_RE = re.compile(r'opaque="([^"]*)"')
+
+
+def process_cpu(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (None: unknown)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command: state is field 3 of stat(5), utime 14 and stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def md5(text: str) -> str:
@@ -344,6 +359,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--rate", type=float, default=0.0, help="open loop at this rate")
+    parser.add_argument("--server-pid", type=int, help="report this process's CPU per request")
     args = parser.parse_args()
     gen = Generator(args)
     everyone = list(range(args.users))
@@ -352,7 +368,9 @@ def main() -> None:
         # Warm-up: a nonce for every user (not measured), then REGISTER refreshes.
         closed_loop(gen, "REGISTER", everyone, 0, args.window, 1.0, measured=False)
         gen.stats = Stats()
+        cpu_before = process_cpu(args.server_pid)
         elapsed = closed_loop(gen, "REGISTER", everyone, 0, args.window, args.duration)
+        cpu_after = process_cpu(args.server_pid)
         result.update(mode=f"closed loop, window {args.window}")
         registered = everyone
     else:
@@ -362,15 +380,20 @@ def main() -> None:
         closed_loop(gen, "MESSAGE", senders, half, args.window, 1.0, measured=False)
         registered_ok = gen.receivers_answered > 0
         gen.stats = Stats()
+        cpu_before = process_cpu(args.server_pid)
         if args.rate > 0:
             elapsed = open_loop(gen, senders, half, args.rate, args.duration)
             result.update(mode=f"open loop, {args.rate:g}/s offered")
         else:
             elapsed = closed_loop(gen, "MESSAGE", senders, half, args.window, args.duration)
             result.update(mode=f"closed loop, window {args.window}")
+        cpu_after = process_cpu(args.server_pid)
         result["warmup_delivered"] = registered_ok
         registered = receivers
     result.update(gen.stats.summary(elapsed), seconds=round(elapsed, 2))
+    if cpu_before is not None and cpu_after is not None and gen.stats.ok:
+        # Includes the drain after the last send; the closed loop's last window is small.
+        result["server_cpu_us"] = round((cpu_after - cpu_before) / gen.stats.ok * 1e6, 1)
     unregister(gen, registered)
     print(json.dumps(result), flush=True)
 

@@ -13,7 +13,11 @@ IMSTACK_DATABASE_URL pointing at that database and the per-source rate limit off
 comes from one address). The load generator (bench/sip_load.py: raw UDP, computes the
 digest itself) runs pinned to CPU 1. With ``--target`` the users
 ``--user-format`` (``user{i}``) for i < ``--users`` must exist with ``--password`` in realm
-``--realm``. Prints one JSON object per run and a summary table.
+``--realm``. Prints one JSON object per run and a summary table; for a relay it started, the
+table has the relay process's CPU time per successful request (``cpu µs/req``: utime+stime
+from /proc over the measured phase), which unlike the rates hardly depends on what else
+the machine is doing. ``--profile FILE`` runs the relay under cProfile (slower) and writes
+its statistics to FILE when it stops.
 """
 
 from __future__ import annotations
@@ -119,8 +123,10 @@ class Imstack:
         database_url: str,
         services: tuple[str, ...] = ("relay",),
         extra_env: dict[str, str] | None = None,
+        profile: str | None = None,
     ) -> None:
         self.workdir = workdir
+        self.profile = profile
         self.services = services
         self.port = free_port()
         self.env = {
@@ -140,12 +146,17 @@ class Imstack:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        python = [sys.executable, "-m", "cProfile", "-o", self.profile] if self.profile else []
         self.proc = subprocess.Popen(
-            [*pinned(0), IMSTACK, "serve", *self.services],
+            [*pinned(0), *python, IMSTACK, "serve", *self.services],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / f"{'-'.join(self.services)}.log", "ab"),  # noqa: SIM115
@@ -163,8 +174,15 @@ class Imstack:
 
 
 def run_load(
-    args: argparse.Namespace, target: str, realm: str, password: str, *extra: str
+    args: argparse.Namespace,
+    target: str,
+    realm: str,
+    password: str,
+    *extra: str,
+    server_pid: int | None = None,
 ) -> dict[str, object]:
+    if server_pid is not None:
+        extra = (*extra, "--server-pid", str(server_pid))
     command = [
         *pinned(1),
         *LOAD,
@@ -201,6 +219,10 @@ def main() -> None:
     parser.add_argument(
         "--db-cpu", default="1", help="CPU for the embedded PostgreSQL, or 'none' (unpinned)"
     )
+    parser.add_argument("--profile", help="run the relay under cProfile, statistics to this file")
+    parser.add_argument(
+        "--tests", default="register,message,rates", help="which runs (register,message,rates)"
+    )
     args = parser.parse_args()
 
     server: Imstack | None = None
@@ -218,17 +240,32 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
-            server = Imstack(workdir, database.url)
+            profile = str(Path(args.profile).resolve()) if args.profile else None
+            server = Imstack(workdir, database.url, profile=profile)
             server.start()
             target, args.realm, args.password = server.target, REALM, PASSWORD
+        pid = server.pid if server is not None else None
         window = ["--window", str(args.window)]
-        results = [
-            run_load(args, target, args.realm, args.password, "register", *window),
-            run_load(args, target, args.realm, args.password, "message", *window),
-        ]
-        for rate in (float(r) for r in args.rates.split(",") if r.strip()):
+        tests = {t.strip() for t in args.tests.split(",")}
+        results = []
+        for test in ("register", "message"):
+            if test in tests:
+                results.append(
+                    run_load(args, target, args.realm, args.password, test, *window, server_pid=pid)
+                )
+        rates = args.rates.split(",") if "rates" in tests else []
+        for rate in (float(r) for r in rates if r.strip()):
             results.append(
-                run_load(args, target, args.realm, args.password, "message", "--rate", f"{rate:g}")
+                run_load(
+                    args,
+                    target,
+                    args.realm,
+                    args.password,
+                    "message",
+                    "--rate",
+                    f"{rate:g}",
+                    server_pid=pid,
+                )
             )
     finally:
         if server is not None:
@@ -237,12 +274,15 @@ def main() -> None:
             database.stop()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\n{'run':<40} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6} failed")
+    print(
+        f"\n{'run':<40} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>10} "
+        f"{'lost':>6} failed"
+    )
     for r in results:
         name = f"{r['test']} ({r['mode']})"
         print(
             f"{name:<40} {r['rate']!s:>8} {r['p50_ms']!s:>8} {r['p99_ms']!s:>8} "
-            f"{r['lost']!s:>6} {r['failed']}"
+            f"{r.get('server_cpu_us', '-')!s:>10} {r['lost']!s:>6} {r['failed']}"
         )
 
 

@@ -24,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -66,8 +67,8 @@ class Algorithm(StrEnum):
         raise DigestParseError(f"unsupported digest algorithm {value!r}")
 
     def hash_hex(self, data: str) -> str:
-        name = "md5" if self is Algorithm.MD5 else "sha256"
-        return hashlib.new(name, data.encode("utf-8")).hexdigest()
+        new = hashlib.md5 if self is Algorithm.MD5 else hashlib.sha256
+        return new(data.encode("utf-8")).hexdigest()
 
 
 # --- header syntax (RFC 7616 §3.3/§3.4, RFC 3261 §25.1 auth-param) -------------
@@ -77,6 +78,41 @@ _VALUE_CHARS = _TOKEN_CHARS | frozenset("/:@=")  # unquoted values seen in the w
 _WS = " \t\r\n"
 
 
+_PLAIN_SCHEME_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t\r\n]+")
+_PLAIN_PARAM_RE = re.compile(
+    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t\r\n]*=[ \t\r\n]*"
+    r'(?:"([^"\\]*)"|([A-Za-z0-9\-.!%*_+`\'~/:@=]+))'
+    r"[ \t\r\n]*(?:,[ \t\r\n,]*|\Z)"
+)
+
+
+def _parse_plain_auth_header(text: str) -> tuple[str, dict[str, str], set[str]] | None:
+    """:func:`_parse_auth_header` by regular expressions for what clients send (no escapes
+    in quoted strings, no leading commas); None for anything else, which the careful
+    parser then reads (and reports)."""
+    m = _PLAIN_SCHEME_RE.match(text)
+    if m is None:
+        return None
+    params: dict[str, str] = {}
+    quoted: set[str] = set()
+    i, n = m.end(), len(text)
+    while i < n:
+        p = _PLAIN_PARAM_RE.match(text, i)
+        if p is None:
+            return None
+        name, quoted_value, bare_value = p.groups()
+        name = name.lower()
+        if name in params:
+            return None
+        if quoted_value is not None:
+            params[name] = quoted_value
+            quoted.add(name)
+        else:
+            params[name] = bare_value
+        i = p.end()
+    return m.group(1), params, quoted
+
+
 def _parse_auth_header(value: str) -> tuple[str, dict[str, str], set[str]]:
     """Split ``Scheme p1=v1, p2="v 2"`` into scheme, lower-cased params, quoted names.
 
@@ -84,6 +120,9 @@ def _parse_auth_header(value: str) -> tuple[str, dict[str, str], set[str]]:
     (RFC 7616 §3.4: each directive at most once).
     """
     text = value.strip(_WS)
+    fast = _parse_plain_auth_header(text)
+    if fast is not None:
+        return fast
     i = 0
     n = len(text)
     while i < n and text[i] in _TOKEN_CHARS:

@@ -62,7 +62,7 @@ _COLUMNS = """id, aor, contact, transport, source_host, source_port, relay_insta
 
 
 def _binding(row: asyncpg.Record) -> Binding:
-    return Binding(**dict(row))
+    return Binding(*row)  # _COLUMNS lists the fields in the dataclass's order
 
 
 async def lock_aor(conn: Executor, aor: str) -> None:
@@ -111,6 +111,60 @@ async def upsert_binding(conn: Executor, new: NewBinding) -> Binding:
     )
     assert row is not None
     return _binding(row)
+
+
+async def refresh_binding(
+    conn: Executor, new: NewBinding, *, max_contacts: int, channel: str, payload: str
+) -> list[Binding]:
+    """A REGISTER refreshing one binding, in ONE statement (one round trip, its own
+    transaction): the unexpired binding of ``new.aor`` whose contact is exactly
+    ``new.contact`` gets ``new``'s values, ``pg_notify(channel, payload)`` is sent, and the
+    AoR's bindings are returned (best first, as :func:`get_bindings`).
+
+    Nothing changes and ``[]`` is returned when that is not the whole job — no such
+    binding; the same Call-ID with a CSeq not above the stored one (§10.3 step 7); more
+    than ``max_contacts`` bindings — and the caller does the full registration instead.
+    The row lock serialises it with any other change of that binding (a concurrent update
+    re-checks the conditions on the newest row)."""
+    rows = await conn.fetch(
+        f"""WITH current AS (
+                SELECT count(*) AS n FROM locations WHERE aor = $1 AND expires_at > now()
+            ), refreshed AS (
+                UPDATE locations SET
+                    transport = $3, source_host = $4, source_port = $5, relay_instance = $6,
+                    connection_id = $7, q = $8, instance_id = $9, user_agent = $10,
+                    call_id = $11, cseq = $12, expires_at = now() + make_interval(secs => $13),
+                    updated_at = now()
+                WHERE aor = $1 AND contact = $2 AND expires_at > now()
+                    AND NOT (call_id = $11 AND cseq >= $12)
+                    AND (SELECT n FROM current) <= $14
+                RETURNING {_COLUMNS}
+            ), notified AS (
+                SELECT pg_notify($15, $16) FROM (SELECT 1 FROM refreshed LIMIT 1) AS written
+            )
+            SELECT refreshed.* FROM refreshed CROSS JOIN (SELECT count(*) FROM notified) AS n
+            UNION ALL
+            SELECT {_COLUMNS} FROM locations
+                WHERE aor = $1 AND expires_at > now() AND id <> (SELECT id FROM refreshed)
+            ORDER BY q DESC, updated_at DESC, id""",
+        new.aor,
+        new.contact,
+        new.transport,
+        new.source_host,
+        new.source_port,
+        new.relay_instance,
+        new.connection_id,
+        new.q,
+        new.instance_id,
+        new.user_agent,
+        new.call_id,
+        new.cseq,
+        float(new.expires),
+        max_contacts,
+        channel,
+        payload,
+    )
+    return [_binding(row) for row in rows]
 
 
 async def delete_bindings(conn: Executor, ids: list[int]) -> int:

@@ -363,6 +363,41 @@ class Via:
         return f"{self.protocol}/{self.transport} {self.host}{port}{format_params(self.params)}"
 
 
+#: A Via exactly as str(Via) prints it: SIP/2.0, a host name or IPv4 address, token=token
+#: parameters and a valueless rport at the end (what nearly every UA sends).
+_PLAIN_VIA_RE = re.compile(
+    r"SIP/2\.0/([A-Z]+) ([A-Za-z0-9.\-]+)(?::(\d{1,5}))?"
+    rf"((?:;{_TOKEN}={_TOKEN})*);rport"
+)
+
+
+def stamp_rport(value: str, host: str, port: int) -> str | None:
+    """``value`` (a Via asking for rport) with ``rport=port;received=host`` (RFC 3581 §4),
+    exactly as ``str(parse_via(value).with_param("rport", ...).with_param("received", ...))``
+    would print it; None when ``value`` is not that plain (the caller takes the long way)."""
+    m = _PLAIN_VIA_RE.fullmatch(value)
+    if m is None or ":" in host or not _BARE_VALUE_RE.fullmatch(host):
+        return None
+    transport, via_host, via_port, raw_params = m.groups()
+    params = (
+        tuple(
+            (name, param_value)
+            for name, _, param_value in (item.partition("=") for item in raw_params[1:].split(";"))
+        )
+        if raw_params
+        else ()
+    )
+    if any(name.lower() in ("rport", "received") for name, _ in params):
+        return None
+    port_number = None if via_port is None else int(via_port)
+    if port_number is not None and port_number > 65535:
+        return None
+    stamped = f"{value[:-6]};rport={port};received={host}"
+    via = Via(transport, via_host, port_number, (*params, ("rport", str(port)), ("received", host)))
+    _remember(_via_memo, stamped, via)
+    return stamped
+
+
 def parse_via(value: str) -> Via:
     cached = _via_memo.get(value)
     if cached is not None:
@@ -414,6 +449,7 @@ def parse_cseq(value: str) -> CSeq:
 # --- responses (§8.2.6) ----------------------------------------------------------------
 
 RESPONSE_COPIED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+_COPIED_KEYS = tuple(name.lower() for name in RESPONSE_COPIED_HEADERS)
 
 
 def make_response(
@@ -433,13 +469,18 @@ def make_response(
     Content-Length is computed from ``body``. Raises LocalProtocolError if
     the request lacks one of the headers a response needs.
     """
+    copied: dict[str, list[tuple[str, str]]] = {key: [] for key in _COPIED_KEYS}
+    for key, item in zip(request.headers.keys(), request.headers, strict=True):
+        lines = copied.get(key)
+        if lines is not None:
+            lines.append(item)
     out = Headers()
-    for name in RESPONSE_COPIED_HEADERS:
-        values = request.headers.raw(name)
-        if not values:
+    for key, name in zip(_COPIED_KEYS, RESPONSE_COPIED_HEADERS, strict=True):
+        lines = copied[key]
+        if not lines:
             raise LocalProtocolError(f"cannot answer a request without {name}")
-        for value in values:
-            if name == "To" and status > 100 and get_tag(value) is None:
+        for _, value in lines:
+            if key == "to" and status > 100 and get_tag(value) is None:
                 value = f"{value};tag={to_tag or secrets.token_hex(8)}"
             out.add(name, value)
     for name, value in headers:

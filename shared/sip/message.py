@@ -142,6 +142,9 @@ def canonical_name(name: str) -> str:
 
 def split_comma_list(value: str) -> list[str]:
     """Split on commas outside quoted strings and ``<...>``; empty elements dropped."""
+    if "," not in value:
+        value = value.strip()
+        return [value] if value else []
     parts: list[str] = []
     start = 0
     in_quotes = False
@@ -202,6 +205,10 @@ class Headers:
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
 
+    def keys(self) -> list[str]:
+        """The lower-case canonical name of every line, in order (do not modify it)."""
+        return self._keys
+
     def raw(self, name: str) -> list[str]:
         """The values of every line named ``name``, unsplit."""
         key = _name_key(name)[1]
@@ -245,6 +252,14 @@ class Headers:
         values = self.get_all(name)
         return values[0] if values else default
 
+    def extend_parsed(self, fields: list[tuple[str, str]]) -> None:
+        """Append (name as received, value) lines: the parser's bulk :meth:`add`."""
+        items, keys, cache = self._items, self._keys, _NAME_CACHE
+        for name, value in fields:
+            names = cache.get(name) or _name_key(name)
+            items.append((names[0], value))
+            keys.append(names[1])
+
     def add(self, name: str, value: str) -> None:
         canonical, key = _name_key(name)
         self._items.append((canonical, value))
@@ -263,6 +278,9 @@ class Headers:
             index = self._keys.index(key)
         except ValueError:
             self.add(name, value)
+            return
+        if self._keys.count(key) == 1:
+            self._items[index] = (canonical, value)
             return
         self.remove(name)
         self._items.insert(index, (canonical, value))
@@ -310,10 +328,16 @@ class Headers:
         return new
 
 
+_GOOD_NAMES: set[str] = set()  # header names already checked (they repeat)
+
+
 def _check_header(name: str, value: str) -> None:
     # Never let a caller inject extra header lines or a body (CRLF injection).
-    if not name or any(c in name for c in " \t\r\n:"):
-        raise LocalProtocolError(f"invalid header name {name!r}")
+    if name not in _GOOD_NAMES:
+        if not name or any(c in name for c in " \t\r\n:"):
+            raise LocalProtocolError(f"invalid header name {name!r}")
+        if len(_GOOD_NAMES) < _NAME_CACHE_MAX:
+            _GOOD_NAMES.add(name)
     if "\r" in value or "\n" in value:
         raise LocalProtocolError(f"invalid characters in header {name!r}")
 

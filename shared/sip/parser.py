@@ -49,6 +49,26 @@ _TOO_LARGE = StatusCode.MESSAGE_TOO_LARGE
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 _HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+#: Methods known to be tokens (others are checked with the token pattern).
+_METHODS = frozenset(
+    [
+        "REGISTER",
+        "INVITE",
+        "ACK",
+        "CANCEL",
+        "BYE",
+        "OPTIONS",
+        "MESSAGE",
+        "INFO",
+        "UPDATE",
+        "NOTIFY",
+        "SUBSCRIBE",
+        "REFER",
+        "PRACK",
+        "PUBLISH",
+    ]
+)
+_BAD_URI_CHAR_RE = re.compile(r'[\x00-\x1f\x7f<>"]')
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.IGNORECASE | re.DOTALL)
 
 
@@ -71,12 +91,12 @@ def _parse_start_line(line: str) -> SipRequest | SipResponse:
         # RFC 4475 §3.1.2.11: exactly one SP between the request-line elements.
         raise RemoteProtocolError(f"invalid request line {line[:80]!r}")
     method, uri, version = parts
-    if not _TOKEN_RE.fullmatch(method):
+    if method not in _METHODS and not _TOKEN_RE.fullmatch(method):
         raise RemoteProtocolError(f"invalid method {method[:40]!r}")
-    if version.upper() != "SIP/2.0":
+    if version != "SIP/2.0" and version.upper() != "SIP/2.0":
         status = StatusCode.VERSION_NOT_SUPPORTED if version[:4].upper() == "SIP/" else 400
         raise RemoteProtocolError(f"unsupported version {version[:20]!r}", status_hint=status)
-    if any(c < " " or c in '\x7f<>"' for c in uri):
+    if _BAD_URI_CHAR_RE.search(uri):
         # RFC 4475 §3.1.2.7: a Request-URI in <> is invalid.
         raise RemoteProtocolError(f"invalid Request-URI {uri[:80]!r}")
     return SipRequest(method=method, uri=uri)
@@ -90,6 +110,49 @@ def parse_head(
 ) -> SipRequest | SipResponse:
     """Parse a start line and headers (no blank line, no body) and validate them."""
     text = head.decode("utf-8", "surrogateescape")
+    crlf = text.count("\r\n")
+    if (
+        text.count("\n") == crlf
+        and text.count("\r") == crlf
+        and "\n " not in text
+        and "\n\t" not in text
+    ):
+        # What nearly every message looks like: CRLF line ends, no folding.
+        lines = text.split("\r\n")
+        message = _parse_start_line(lines[0])
+        fields = lines[1:]
+    else:
+        message, fields = _unfold(text)
+    headers = Headers()
+    message.headers = headers
+    if len(fields) > max_headers:
+        raise RemoteProtocolError("too many headers", status_hint=_TOO_LARGE, partial=message)
+    parsed: list[tuple[str, str]] = []
+    for field in fields:
+        if len(field) > max_line_length:
+            headers.extend_parsed(parsed)
+            raise RemoteProtocolError(
+                "header line too long", status_hint=_TOO_LARGE, partial=message
+            )
+        name, colon, value = field.partition(":")
+        if not colon:
+            headers.extend_parsed(parsed)
+            raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
+        name = name.rstrip(" \t")
+        if name not in _VALID_NAMES:
+            if not _TOKEN_RE.fullmatch(name):
+                headers.extend_parsed(parsed)
+                raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
+            if len(_VALID_NAMES) < _VALID_NAMES_MAX:
+                _VALID_NAMES.add(name)
+        parsed.append((name, value.strip(" \t")))
+    headers.extend_parsed(parsed)
+    _validate(message)
+    return message
+
+
+def _unfold(text: str) -> tuple[SipRequest | SipResponse, list[str]]:
+    """The start line's message and the unfolded header lines, for any line ends."""
     lines = text.split("\n")  # then a CR before each LF is dropped: CRLF or bare LF
     start = lines[0][:-1] if lines[0].endswith("\r") else lines[0]
     if "\r" in start:
@@ -110,27 +173,7 @@ def parse_head(
                 fields[-1] = f"{fields[-1]} {part}" if fields[-1] else part
             continue
         fields.append(line)
-    headers = Headers()
-    message.headers = headers
-    if len(fields) > max_headers:
-        raise RemoteProtocolError("too many headers", status_hint=_TOO_LARGE, partial=message)
-    for field in fields:
-        if len(field) > max_line_length:
-            raise RemoteProtocolError(
-                "header line too long", status_hint=_TOO_LARGE, partial=message
-            )
-        name, colon, value = field.partition(":")
-        if not colon:
-            raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
-        name = name.rstrip(" \t")
-        if name not in _VALID_NAMES:
-            if not _TOKEN_RE.fullmatch(name):
-                raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
-            if len(_VALID_NAMES) < _VALID_NAMES_MAX:
-                _VALID_NAMES.add(name)
-        headers.add(name, value.strip(" \t"))
-    _validate(message)
-    return message
+    return message, fields
 
 
 #: Header names already seen to be tokens (they repeat in every message).
@@ -142,11 +185,12 @@ def _validate(message: SipRequest | SipResponse) -> None:
     headers = message.headers
     is_request = isinstance(message, SipRequest)
     required = REQUIRED_REQUEST_HEADERS if is_request else REQUIRED_RESPONSE_HEADERS
+    keys = headers.keys()
     for name in required:
-        if name not in headers:
+        if name.lower() not in keys:
             raise RemoteProtocolError(f"missing {name} header", partial=message)
     for name in _SINGLE_HEADERS:
-        if headers.count(name) > 1:
+        if keys.count(name.lower()) > 1:
             # §7.3.1: these may not be repeated; two CSeqs make matching ambiguous.
             raise RemoteProtocolError(f"repeated {name} header", partial=message)
     try:
@@ -194,8 +238,15 @@ def parse_datagram(
     data = data.lstrip(b"\r\n")
     if not data:
         return None
-    m = _HEAD_END_RE.search(data)
-    if m is None:
+    end = data.find(b"\r\n\r\n")
+    if (
+        end > 0
+        and data[end - 1] != 0x0A
+        and b"\n\n" not in data[:end]
+        and b"\n\r\n" not in data[:end]
+    ):
+        head, body = data[:end], data[end + 4 :]  # the usual CRLF CRLF
+    elif (m := _HEAD_END_RE.search(data)) is None:
         head, body = data.rstrip(b"\r\n"), b""
     else:
         head, body = data[: m.start()], data[m.end() :]

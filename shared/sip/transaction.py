@@ -122,7 +122,10 @@ class Timer(StrEnum):
 
     @property
     def input(self) -> Input:
-        return Input[f"TIMER_{self.value}"]
+        return _TIMER_INPUTS[self]
+
+
+_TIMER_INPUTS = {timer: Input[f"TIMER_{timer.value}"] for timer in Timer}
 
 
 class Action(Enum):
@@ -289,6 +292,10 @@ def _response_input(status: int) -> Input:
     return In.RESPONSE_FINAL
 
 
+#: Initial timer intervals by (reliable, T1, T4): they are the same for most transactions.
+_INITIAL_INTERVALS: dict[tuple[bool, float, float], dict[Timer, float | None]] = {}
+
+
 class _Transaction:
     def __init__(
         self,
@@ -310,8 +317,17 @@ class _Transaction:
         self._intervals: dict[Timer, float] = {}
         self._events: list[TransactionEvent] = []
 
-    # Timer values, §17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2 and Table 4 (§A).
     def _initial_interval(self, timer: Timer) -> float | None:
+        key = (self.reliable, self.t1, self.t4)
+        table = _INITIAL_INTERVALS.get(key)
+        if table is None:
+            table = {t: self._compute_initial_interval(t) for t in Timer}
+            if len(_INITIAL_INTERVALS) < 64:
+                _INITIAL_INTERVALS[key] = table
+        return table[timer]
+
+    # Timer values, §17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2 and Table 4 (§A).
+    def _compute_initial_interval(self, timer: Timer) -> float | None:
         if timer in (T.A, T.E, T.G):
             return None if self.reliable else self.t1
         if timer in (T.B, T.F, T.H):

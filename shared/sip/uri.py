@@ -245,8 +245,26 @@ def _parse_tel(rest: str) -> TelUri:
     return TelUri(number, _parse_uri_params(params))
 
 
+_MEMO_MAX = 2048
+_memo: dict[str, SipUri | TelUri] = {}
+
+
 def parse_uri(text: str) -> SipUri | TelUri:
-    """Parse a sip:, sips: or tel: URI; raise UriError / UnsupportedUriScheme."""
+    """Parse a sip:, sips: or tel: URI; raise UriError / UnsupportedUriScheme.
+
+    Results are remembered by text (they are immutable): a request's Request-URI, From
+    and To are parsed several times on the way through the relay."""
+    cached = _memo.get(text)
+    if cached is not None:
+        return cached
+    uri = _parse_uri(text)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+    _memo[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> SipUri | TelUri:
     scheme, colon, rest = text.strip().partition(":")
     if not colon or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+\-.]*", scheme):
         raise UriError(f"not a URI: {text!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from collections import defaultdict
 from typing import Any
 
@@ -36,8 +37,10 @@ class SipUA:
         domain: str,
         *,
         local_host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.transport = transport
+        self.transport = transport  # "udp", "tcp" or "tls" (then ssl_context is needed)
+        self.ssl_context = ssl_context
         self.local_host = local_host
         self.server = server
         self.user = user
@@ -70,13 +73,15 @@ class SipUA:
             self.local_port = transport.get_extra_info("sockname")[1]
         else:
             reader, writer = await asyncio.open_connection(
-                *self.server, local_addr=(self.local_host, 0)
+                *self.server,
+                local_addr=(self.local_host, 0),
+                ssl=self.ssl_context if self.transport == "tls" else None,
             )
             self._writer = writer
             self.local_port = writer.get_extra_info("sockname")[1]
             self._reader_task = asyncio.create_task(self._read(reader))
-        self.contact = f"sip:{self.user}-ua@{self.local_host}:{self.local_port}" + (
-            ";transport=tcp" if self.transport == "tcp" else ""
+        self.contact = f"sip:{self.user}-ua@{self.host}:{self.local_port}" + (
+            "" if self.transport == "udp" else f";transport={self.transport}"
         )
         return self
 
@@ -121,8 +126,13 @@ class SipUA:
 
     # -- requests ---------------------------------------------------------------------
 
+    @property
+    def host(self) -> str:
+        """The local address as it is written in a URI or Via (IPv6 in brackets)."""
+        return f"[{self.local_host}]" if ":" in self.local_host else self.local_host
+
     def via(self, branch: str) -> str:
-        sent_by = f"{self.local_host}:{self.local_port}"
+        sent_by = f"{self.host}:{self.local_port}"
         return f"SIP/2.0/{self.transport.upper()} {sent_by};branch={branch};rport"
 
     def build(

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from shared.db.locations import get_bindings
+from shared.db.locations import NewBinding, get_bindings, upsert_binding
 from tests.relay_sip.conftest import SipServer, eventually
 
 
@@ -150,3 +150,80 @@ async def test_closing_the_tcp_connection_removes_its_binding(sip: SipServer) ->
         return await get_bindings(sip.pool, "alice@example.test") == []
 
     await eventually(gone, "binding removed")
+
+
+async def test_a_refresh_updates_its_binding_lists_all_and_is_announced_again(
+    sip: SipServer, database_url: str
+) -> None:
+    listener = await asyncpg.connect(database_url)
+    announced: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("registered", lambda *args: announced.put_nowait(args[3]))
+    try:
+        alice = await sip.ua("alice")
+        desk = "sip:alice-desk@127.0.0.1:5999"
+        assert (await alice.register(600, contacts=[desk])).status == 200
+        assert (await alice.register(600)).status == 200
+        before = {b.contact: b for b in await get_bindings(sip.pool, "alice@example.test")}
+        for _ in range(2):
+            await asyncio.wait_for(announced.get(), 10)
+
+        # The same contact again (what a UA does every few minutes), with new values.
+        request = alice.build(
+            "REGISTER",
+            "sip:example.test",
+            headers=[
+                ("Contact", f"<{alice.contact}>;q=0.7"),
+                ("Expires", "900"),
+            ],
+        )
+        _, ok = await alice.send_authenticated(request)
+        assert ok.status == 200
+        listed = ok.get_all("Contact")
+        assert len(listed) == 2  # the 200 lists every binding of the AoR, not just this one
+        [mine] = [c for c in listed if c.startswith(f"<{alice.contact}>;")]
+        assert 890 <= int(mine.split("expires=")[1].split(";")[0]) <= 900 and ";q=0.7" in mine
+        after = {b.contact: b for b in await get_bindings(sip.pool, "alice@example.test")}
+        assert after[alice.contact].id == before[alice.contact].id  # updated in place
+        assert after[alice.contact].q == pytest.approx(0.7)
+        assert after[alice.contact].updated_at > before[alice.contact].updated_at
+        assert after[alice.contact].cseq > before[alice.contact].cseq
+        assert after[desk] == before[desk]
+        payload = await asyncio.wait_for(announced.get(), 10)
+        assert '"id": "alice@example.test"' in payload
+    finally:
+        await listener.close()
+
+
+async def test_a_refresh_with_an_old_cseq_is_refused_and_changes_nothing(
+    sip: SipServer,
+) -> None:
+    alice = await sip.ua("alice")
+    assert (await alice.register(600)).status == 200
+    [before] = await get_bindings(sip.pool, "alice@example.test")
+    stale = alice.build(
+        "REGISTER",
+        "sip:example.test",
+        headers=[("Contact", f"<{alice.contact}>"), ("Expires", "3000")],
+    )
+    first = await alice.send(stale)
+    old = alice.authorize(stale, first)
+    old.headers.set("CSeq", f"{before.cseq} REGISTER")  # not above the stored one
+    response = await alice.send(old)
+    assert response.status == 500
+    [after] = await get_bindings(sip.pool, "alice@example.test")
+    assert after.cseq == before.cseq and after.expires_at == before.expires_at
+
+
+@pytest.mark.parametrize("sip_settings", [{"registrar_max_contacts": 2}])
+async def test_a_refresh_beyond_the_contact_limit_is_refused(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    contacts = [alice.contact, "sip:alice-2@127.0.0.1:5998"]
+    assert (await alice.register(600, contacts=contacts)).status == 200
+    [binding, *_] = await get_bindings(sip.pool, "alice@example.test")
+    # A third binding, written before the limit was lowered (or by a relay with another one).
+    fields = {f: getattr(binding, f) for f in NewBinding.__dataclass_fields__ if f != "expires"}
+    third = NewBinding(**{**fields, "contact": "sip:alice-3@127.0.0.1:5997", "expires": 600})
+    await upsert_binding(sip.pool, third)
+    response = await alice.register(600)  # a refresh of a binding it has: still too many
+    assert response.status == 403
+    assert len(await get_bindings(sip.pool, "alice@example.test")) == 3

@@ -85,7 +85,8 @@ class DigestAuthenticator:
         if credentials is None:
             return self.challenge(request, flow, proxy=proxy)
         address = Address(credentials.username, self.settings.domain)
-        stored = await self.credentials.get(address)
+        held = self.credentials.peek(address)
+        stored = held.value if held is not None else await self.credentials.get(address)
         result = self._verify(request, flow, credentials, stored)
         if result in (AuthResult.UNKNOWN_USER, AuthResult.BAD_RESPONSE):
             # What we hold may predate a change whose NOTIFY has not arrived yet.

@@ -75,6 +75,14 @@ class TtlCache(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def peek(self, key: K) -> _Entry[V] | None:
+        """The fresh entry for ``key`` (counted as a hit), or None: no coroutine needed."""
+        entry = self._entries.get(key)
+        if entry is None or entry.expires <= self.clock() or self.ttl <= 0:
+            return None
+        self.hits += 1
+        return entry
+
     async def get(self, key: K, *, use_cache: bool = True) -> V:
         """The value for ``key``, from memory when fresh and ``use_cache`` holds."""
         now = self.clock()
@@ -137,6 +145,13 @@ class CredentialCache:
             self.cache.invalidate(address)
         return await self.cache.get(address, use_cache=use_cache)
 
+    def peek(self, address: Address) -> _Entry[Credentials | None] | None:
+        """The credentials held in memory (an entry whose value may be None: no such user),
+        or None when :meth:`get` has to be awaited."""
+        if not self.listener.connected.is_set():
+            return None
+        return self.cache.peek(address)
+
     async def run(self, stop: asyncio.Event) -> None:
         """LISTEN for user changes until ``stop`` (reconnecting as needed)."""
         if self.cache.ttl > 0:
@@ -174,7 +189,8 @@ class BindingCache:
         )
 
     async def get(self, aor: str) -> list[Binding]:
-        loaded_at, bindings = await self.cache.get(aor)
+        entry = self.cache.peek(aor)
+        loaded_at, bindings = entry.value if entry is not None else await self.cache.get(aor)
         # expires_in counts from the query; comparing it with our own clock needs no
         # agreement between the relay's and the database's clocks.
         age = self.clock() - loaded_at

@@ -7,6 +7,7 @@ network (our Via, the flow for a binding, sending requests) is here.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import secrets
@@ -97,6 +98,9 @@ class SipEdge:
     async def start(self, tls_context: ssl.SSLContext | None) -> None:
         s = self.settings
         await self.transports.start(s.sip_host, s.sip_port, s.sip_tls_port, tls_context)
+        # What exists now (modules, settings, pools) lives as long as the process: keep it
+        # out of every future garbage collection, which then only walks request state.
+        gc.freeze()
 
     # -- helpers for the router, registrar and delivery ----------------------------------
 
@@ -153,7 +157,10 @@ class SipEdge:
         RELAY_STATS.inc_label("sip_requests", txn.request.method)
         if self.handle_request is None:
             return
-        self.spawn(self.handle_request(txn), name=f"sip-{txn.request.method}")
+        # One task per request, unnamed: naming it costs more than it tells.
+        task = self.loop.create_task(self.handle_request(txn))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def _on_ack(self, request: SipRequest, flow: Flow) -> None:
         if self.handle_ack is not None:

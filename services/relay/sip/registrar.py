@@ -1,15 +1,20 @@
 """The registrar (RFC 3261 §10.3): digest-authenticated REGISTER into ``locations``.
 
 One REGISTER is applied in one database transaction, serialised per AoR, so concurrent
-registrations of the same user from several relays never interleave. The 200 lists every
-current binding with its remaining lifetime. A registration that adds or refreshes a
-binding NOTIFYs ``registered`` with the AoR (``user@domain``) when it commits; the offline
-store delivers waiting messages on it.
+registrations of the same user from several relays never interleave. The usual one — a
+client refreshing the one binding it has — is a single statement instead (one round trip:
+update, NOTIFY and the AoR's bindings; :func:`shared.db.locations.refresh_binding`), which
+the row lock serialises with any other change of that binding; anything it cannot decide
+alone goes the long way. The 200 lists every current binding with its remaining lifetime.
+A registration that adds or refreshes a binding NOTIFYs ``registered`` with the AoR
+(``user@domain``) when it commits; the offline store delivers waiting messages on it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass
 from email.utils import formatdate
 
@@ -24,6 +29,7 @@ from shared.db.locations import (
     delete_bindings,
     get_bindings,
     lock_aor,
+    refresh_binding,
     upsert_binding,
 )
 from shared.db.types import Connection
@@ -39,6 +45,18 @@ from shared.sip.message import SipRequest, SipResponse
 from shared.sip.uri import SipUri, UriError, parse_sip_uri
 
 log = logging.getLogger(__name__)
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date() -> str:
+    """The Date header value (RFC 1123), formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
 
 #: NOTIFY channel (and event type) of a successful registration; the payload id is the AoR.
 REGISTERED_CHANNEL = "registered"
@@ -118,6 +136,21 @@ class Registrar:
             raise Refuse(400, "Bad Wildcard Contact")
         updates = [] if star else self._updates(contacts, expires_header)
 
+        bindings = []
+        if len(updates) == 1 and updates[0].expires > 0:
+            # The common case, a client refreshing its one binding: one round trip.
+            bindings = await refresh_binding(
+                self.edge.pool,
+                self._new_binding(aor, updates[0], updates[0].text, call_id, cseq, request, flow),
+                max_contacts=s.registrar_max_contacts,
+                channel=REGISTERED_CHANNEL,
+                # What shared.db.listen.notify sends: {"type": ..., "id": aor}.
+                payload=f'{{"type": "{REGISTERED_CHANNEL}", "id": {json.dumps(aor)}}}',
+            )
+        if bindings:
+            self.edge.bindings.invalidate(aor)
+            log.info("REGISTER %s from %s: %d binding(s)", aor, flow, len(bindings))
+            return self._ok(request, bindings)
         async with self.edge.pool.acquire() as conn, conn.transaction():
             await lock_aor(conn, aor)
             existing = await get_bindings(conn, aor)
@@ -139,13 +172,40 @@ class Registrar:
             len(bindings),
             " (removed all)" if star else "",
         )
+        return self._ok(request, bindings)
+
+    def _ok(self, request: SipRequest, bindings: list[Binding]) -> SipResponse:
+        """The 200 listing every current binding (§10.3 step 8)."""
         return make_response(
             request,
             200,
-            headers=[
-                *(("Contact", self._contact_value(b)) for b in bindings),
-                ("Date", formatdate(usegmt=True)),
-            ],
+            headers=[*(("Contact", self._contact_value(b)) for b in bindings), ("Date", _date())],
+        )
+
+    def _new_binding(
+        self,
+        aor: str,
+        update: _Update,
+        contact: str,
+        call_id: str,
+        cseq: int,
+        request: SipRequest,
+        flow: Flow,
+    ) -> NewBinding:
+        return NewBinding(
+            aor=aor,
+            contact=contact,
+            transport=flow.transport,
+            source_host=flow.host,
+            source_port=flow.port,
+            relay_instance=self.edge.relay_instance,
+            connection_id=flow.connection_id,
+            q=update.contact.q if update.contact.q is not None else 1.0,
+            instance_id=update.contact.instance,
+            user_agent=request.get("User-Agent"),
+            call_id=call_id,
+            cseq=cseq,
+            expires=update.expires,
         )
 
     def _updates(self, contacts: list[Contact], expires_header: str | None) -> list[_Update]:
@@ -203,23 +263,8 @@ class Registrar:
                 continue
             if match is None:
                 new_contacts += 1
-            writes.append(
-                NewBinding(
-                    aor=aor,
-                    contact=match.contact if match is not None else update.text,
-                    transport=flow.transport,
-                    source_host=flow.host,
-                    source_port=flow.port,
-                    relay_instance=self.edge.relay_instance,
-                    connection_id=flow.connection_id,
-                    q=update.contact.q if update.contact.q is not None else 1.0,
-                    instance_id=update.contact.instance,
-                    user_agent=request.get("User-Agent"),
-                    call_id=call_id,
-                    cseq=cseq,
-                    expires=update.expires,
-                )
-            )
+            contact = match.contact if match is not None else update.text
+            writes.append(self._new_binding(aor, update, contact, call_id, cseq, request, flow))
         if len(kept) + new_contacts > self.settings.registrar_max_contacts:
             raise Refuse(403, "Too Many Contacts")
         if removals:

@@ -184,7 +184,10 @@ class Router:
             return sender
         assert uri.user is not None
         aor = f"{uri.user}@{self.settings.domain}"
-        if await self.edge.credentials.get(Address(uri.user, self.settings.domain)) is None:
+        recipient = Address(uri.user, self.settings.domain)
+        held = self.edge.credentials.peek(recipient)
+        stored = held.value if held is not None else await self.edge.credentials.get(recipient)
+        if stored is None:
             return make_response(request, 404)
         bindings = await self.edge.bindings.get(aor)
         offline = aor if request.method == "MESSAGE" else None

@@ -62,6 +62,7 @@ class _Txn:
         self.layer = layer
         self.flow = flow
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_when = 0.0  # when ``timer`` fires
 
     def on_response(self, response: SipResponse) -> None:
         pass
@@ -106,6 +107,10 @@ class ServerTxn(_Txn):
         except LocalProtocolError as exc:
             log.warning("cannot send %d for %s: %s", response.status, self.request.method, exc)
             return
+        if self.final_sent and not self.tx.is_invite:
+            # Answered: from now on the transaction only re-sends its response (Timer J,
+            # 32 s over UDP). Let the parsed request go instead of keeping it that long.
+            self.tx.request = SipRequest(method=self.tx.request.method, uri=self.tx.request.uri)
         self.layer.drive(self, events)
 
     def on_terminated(self) -> None:
@@ -262,12 +267,15 @@ class TransactionLayer:
         self.drive(txn, events)
 
     def _rearm(self, txn: _Txn) -> None:
+        when = txn.tx.get_timer() if txn.tx.state != "terminated" else None
         if txn.timer is not None:
+            if when == txn.timer_when:
+                return  # the timer already set is the right one
             txn.timer.cancel()
             txn.timer = None
-        when = txn.tx.get_timer()
-        if when is not None and txn.tx.state != "terminated":
+        if when is not None:
             txn.timer = self.loop.call_at(when, self._fire, txn, when)
+            txn.timer_when = when
 
     def _fire(self, txn: _Txn, when: float) -> None:
         txn.timer = None

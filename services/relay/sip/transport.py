@@ -21,7 +21,7 @@ from typing import cast
 from services.relay.sip.flood import RateLimiter
 from services.relay.sniff import ProtocolSniffer
 from shared.sip.errors import LocalProtocolError, RemoteProtocolError
-from shared.sip.headers import make_response, parse_via
+from shared.sip.headers import make_response, parse_via, stamp_rport
 from shared.sip.message import SipRequest, SipResponse, split_comma_list
 from shared.sip.parser import (
     DEFAULT_MAX_DATAGRAM_SIZE,
@@ -77,6 +77,11 @@ def stamp_via(request: SipRequest, flow: Flow) -> None:
     for index, (name, value) in enumerate(request.headers):
         if name != "Via":
             continue
+        if "," not in value and value.endswith(";rport"):
+            stamped = stamp_rport(value, flow.host, flow.port)
+            if stamped is not None:
+                request.headers.replace_at(index, stamped)
+                return
         parts = split_comma_list(value) if "," in value else [value.strip()]
         if not parts or not parts[0]:
             continue

@@ -1,0 +1,143 @@
+"""The short ways the hot path takes give exactly what the careful ways give.
+
+The parser reads plain CRLF heads without unfolding, the transport stamps a plain Via's
+rport/received by text, and Digest credentials without escapes are split by regular
+expressions; anything unusual goes the careful way. A client must not be able to tell.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import shared.digest as digest
+from shared.sip.errors import RemoteProtocolError
+from shared.sip.headers import _parse_via, parse_via, stamp_rport
+from shared.sip.parser import _HEAD_END_RE, parse_datagram
+
+TOKEN = st.text(alphabet="abcXYZ019-._!%*+`'~", min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    transport=st.sampled_from(["UDP", "TCP", "TLS", "udp", "Tcp"]),
+    host=st.sampled_from(["127.0.0.1", "pc33.atlanta.com", "Host-1.example", "[::1]", "a_b"]),
+    port=st.one_of(st.none(), st.integers(0, 99999)),
+    params=st.lists(st.tuples(TOKEN, st.one_of(st.none(), TOKEN)), max_size=3),
+    tail=st.sampled_from([";rport", ";rport=5", "; rport", ";RPORT", ";rport;received=1.2.3.4"]),
+    source=st.sampled_from(["127.0.0.1", "192.0.2.7", "::1"]),
+)
+def test_a_plain_via_is_stamped_as_the_parsed_one_would_be(
+    transport: str,
+    host: str,
+    port: int | None,
+    params: list[tuple[str, str | None]],
+    tail: str,
+    source: str,
+) -> None:
+    text = "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+    value = f"SIP/2.0/{transport} {host}{'' if port is None else f':{port}'}{text}{tail}"
+    stamped = stamp_rport(value, source, 5062)
+    try:
+        via = _parse_via(value)
+    except ValueError:
+        assert stamped is None  # junk is left to the careful parser, which refuses it
+        return
+    if stamped is None:
+        return  # not plain: the transport takes the long way
+    expected = via.with_param("rport", "5062").with_param("received", source)
+    assert stamped == str(expected)
+    assert parse_via(stamped) == _parse_via(stamped) == expected
+
+
+HEADS = [
+    "MESSAGE sip:bob@example.test SIP/2.0",
+    "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1;rport",
+    "Max-Forwards: 70",
+    "From: <sip:alice@example.test>;tag=1",
+    "To: <sip:bob@example.test>",
+    "Call-ID: abc",
+    "CSeq: 1 MESSAGE",
+    "Content-Length: 2",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ends=st.lists(st.sampled_from(["\r\n", "\n", "\r\n", "\r\n"]), min_size=8, max_size=8),
+    fold=st.sampled_from(["", "\r\n ", "\r\n\t", "\n "]),
+    junk=st.sampled_from(["", "X-Bad\r: 1", "Subject: a\rb", "Subject:\tx", "Bad Name: 1"]),
+    blank=st.sampled_from(["\r\n", "\n", "\r\n\r\n"]),
+)
+def test_every_line_end_parses_as_the_careful_parser_reads_it(
+    ends: list[str], fold: str, junk: str, blank: str
+) -> None:
+    lines = [*HEADS[:4], f"Subject: one{fold}two", *([junk] if junk else []), *HEADS[4:]]
+    head = "".join(line + end for line, end in zip(lines, ends + ["\r\n"] * 2, strict=False))
+    data = (head + blank + "hi").encode()
+    careful = data.replace(b"\r\n", b"\n")  # the same message, bare LFs: the careful way
+    try:
+        fast = parse_datagram(data)
+    except RemoteProtocolError as exc:
+        fast_error: str | None = str(exc)
+    else:
+        fast_error = None
+    try:
+        slow = parse_datagram(careful)
+    except RemoteProtocolError as exc:
+        slow_error: str | None = str(exc)
+    else:
+        slow_error = None
+    if "\r" in data.decode().replace("\r\n", ""):
+        return  # a bare CR is refused however it is read; the LF copy is another message
+    assert (fast_error is None) == (slow_error is None), (fast_error, slow_error)
+    if fast_error is None:
+        assert fast is not None and slow is not None
+        assert (fast.method, fast.uri, fast.headers) == (slow.method, slow.uri, slow.headers)
+        # The body starts after the first empty line, however the lines end (§7.5).
+        end = _HEAD_END_RE.search(data)
+        assert end is not None and fast.body == data[end.end() :][:2]
+
+
+def _careful(value: str) -> tuple[str, dict[str, str], set[str]] | str:
+    plain = digest._parse_plain_auth_header
+    digest._parse_plain_auth_header = lambda _text: None  # type: ignore[assignment]
+    try:
+        return digest._parse_auth_header(value)
+    except digest.DigestParseError:
+        return "error"
+    finally:
+        digest._parse_plain_auth_header = plain  # type: ignore[assignment]
+
+
+PIECES = ['username="a"', "realm=x", 'nonce="n o"', "nc=00000001", 'uri="sip:b@c"', 'x="a\\"b"']
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pieces=st.lists(
+        st.one_of(st.sampled_from(PIECES), st.text(alphabet='a=", \t\\/:@', max_size=6)),
+        max_size=6,
+    ),
+    separator=st.sampled_from([", ", ",", " , ", ",, ", " "]),
+)
+def test_credentials_split_the_short_way_equal_the_careful_split(
+    pieces: list[str], separator: str
+) -> None:
+    value = "Digest " + separator.join(pieces)
+    plain = digest._parse_plain_auth_header(value.strip(" \t\r\n"))
+    if plain is not None:
+        assert plain == _careful(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'Digest username="alice", realm="example.test", nonce="AbC-_", uri="sip:x@y", '
+        'response="0a1b", algorithm=MD5, qop=auth, nc=0000000a, cnonce="z"',
+        "Digest realm=example.test,username=alice",
+    ],
+)
+def test_what_clients_send_takes_the_short_way(value: str) -> None:
+    assert digest._parse_plain_auth_header(value) == _careful(value)
