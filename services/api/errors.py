@@ -83,6 +83,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     users_db.InvalidUser: (422, "invalid_user"),
     users_db.UserError: (422, "invalid_user"),
     room_ops.RoomNotFound: (404, "room_not_found"),
+    room_ops.BanNotFound: (404, "ban_not_found"),
     room_ops.MemberNotFound: (404, "member_not_found"),
     room_ops.RoomExists: (409, "room_exists"),
     room_ops.MemberExists: (409, "member_exists"),
