@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api import room_ops
+from services.api import message_ops, room_ops
 from shared.db import users as users_db
 from shared.db.pool import describe
 
@@ -90,6 +90,10 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     room_ops.OwnerRequired: (409, "owner_required"),
     room_ops.InvalidRoom: (422, "invalid_room"),
     room_ops.RoomError: (422, "invalid_room"),
+    message_ops.InvalidSend: (422, "invalid_message"),
+    message_ops.UserDisabled: (409, "user_disabled"),
+    message_ops.MailboxFull: (409, "mailbox_full"),
+    message_ops.SendError: (422, "invalid_message"),
 }
 
 #: The database cannot be reached or takes no more connections: 503, so clients retry.
