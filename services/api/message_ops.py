@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from services.api.room_ops import RoomNotFound, room_key
@@ -21,9 +22,12 @@ from services.relay.sip.handover import NO_NOTICE_TYPES, TRANSIENT_TYPES
 from shared.config import Settings
 from shared.db import rooms as rooms_db
 from shared.db import users as users_db
-from shared.db.offline import store_message
+from shared.db.offline import purge_received_before, store_message
 from shared.db.outbound import STORE_ON_FAILURE_SOURCE, queue_message
-from shared.db.types import Executor
+from shared.db.types import Connection, Executor
+
+#: Rows deleted per transaction by :func:`purge_before` (short transactions, no long lock).
+PURGE_BATCH = 1000
 
 
 class SendError(Exception):
@@ -179,3 +183,19 @@ async def _to_room(
         body=body,
     )
     return Sent(Outcome.ROOM, key, f"sip:{user.address}", inbox_id)
+
+
+async def purge_before(
+    conn: Connection, before: datetime, *, batch: int | None = None
+) -> tuple[int, int]:
+    """Delete every stored message received before ``before``, for all users, ``batch`` rows
+    (default :data:`PURGE_BATCH`) per transaction; (how many, how many transactions)."""
+    batch = batch or PURGE_BATCH
+    purged = batches = 0
+    while True:
+        async with conn.transaction():
+            done = await purge_received_before(conn, before, limit=batch)
+        purged += done
+        batches += 1
+        if done < batch:
+            return purged, batches

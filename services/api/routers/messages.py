@@ -36,8 +36,6 @@ from shared.db import offline as offline_db
 router = APIRouter(tags=["messages"])
 
 MAX_PAGE = 1000
-#: Rows deleted per transaction by the purge (short transactions, no long lock).
-PURGE_BATCH = 1000
 
 MessagePath = Annotated[int, Path(ge=1, le=2**63 - 1, description="The message's id.")]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -109,14 +107,9 @@ async def purge_messages(
 ) -> MessagesPurged:
     """Delete every stored message received before ``before``, for all users, in batches of
     short transactions; how many."""
-    purged = batches = 0
-    while True:
-        async with pool.acquire() as conn, conn.transaction():
-            done = await offline_db.purge_received_before(conn, before, limit=PURGE_BATCH)
-        purged += done
-        batches += 1
-        if done < PURGE_BATCH:
-            return MessagesPurged(purged=purged, batches=batches)
+    async with pool.acquire() as conn:
+        purged, batches = await message_ops.purge_before(conn, before)
+    return MessagesPurged(purged=purged, batches=batches)
 
 
 #: Most bytes of a sent body (the relay's MESSAGEs go over TCP when large).
