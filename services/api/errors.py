@@ -154,6 +154,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's "There was an error parsing the body" (bytes that are not JSON text):
+        # invalid input like any other, so 422 as documented.
+        return error_response(422, f"invalid body: {exc.detail}", "invalid_input")
     return error_response(exc.status_code, str(exc.detail), _slug(str(exc.detail)), exc.headers)
 
 
