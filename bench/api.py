@@ -25,7 +25,9 @@ Scenarios:
 
 The API's CPU time (``/proc/<pid>/stat`` utime+stime of the server process, the
 ``--pid`` given or the one started) is read around each run: CPU ms per request is what
-the API costs whatever else the machine is doing. Prints one JSON object per run and a
+the API costs whatever else the machine is doing. The CPU share each side (API, load)
+got over the run is printed too: a share far below 1 with requests piling up means the
+machine, not the API, set the pace. Prints one JSON object per run and a
 summary table.
 """
 
@@ -165,6 +167,7 @@ async def run(
             errors[status] = errors.get(status, 0) + 1
 
     cpu_before = cpu_seconds(pid) if pid else None
+    load_cpu_before = time.process_time()
     start = time.perf_counter() + 0.05
     for i in range(total):
         scheduled = start + i / rate
@@ -180,6 +183,7 @@ async def run(
     if in_flight:
         await asyncio.wait(in_flight)
     elapsed = time.perf_counter() - start
+    load_cpu = time.process_time() - load_cpu_before
     cpu = cpu_seconds(pid) - cpu_before if pid and cpu_before is not None else None
     done = len(latencies)
     result: dict[str, object] = {
@@ -196,6 +200,9 @@ async def run(
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
         "max_ms": round(max(latencies, default=float("nan")) * 1000, 2),
         "api_cpu_ms_per_request": round(cpu * 1000 / max(done, 1), 3) if cpu is not None else None,
+        # CPU share each side got over the run: far below 1 means the machine starved it.
+        "api_cpu_share": round(cpu / elapsed, 3) if cpu is not None else None,
+        "load_cpu_share": round(load_cpu / elapsed, 3),
     }
     print(json.dumps(result), flush=True)
     return result
