@@ -40,6 +40,16 @@ token_app = typer.Typer(
 app.add_typer(token_app, name="token")
 tls_app = typer.Typer(help="TLS certificates.", no_args_is_help=True)
 app.add_typer(tls_app, name="tls")
+room_app = typer.Typer(
+    help="Chat rooms (as the API and the '#' commands make them; name or name@<conference "
+    "domain>).",
+    no_args_is_help=True,
+)
+app.add_typer(room_app, name="room")
+messages_app = typer.Typer(
+    help="Offline messages (the store msilo delivers).", no_args_is_help=True
+)
+app.add_typer(messages_app, name="messages")
 
 EXIT_FAILURE = 1
 EXIT_UNAVAILABLE = 2  # bad configuration or a database that cannot be reached
@@ -352,6 +362,197 @@ def token_revoke(name: TokenNameArg) -> None:
     with database(settings) as url:
         run_async(with_connection(settings, url, lambda c: tokens_db.revoke_token(c, name)))
     typer.echo(f"revoked {name}")
+
+
+# -- rooms and offline messages: the API's service functions, straight on the database ----
+
+RoomArg = Annotated[str, typer.Argument(help="The room: name, or name@<conference domain>.")]
+
+
+def _room_work(
+    settings: Settings, work: Callable[[asyncpg.Connection, str], Awaitable[T]], room: str
+) -> T:
+    """Run ``work(conn, room key)`` in one transaction; a refused room change is one line."""
+    from services.api import room_ops
+    from services.imc.worker import config_from
+
+    try:
+        key = room_ops.room_key(config_from(settings), room)
+    except room_ops.RoomError as exc:
+        fail(str(exc))
+
+    async def in_transaction(conn: asyncpg.Connection) -> T:
+        async with conn.transaction():
+            return await work(conn, key)
+
+    with database(settings) as url:
+        try:
+            return run_async(with_connection(settings, url, in_transaction))
+        except room_ops.RoomError as exc:
+            fail(str(exc))
+
+
+@room_app.command("create")
+def room_create(
+    room: RoomArg,
+    owner: Annotated[str, typer.Option(help="The owner and first member (user@domain).")],
+    private: Annotated[
+        bool, typer.Option("--private", help="By invitation only; listed only to members.")
+    ] = False,
+    topic: Annotated[str | None, typer.Option(help="The room's topic.")] = None,
+) -> None:
+    """Create a persistent room, as #create (and the API) does."""
+    from services.api import room_ops
+    from services.imc.worker import config_from
+
+    settings = settings_or_exit()
+    try:
+        owner_aor = room_ops.user_address(config_from(settings), owner)
+    except room_ops.RoomError as exc:
+        fail(str(exc))
+
+    async def create(conn: asyncpg.Connection, key: str) -> str:
+        await room_ops.create_room(conn, key, owner=owner_aor, private=private, topic=topic)
+        return key
+
+    typer.echo(f"created {_room_work(settings, create, room)} (owner {owner_aor})")
+
+
+@room_app.command("list")
+def room_list(
+    name: Annotated[str | None, typer.Option(help="Substring (any case) of the name.")] = None,
+    member: Annotated[str | None, typer.Option(help="Only rooms this user is in.")] = None,
+    private: Annotated[
+        bool | None, typer.Option("--private/--public", help="Only private (or public) rooms.")
+    ] = None,
+) -> None:
+    """List rooms: address, private or public, members, invited, topic."""
+    from services.api import room_ops
+    from services.imc.worker import config_from
+    from shared.db import rooms as rooms_db
+
+    settings = settings_or_exit()
+    config = config_from(settings)
+    try:
+        aor = room_ops.user_address(config, member) if member is not None else None
+    except room_ops.RoomError as exc:
+        fail(str(exc))
+    with database(settings) as url:
+        found = run_async(
+            with_connection(
+                settings,
+                url,
+                lambda conn: rooms_db.list_rooms(
+                    conn,
+                    config.conference_domain,
+                    name=name,
+                    member=aor,
+                    private=private,
+                    limit=100_000,
+                    offset=0,
+                ),
+            )
+        )
+    for r in found:
+        kind = "private" if r.private else "public"
+        typer.echo(f"{r.key}\t{kind}\t{r.member_count}\t{r.invited_count}\t{r.topic or ''}")
+
+
+@room_app.command("show")
+def room_show(room: RoomArg) -> None:
+    """Show one room: owner, options, member counts."""
+    from services.api import room_ops
+    from shared.db import rooms as rooms_db
+
+    settings = settings_or_exit()
+
+    async def show(conn: asyncpg.Connection, key: str) -> rooms_db.RoomSummary:
+        summary = await rooms_db.get_room_summary(conn, key)
+        if summary is None:
+            raise room_ops.RoomNotFound(f"no such room: {key}")
+        return summary
+
+    found = _room_work(settings, show, room)
+    typer.echo(f"address:  {found.key}")
+    typer.echo(f"owner:    {found.owner}")
+    typer.echo(f"private:  {'yes' if found.private else 'no'}")
+    typer.echo(f"topic:    {found.topic or '-'}")
+    typer.echo(f"members:  {found.member_count}")
+    typer.echo(f"invited:  {found.invited_count}")
+    typer.echo(f"created:  {found.created_at.isoformat(timespec='seconds')}")
+
+
+@room_app.command("destroy")
+def room_destroy(room: RoomArg) -> None:
+    """Destroy a room; its members are told, as #destroy does."""
+    from services.api import room_ops
+
+    settings = settings_or_exit()
+    told = _room_work(settings, room_ops.destroy_room, room)
+    typer.echo(f"destroyed {room}; {told} member(s) notified")
+
+
+@room_app.command("members")
+def room_members(room: RoomArg) -> None:
+    """List a room's members: address, role, state (active or banned), invited by."""
+    from services.api import room_ops
+    from shared.db import rooms as rooms_db
+
+    settings = settings_or_exit()
+
+    async def members(conn: asyncpg.Connection, key: str) -> list[rooms_db.MemberRow]:
+        summary = await rooms_db.get_room_summary(conn, key)
+        if summary is None:
+            raise room_ops.RoomNotFound(f"no such room: {key}")
+        return await rooms_db.member_rows(conn, summary.id)
+
+    for m in _room_work(settings, members, room):
+        typer.echo(f"{m.member}\t{m.role.value}\t{m.state}\t{m.invited_by or ''}")
+
+
+@messages_app.command("count")
+def messages_count(address: AddressArg) -> None:
+    """How many offline messages are stored for a user."""
+    from services.api.routers.registrations import existing_user
+    from shared.db import offline as offline_db
+
+    settings = settings_or_exit()
+
+    async def count(conn: asyncpg.Connection) -> int:
+        addr = await existing_user(conn, address, settings.domain)
+        return await offline_db.count_messages(conn, str(addr))
+
+    with database(settings) as url:
+        typer.echo(str(run_async(with_connection(settings, url, count))))
+
+
+@messages_app.command("purge")
+def messages_purge(
+    before: Annotated[
+        str,
+        typer.Option(
+            help="Delete every message received before this time: ISO 8601 with a zone "
+            "(2026-01-31T00:00:00+00:00)."
+        ),
+    ],
+) -> None:
+    """Delete the offline messages of all users received before a date, in batches."""
+    from datetime import datetime
+
+    from services.api.message_ops import purge_before
+
+    settings = settings_or_exit()
+    try:
+        when = datetime.fromisoformat(before)
+    except ValueError:
+        fail(f"--before: not an ISO 8601 date and time: {before!r}")
+    if when.tzinfo is None:
+        fail("--before: give a time zone (e.g. +00:00 or Z)")
+    with database(settings) as url:
+        purged, batches = run_async(
+            with_connection(settings, url, lambda conn: purge_before(conn, when))
+        )
+    typer.echo(f"purged {purged} message(s) in {batches} batch(es)")
 
 
 @tls_app.command("selfsigned")

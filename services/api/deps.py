@@ -19,12 +19,15 @@ from shared.config import Settings
 from shared.db import tokens as tokens_db
 from shared.db.tokens import Scope
 
+# Dependencies are ``async def`` even when they do not await: FastAPI runs a plain ``def``
+# dependency in its thread pool, a thread hop per dependency per request.
 
-def get_pool(request: Request) -> asyncpg.Pool:
+
+async def get_pool(request: Request) -> asyncpg.Pool:
     return cast(asyncpg.Pool, request.app.state.pool)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
 
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api import room_ops
+from services.api import message_ops, room_ops
 from shared.db import users as users_db
 from shared.db.pool import describe
 
@@ -83,12 +83,17 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     users_db.InvalidUser: (422, "invalid_user"),
     users_db.UserError: (422, "invalid_user"),
     room_ops.RoomNotFound: (404, "room_not_found"),
+    room_ops.BanNotFound: (404, "ban_not_found"),
     room_ops.MemberNotFound: (404, "member_not_found"),
     room_ops.RoomExists: (409, "room_exists"),
     room_ops.MemberExists: (409, "member_exists"),
     room_ops.OwnerRequired: (409, "owner_required"),
     room_ops.InvalidRoom: (422, "invalid_room"),
     room_ops.RoomError: (422, "invalid_room"),
+    message_ops.InvalidSend: (422, "invalid_message"),
+    message_ops.UserDisabled: (409, "user_disabled"),
+    message_ops.MailboxFull: (409, "mailbox_full"),
+    message_ops.SendError: (422, "invalid_message"),
 }
 
 #: The database cannot be reached or takes no more connections: 503, so clients retry.
@@ -149,6 +154,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's "There was an error parsing the body" (bytes that are not JSON text):
+        # invalid input like any other, so 422 as documented.
+        return error_response(422, f"invalid body: {exc.detail}", "invalid_input")
     return error_response(exc.status_code, str(exc.detail), _slug(str(exc.detail)), exc.headers)
 
 

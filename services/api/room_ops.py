@@ -4,7 +4,8 @@ Each function runs inside the caller's transaction, locks the room first (as the
 does, so an API change and a ``#`` command on the same room are serialised) and leaves the
 room exactly as the matching command would: ``#create`` (:func:`create_room`), ``#destroy``
 (:func:`destroy_room`), ``#add`` (:func:`add_member`), ``#invite`` (:func:`invite_member`),
-``#modify`` (:func:`set_member_role`), ``#remove`` (:func:`remove_member`). The notices are
+``#modify`` (:func:`set_member_role`), ``#remove`` (:func:`remove_member`), ``#ban``
+(:func:`ban_member`), ``#unban`` (:func:`unban_member`). The notices are
 imc's own texts (imported from :mod:`services.imc.commands`), queued in ``outbound_messages``
 from the room's URI with imc's sources and headers, so the imc worker acts on their outcomes
 (a failed invitation is withdrawn and the inviter told) as for its own.
@@ -51,6 +52,10 @@ class RoomExists(RoomError):
 
 class MemberNotFound(RoomError):
     pass
+
+
+class BanNotFound(MemberNotFound):
+    """The user is not banned from the room."""
 
 
 class MemberExists(RoomError):
@@ -242,3 +247,53 @@ async def remove_member(conn: Executor, key: str, aor: str) -> None:
     await _send(
         conn, room, [Notice(member.aor, text.REMOVED), *_broadcast(after, text.left(member.aor))]
     )
+
+
+async def ban_member(conn: Executor, key: str, aor: str) -> str:
+    """``#ban``: ``aor`` (not an owner) is put out of the room until unbanned — a membership
+    or invitation becomes the ban, someone not in the room is banned beforehand; they are
+    told, then the room. The address as stored."""
+    room = await _load(conn, key)
+    if aor.lower() in room.banned:
+        raise MemberExists(f"{aor} is already banned from {room.key}")
+    member = room.find(aor)
+    if member is not None:
+        if member.role is Role.OWNER:
+            raise OwnerRequired(f"an owner of {room.key} cannot be banned (change the role first)")
+        aor = member.aor
+    await rooms_db.ban_member(conn, room.id, aor)
+    after = [m for m in room.members if m is not member]
+    await _send(
+        conn, room, [Notice(aor, text.YOU_ARE_BANNED), *_broadcast(after, text.was_banned(aor))]
+    )
+    return aor
+
+
+async def unban_member(conn: Executor, key: str, aor: str) -> None:
+    """``#unban``: lift ``aor``'s ban (they may join, be added or invited again); they are
+    told, then the room."""
+    room = await _load(conn, key)
+    if aor.lower() not in room.banned:
+        raise BanNotFound(f"{aor} is not banned from {room.key}")
+    await rooms_db.unban_member(conn, room.id, aor)
+    await _send(
+        conn,
+        room,
+        [
+            Notice(aor, text.YOU_ARE_UNBANNED),
+            *_broadcast(list(room.members), text.was_unbanned(aor)),
+        ],
+    )
+
+
+async def history(
+    conn: Executor, key: str, *, keep: int, limit: int, offset: int
+) -> tuple[int, list[rooms_db.HistoryMessage]]:
+    """The room's history as imc replays it (its newest ``keep`` messages): how many, and
+    one page counted from the newest (oldest first on the page)."""
+    room = await rooms_db.get_room_summary(conn, key)
+    if room is None:
+        raise RoomNotFound(f"no such room: {key}")
+    count = await rooms_db.history_count(conn, room.id, keep)
+    page = await rooms_db.history_page(conn, room.id, keep=keep, limit=limit, offset=offset)
+    return count, page

@@ -21,6 +21,10 @@ from shared.db.types import Connection, Executor
 QUEUED_CHANNEL = "outbound"
 #: NOTIFY channel told the outcome (payload {"type": "delivered" | "failed", "id": ...}).
 DONE_CHANNEL = "outbound_done"
+#: ``source`` of the control API's sends (``POST /api/v1/messages``) to a registered user:
+#: when such a row fails, the relay stores it offline in the transaction that records the
+#: outcome, so msilo delivers it later (nothing the API answered 202 for is lost).
+STORE_ON_FAILURE_SOURCE = "api"
 
 
 class OutboundStatus(StrEnum):

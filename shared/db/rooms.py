@@ -535,3 +535,39 @@ async def remove_memberships(conn: Executor, aor: str) -> int:
     """Remove ``aor`` from every room (a user being deleted), bans included; how many rows."""
     status = await conn.execute("DELETE FROM room_members WHERE lower(member) = lower($1)", aor)
     return int(status.split()[-1])
+
+
+async def history_count(conn: Executor, room_id: int, keep: int) -> int:
+    """How many of the room's kept messages count as its history: at most the newest
+    ``keep`` (IMSTACK_IMC_HISTORY; rows beyond it are ignored, as replay ignores them)."""
+    count = await conn.fetchval("SELECT count(*) FROM room_messages WHERE room_id = $1", room_id)
+    return min(int(count), max(keep, 0))
+
+
+async def history_page(
+    conn: Executor, room_id: int, *, keep: int, limit: int, offset: int
+) -> list[HistoryMessage]:
+    """One page of the room's history counted from the newest message (``offset`` newest
+    skipped, then ``limit``), within the newest ``keep``; oldest first."""
+    limit = max(0, min(limit, keep - offset))
+    if limit == 0:
+        return []
+    rows = await conn.fetch(
+        """SELECT id, sender, content_type, body, sent_at FROM (
+               SELECT * FROM room_messages WHERE room_id = $1 ORDER BY id DESC
+               LIMIT $2 OFFSET $3
+           ) page ORDER BY id""",
+        room_id,
+        limit,
+        offset,
+    )
+    return [
+        HistoryMessage(
+            id=r["id"],
+            sender=r["sender"],
+            content_type=r["content_type"],
+            body=bytes(r["body"]),
+            sent_at=r["sent_at"],
+        )
+        for r in rows
+    ]

@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.api.routers import messages as messages_router
+from services.api import message_ops
 from shared.config import Settings
 from shared.db import offline as offline_db
 from shared.db.tokens import Scope
@@ -115,7 +115,7 @@ async def test_purge_deletes_what_was_received_before_the_date_in_batches(
         old,
     )
     recent = await store(pool)
-    monkeypatch.setattr(messages_router, "PURGE_BATCH", 4)
+    monkeypatch.setattr(message_ops, "PURGE_BATCH", 4)
 
     before = (datetime.now(UTC) - timedelta(days=1)).isoformat()
     response = await client.post(PURGE, params={"before": before})

@@ -1,5 +1,6 @@
 """Offline messages: ``/api/v1/users/{address}/messages`` (count, list, delete one or all)
-and ``/api/v1/messages/purge`` (everything received before a date, in batches).
+and ``/api/v1/messages/purge`` (everything received before a date, in batches); sending:
+``POST /api/v1/messages`` (to a user or a room, through the normal routing).
 
 Reading needs any token; deleting needs an admin token. Deleting a message whose delivery
 is in flight does not recall it: msilo finds the row gone when the outcome arrives.
@@ -7,29 +8,34 @@ is in flight does not recall it: msilo finds the row gone when the outcome arriv
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, status
 from pydantic import AwareDatetime
 
+from services.api import message_ops
 from services.api.deps import AdminDep, PoolDep, SettingsDep
-from services.api.errors import ErrorBody, NotFound
+from services.api.errors import ErrorBody, InvalidInput, NotFound
 from services.api.routers.registrations import existing_user
 from services.api.routers.users import AddressPath
 from services.api.schemas.messages import (
+    BodyEncoding,
     MessageCount,
     MessagePublic,
     MessagesDeleted,
+    MessageSend,
+    MessageSent,
     MessagesPublic,
     MessagesPurged,
+    SendOutcome,
 )
 from shared.db import offline as offline_db
 
 router = APIRouter(tags=["messages"])
 
 MAX_PAGE = 1000
-#: Rows deleted per transaction by the purge (short transactions, no long lock).
-PURGE_BATCH = 1000
 
 MessagePath = Annotated[int, Path(ge=1, le=2**63 - 1, description="The message's id.")]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -101,11 +107,62 @@ async def purge_messages(
 ) -> MessagesPurged:
     """Delete every stored message received before ``before``, for all users, in batches of
     short transactions; how many."""
-    purged = batches = 0
-    while True:
-        async with pool.acquire() as conn, conn.transaction():
-            done = await offline_db.purge_received_before(conn, before, limit=PURGE_BATCH)
-        purged += done
-        batches += 1
-        if done < PURGE_BATCH:
-            return MessagesPurged(purged=purged, batches=batches)
+    async with pool.acquire() as conn:
+        purged, batches = await message_ops.purge_before(conn, before)
+    return MessagesPurged(purged=purged, batches=batches)
+
+
+#: Most bytes of a sent body (the relay's MESSAGEs go over TCP when large).
+MAX_BODY_BYTES = 65536
+_SEND_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such user or room."},
+    409: {"model": ErrorBody, "description": "The user is disabled, or their mailbox is full."},
+}
+
+
+@router.post("/messages", status_code=status.HTTP_202_ACCEPTED, responses=_SEND_ERRORS)
+async def send_message(
+    body: MessageSend, pool: PoolDep, settings: SettingsDep, _: AdminDep
+) -> MessageSent:
+    """Send a MESSAGE from ``sender`` (default: the system address) to a user or a room,
+    routed as the relay routes one: to a registered user it is queued for the relay to send
+    now — if that delivery fails it is stored offline; to a user who is not registered it is
+    stored, and msilo delivers it when they register; to a room it is queued for the room
+    worker, which fans it out to the members (checking the sender may talk there, as for a
+    MESSAGE from a client). 202: accepted, the delivery is asynchronous."""
+    payload = _decode(body)
+    async with pool.acquire() as conn, conn.transaction():
+        sent = await message_ops.send(
+            conn,
+            settings,
+            to=body.to,
+            sender=body.sender,
+            sender_display=body.sender_display,
+            content_type=body.content_type,
+            body=payload,
+        )
+    return MessageSent(
+        outcome=SendOutcome(sent.outcome.value),
+        recipient=sent.recipient,
+        sender=sent.sender,
+        outbound_id=sent.id if sent.outcome is message_ops.Outcome.QUEUED else None,
+        offline_id=sent.id if sent.outcome is message_ops.Outcome.STORED else None,
+        room_inbox_id=sent.id if sent.outcome is message_ops.Outcome.ROOM else None,
+    )
+
+
+def _decode(body: MessageSend) -> bytes:
+    if body.body_encoding is BodyEncoding.BASE64:
+        try:
+            payload = base64.b64decode(body.body, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput("body: not valid base64", code="invalid_message") from None
+    else:
+        payload = body.body.encode()
+    if not payload:
+        raise InvalidInput("body: empty", code="invalid_message")
+    if len(payload) > MAX_BODY_BYTES:
+        raise InvalidInput(
+            f"body: {len(payload)} bytes, at most {MAX_BODY_BYTES}", code="invalid_message"
+        )
+    return payload

@@ -1,8 +1,9 @@
-"""``/api/v1/rooms``: chat rooms and their members, with imc's semantics.
+"""``/api/v1/rooms``: chat rooms, their members and bans, and their history, with imc's
+semantics.
 
 Rooms live in the conference domain; a room created here is the same rows ``#create``
-makes. Member changes are ``#add``, ``#invite``, ``#modify`` and ``#remove`` done by an
-operator: the same rows, and the same notices queued for the relay
+makes. Member changes are ``#add``, ``#invite``, ``#modify``, ``#remove``, ``#ban`` and
+``#unban`` done by an operator: the same rows, and the same notices queued for the relay
 (:mod:`services.api.room_ops`). Every change is one transaction. Reading needs any token;
 changing needs an admin token.
 """
@@ -17,6 +18,9 @@ from services.api import room_ops
 from services.api.deps import AdminDep, PoolDep, SettingsDep
 from services.api.errors import ErrorBody
 from services.api.schemas.rooms import (
+    BanCreate,
+    HistoryMessagePublic,
+    HistoryPublic,
     InvitationCreate,
     MemberCreate,
     MemberPublic,
@@ -263,3 +267,60 @@ async def remove_member(
     aor = room_ops.user_address(config, member)
     async with pool.acquire() as conn, conn.transaction():
         await room_ops.remove_member(conn, key, aor)
+
+
+_BAN: dict[int | str, dict[str, Any]] = {
+    **_NOT_FOUND,
+    409: {"model": ErrorBody, "description": "Already banned, or an owner of the room."},
+}
+_UNBAN: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such room, or the user is not banned."}
+}
+
+
+@router.post("/{room}/bans", status_code=status.HTTP_201_CREATED, responses=_BAN)
+async def ban_member(
+    room: RoomPath, body: BanCreate, pool: PoolDep, settings: SettingsDep, _: AdminDep
+) -> MemberPublic:
+    """Ban a user, as ``#ban`` does: a member or invitee is out of the room at once, anyone
+    else is banned beforehand; they cannot ``#join``, be added or invited until unbanned.
+    The user is told, then the room. Owners cannot be banned."""
+    config = _config(settings)
+    key = room_ops.room_key(config, room)
+    aor = room_ops.user_address(config, body.user)
+    async with pool.acquire() as conn, conn.transaction():
+        stored = await room_ops.ban_member(conn, key, aor)
+        return await _member(conn, key, stored)
+
+
+@router.delete("/{room}/bans/{member}", status_code=status.HTTP_204_NO_CONTENT, responses=_UNBAN)
+async def unban_member(
+    room: RoomPath, member: MemberPath, pool: PoolDep, settings: SettingsDep, _: AdminDep
+) -> None:
+    """Lift a ban, as ``#unban`` does: the user may join again (they are no member until
+    they do); they are told, then the room."""
+    config = _config(settings)
+    key = room_ops.room_key(config, room)
+    aor = room_ops.user_address(config, member)
+    async with pool.acquire() as conn, conn.transaction():
+        await room_ops.unban_member(conn, key, aor)
+
+
+@router.get("/{room}/history", responses=_NOT_FOUND)
+async def room_history(
+    room: RoomPath,
+    pool: PoolDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1, description="Newest messages to skip.")] = 0,
+) -> HistoryPublic:
+    """The room's last chat messages (what a joining member is replayed): pages counted
+    from the newest, each page oldest first."""
+    key = room_ops.room_key(_config(settings), room)
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        count, page = await room_ops.history(
+            conn, key, keep=settings.imc_history, limit=limit, offset=offset
+        )
+    return HistoryPublic(
+        data=[HistoryMessagePublic.of(m) for m in page], count=count, limit=limit, offset=offset
+    )

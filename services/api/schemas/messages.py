@@ -1,14 +1,20 @@
-"""Offline messages: what the API returns about the store (bodies as text or base64)."""
+"""Offline messages: what the API returns about the store (bodies as text or base64); what
+it accepts to send a message and what it answers."""
 
 from __future__ import annotations
 
 import base64
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from services.api.schemas.users import AddressText, DisplayName
 from shared.db.offline import OfflineMessage, OfflineState
+
+#: Most characters of a sent body as given (base64 included): 64 KiB of bytes and more.
+MAX_BODY_TEXT = 100_000
 
 #: Media types outside text/* whose bodies are text.
 TEXTUAL_TYPES = frozenset({"application/json", "application/xml", "message/cpim"})
@@ -95,3 +101,78 @@ class MessagesDeleted(BaseModel):
 class MessagesPurged(BaseModel):
     purged: int = Field(description="Messages deleted.")
     batches: int = Field(description="Transactions it took.")
+
+
+MediaType = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=[^\x00-\x1f\x7f;]+)*$",
+        description="The MESSAGE's Content-Type.",
+        examples=["text/plain;charset=UTF-8"],
+    ),
+]
+SenderText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=320,
+        pattern=r"^(sips?:)?[A-Za-z0-9._~!$&'()*+,=%-]+(@[A-Za-z0-9.-]+)?$",
+        description="sip:user@domain (or user@domain, or a bare user name of the server's "
+        "domain). For a room, a user of the server's "
+        "domain (the room's members see it as the author).",
+        examples=["sip:alice@example.com"],
+    ),
+]
+
+
+class MessageSend(BaseModel):
+    """A MESSAGE to a user or a room, routed as the relay routes one: to a registered user it
+    is sent now (and stored offline if that fails), to an unregistered user it is stored for
+    delivery on registration, to a room it is handed to the room worker for fan-out.
+
+    Fields may be added later (e.g. an optional send time): clients that leave them out
+    keep today's behaviour."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: AddressText = Field(
+        description="A user (user@domain, sip:user@domain, or a bare user name of the "
+        "server's domain) or a room (name@<conference domain>).",
+        examples=["bob@example.com"],
+    )
+    sender: SenderText | None = Field(
+        None,
+        description="Who the MESSAGE is from; default: the system address "
+        "(IMSTACK_MSILO_NOTICE_FROM, else sip:<domain>). Required for a room.",
+    )
+    sender_display: DisplayName | None = Field(None, description="The From display name.")
+    content_type: MediaType = "text/plain;charset=UTF-8"
+    body: str = Field(
+        min_length=1,
+        max_length=MAX_BODY_TEXT,
+        description="The body: text (sent UTF-8 encoded), or base64 (see body_encoding).",
+    )
+    body_encoding: BodyEncoding = BodyEncoding.TEXT
+
+
+class SendOutcome(StrEnum):
+    QUEUED = "queued"  # the recipient is registered: the relay sends it now
+    STORED = "stored"  # not registered: msilo delivers it on registration
+    ROOM = "room"  # handed to the room worker, which fans it out to the members
+
+
+class MessageSent(BaseModel):
+    """What happened to a sent message (202: accepted, delivery is asynchronous)."""
+
+    outcome: SendOutcome = Field(
+        description="queued: the recipient is registered and the relay sends it now (if that "
+        "fails it is stored offline); stored: kept in the offline store until the recipient "
+        "registers; room: queued for the room, whose worker fans it out to the members."
+    )
+    recipient: str = Field(examples=["bob@example.com"])
+    sender: str = Field(description="The From URI used.", examples=["sip:alice@example.com"])
+    outbound_id: int | None = Field(None, description="The queued delivery (outcome queued).")
+    offline_id: int | None = Field(None, description="The stored message (outcome stored).")
+    room_inbox_id: int | None = Field(None, description="The queued room message (outcome room).")

@@ -8,8 +8,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.api.schemas.messages import BodyEncoding, encode_body
 from services.api.schemas.users import AddressText
-from shared.db.rooms import MemberRow, Role, RoomSummary
+from shared.db.rooms import HistoryMessage, MemberRow, Role, RoomSummary
 
 RoomName = Annotated[
     str,
@@ -174,3 +175,45 @@ class MembersPublic(BaseModel):
 
     data: list[MemberPublic]
     count: int
+
+
+class BanCreate(BaseModel):
+    """``#ban``: the user is put out of the room (a membership or invitation becomes the
+    ban) and cannot join, be added or invited until unbanned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: AddressText
+
+
+class HistoryMessagePublic(BaseModel):
+    """A chat message kept in the room's history, as its sender wrote it."""
+
+    id: int
+    sender: str = Field(examples=["alice@example.com"])
+    content_type: str = Field(examples=["text/plain"])
+    body: str = Field(description="The body: text, or base64 (see body_encoding).")
+    body_encoding: BodyEncoding
+    sent_at: datetime
+
+    @classmethod
+    def of(cls, message: HistoryMessage) -> HistoryMessagePublic:
+        body, encoding = encode_body(message.content_type, message.body)
+        return cls(
+            id=message.id,
+            sender=message.sender,
+            content_type=message.content_type,
+            body=body,
+            body_encoding=encoding,
+            sent_at=message.sent_at,
+        )
+
+
+class HistoryPublic(BaseModel):
+    """One page of the room's history: ``offset`` skips the newest messages, ``data`` is
+    oldest first. Only the newest IMSTACK_IMC_HISTORY messages are kept (0: none)."""
+
+    data: list[HistoryMessagePublic]
+    count: int = Field(description="Messages in the room's history, on every page.")
+    limit: int
+    offset: int

@@ -5,6 +5,9 @@ the worker claims queued rows (``FOR UPDATE SKIP LOCKED``, so relay replicas nev
 row twice), marks them 'sending' and commits; then each row is sent to every binding of
 its AoR like a forwarded request, and the outcome is written back and NOTIFYed on
 ``outbound_done``. The contract is in ``migrations/0003_outbound_messages.sql``.
+
+A failed row queued by the control API (source ``STORE_ON_FAILURE_SOURCE``) is stored in
+the offline store in the same transaction as its outcome, for msilo to deliver later.
 """
 
 from __future__ import annotations
@@ -19,9 +22,18 @@ from services.relay.sip.handover import RELAY_WRITTEN_HEADERS
 from services.relay.sip.proxy import Fork, Target
 from shared.db.listen import Listener
 from shared.db.locations import delete_expired, get_bindings
-from shared.db.outbound import QUEUED_CHANNEL, OutboundMessage, claim_batch, finish, purge_finished
+from shared.db.offline import store_message
+from shared.db.outbound import (
+    QUEUED_CHANNEL,
+    STORE_ON_FAILURE_SOURCE,
+    OutboundMessage,
+    claim_batch,
+    finish,
+    purge_finished,
+)
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
+from shared.db.types import Executor
 from shared.sip.errors import LocalProtocolError
 from shared.sip.headers import NameAddr
 from shared.sip.message import Headers, SipRequest, canonical_name
@@ -112,8 +124,34 @@ class DeliveryWorker:
         try:
             async with self.edge.pool.acquire() as conn, conn.transaction():
                 await finish(conn, message.id, delivered=delivered, status=status, reason=reason)
+                if not delivered and message.source == STORE_ON_FAILURE_SOURCE:
+                    await self._store_offline(conn, message)
         except DATABASE_ERRORS as exc:
             log.warning("outbound message %d: outcome not recorded (%s)", message.id, exc)
+
+    async def _store_offline(self, conn: Executor, message: OutboundMessage) -> None:
+        """A failed send of the control API: into the offline store (msilo delivers it)."""
+        settings = self.edge.settings
+        stored = await store_message(
+            conn,
+            recipient=message.to_aor,
+            sender_uri=message.from_uri,
+            sender_display=message.from_display,
+            call_id=f"outbound-{message.id}",
+            content_type=message.content_type,
+            body=message.body,
+            extra_headers=list(message.extra_headers),
+            lifetime=settings.msilo_expire,
+            max_messages=settings.msilo_max_messages,
+        )
+        if stored is None:
+            log.warning(
+                "outbound message %d for %s not stored: offline mailbox full",
+                message.id,
+                message.to_aor,
+            )
+        else:
+            log.info("outbound message %d stored offline (id %d)", message.id, stored)
 
     async def _send(self, message: OutboundMessage) -> tuple[int, str]:
         try:
