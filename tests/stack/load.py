@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import httpx
 
+from shared.sip.headers import parse_via
 from shared.sip.message import SipRequest, SipResponse
 from tests.relay_sip.sip_ua import SipUA
 from tests.stack.topology import API_TOKEN, Stack
@@ -133,12 +134,22 @@ async def send_message(
     )
     try:
         async with asyncio.timeout(timeout):
-            first = await ua.send(request)
+            first = await final_response(ua, request)
             if first.status not in (401, 407):
                 return first
-            return await ua.send(ua.authorize(request, first))
+            return await final_response(ua, ua.authorize(request, first))
     except (TimeoutError, OSError):
         return None
+
+
+async def final_response(ua: SipUA, request: SipRequest) -> SipResponse:
+    """Send ``request``; its final response, however long it takes (the caller bounds it)."""
+    branch = parse_via(request.get("Via") or "").branch or ""
+    ua.send_bytes(request.to_bytes())
+    while True:
+        response = await ua.responses[branch].get()
+        if response.status >= 200:
+            return response
 
 
 @dataclass
@@ -170,17 +181,20 @@ class Load:
     def body(self, seq: int) -> bytes:
         return f"load {self.tag}-{seq:05d}".encode()
 
-    async def run(self, duration: float) -> None:
+    async def run(self, duration: float, busy: asyncio.Event | None = None) -> None:
+        """Send for ``duration`` seconds, and on while ``busy`` is set."""
         async with asyncio.TaskGroup() as group:
             for index, sender in enumerate(self.senders):
-                group.create_task(self._send_from(sender, index, duration))
+                group.create_task(self._send_from(sender, index, duration, busy))
 
-    async def _send_from(self, sender: Peer, index: int, duration: float) -> None:
+    async def _send_from(
+        self, sender: Peer, index: int, duration: float, busy: asyncio.Event | None
+    ) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         targets = itertools.cycle(self.targets[index:] + self.targets[:index])
         n = 0
-        while loop.time() - start < duration:
+        while loop.time() - start < duration or (busy is not None and busy.is_set()):
             to, recipients = next(targets)
             recipients = tuple(r for r in recipients if r.lower() != sender.aor.lower())
             seq = next(self._seq)

@@ -66,15 +66,22 @@ class Scenario:
         assert self.load is not None
         facts: dict[str, object] = {}
 
+        busy = asyncio.Event()
+        busy.set()  # the load goes on until the fault is over
+
         async def at_fault() -> None:
-            await asyncio.sleep(self.fault_at)
-            await self.peers["off1"].register()
-            if fault is not None:
-                facts.update(await fault())
+            try:
+                await asyncio.sleep(self.fault_at)
+                await self.peers["off1"].register()
+                if fault is not None:
+                    facts.update(await fault())
+                await asyncio.sleep(0.5)  # and a little after
+            finally:
+                busy.clear()
 
         began = time.monotonic()
         async with asyncio.TaskGroup() as group:
-            group.create_task(self.load.run(self.duration))
+            group.create_task(self.load.run(self.duration, busy))
             group.create_task(at_fault())
         await self.peers["off2"].register()
         auditor = Auditor(self.stack, self.load, self.peers.values())
