@@ -219,6 +219,9 @@ class Audit:
     stored: int
     stored_rows: dict[str, int]  # rows holding them, by table and state
     duplicated: int
+    #: Received, but the delivery is still marked 'sending' (its relay died before writing
+    #: the outcome): sent again once the lease runs out — the documented crash window.
+    resend_pending: int
     lost: int
     delivered_unacknowledged: int
     out_of_order: int  # stored messages delivered out of storage order
@@ -251,8 +254,11 @@ class Auditor:
             for recipient in sent.recipients
         }
 
-    async def stored(self) -> tuple[set[tuple[int, str]], Counter[str]]:
-        """(message, recipient) pairs still held by the store or the queues; rows by place."""
+    async def stored(
+        self,
+    ) -> tuple[set[tuple[int, str]], set[tuple[int, str]], Counter[str]]:
+        """(message, recipient) pairs still held by the store or the queues, those of them
+        in deliveries left 'sending' (sent again after the relay's lease), rows by place."""
         conn = await asyncpg.connect(self.stack.database_url)
         try:
             rows = await conn.fetch(
@@ -269,6 +275,7 @@ class Auditor:
         finally:
             await conn.close()
         held: set[tuple[int, str]] = set()
+        sending: set[tuple[int, str]] = set()
         places = Counter(str(row["place"]) for row in rows)
         by_seq = {sent.seq: sent for sent in self.load.sent}
         for row in rows:
@@ -278,7 +285,9 @@ class Auditor:
                     held.update((seq, r.lower()) for r in by_seq[seq].recipients)
                 else:
                     held.add((seq, row["who"]))
-        return held, places
+                    if row["place"] == "outbound sending":
+                        sending.add((seq, row["who"]))
+        return held, sending, places
 
     async def settle(self, timeout: float = 30.0, quiet: float = 3.0) -> None:
         """Wait until everything owed arrived, or nothing more arrived for ``quiet`` seconds
@@ -318,7 +327,7 @@ class Auditor:
     async def audit(self) -> Audit:
         got = self.received()
         owed = self.owed()
-        held, places = await self.stored()
+        held, sending, places = await self.stored()
         delivered = {unit for unit in owed if got[unit] >= 1}
         stored = {unit for unit in owed - delivered if unit in held}
         lost = sorted(owed - delivered - stored)
@@ -333,6 +342,7 @@ class Auditor:
             stored=len(stored),
             stored_rows=dict(places),
             duplicated=sum(count - 1 for unit, count in got.items() if count > 1),
+            resend_pending=len(delivered & sending),
             lost=len(lost),
             delivered_unacknowledged=len({seq for seq, _ in got if seq not in acked_seqs}),
             out_of_order=self.out_of_order(),
