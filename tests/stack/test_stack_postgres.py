@@ -94,7 +94,7 @@ async def api_ready(stack: Stack, since: float) -> float:
                     return round(time.monotonic() - since, 2)
             except httpx.HTTPError:
                 pass
-            await wait_or_give_up(since)
+            await wait_or_give_up(since, "api")
 
 
 async def relay_stores(sender: Peer, offline: Peer, since: float) -> float:
@@ -105,7 +105,7 @@ async def relay_stores(sender: Peer, offline: Peer, since: float) -> float:
         answer = await send_message(sender.ua, f"sip:{offline.aor}", f"probe store {n}".encode())
         if answer is not None and answer.status == 202:
             return round(time.monotonic() - since, 2)
-        await wait_or_give_up(since)
+        await wait_or_give_up(since, "relay")
 
 
 async def imc_fans_out(sender: Peer, member: Peer, room: str, since: float) -> float:
@@ -121,7 +121,7 @@ async def imc_fans_out(sender: Peer, member: Peer, room: str, since: float) -> f
                     member.arrived.clear()
                     await member.arrived.wait()
             return round(time.monotonic() - since, 2)
-        await wait_or_give_up(since)
+        await wait_or_give_up(since, "imc")
 
 
 async def msilo_delivers(offline: Peer, since: float) -> float:
@@ -134,6 +134,6 @@ async def msilo_delivers(offline: Peer, since: float) -> float:
     return round(time.monotonic() - since, 2)
 
 
-async def wait_or_give_up(since: float) -> None:
-    assert time.monotonic() - since < RECOVERY_LIMIT + 10, "no recovery"
+async def wait_or_give_up(since: float, what: str) -> None:
+    assert time.monotonic() - since < RECOVERY_LIMIT + 10, f"{what}: no recovery"
     await asyncio.sleep(0.1)
