@@ -44,6 +44,9 @@ BATCH = 50  # rows claimed at once
 #: Seconds after which a row left 'sending' by a dead relay is sent again: longer than
 #: any transaction (64*T1 = 32 s) plus margin.
 LEASE = 120.0
+#: Seconds before retrying a database step of a delivery, doubling up to the maximum.
+RETRY_BACKOFF = 0.2
+MAX_RETRY_BACKOFF = 5.0
 
 
 def build_request(edge: SipEdge, message: OutboundMessage) -> SipRequest:
@@ -107,11 +110,24 @@ class DeliveryWorker:
         return len(messages)
 
     async def _deliver(self, message: OutboundMessage) -> None:
-        try:
-            status, reason = await self._send(message)
-        except DATABASE_ERRORS as exc:
-            log.warning("outbound message %d: database unavailable (%s)", message.id, exc)
-            return  # stays 'sending'; claimed again after the lease
+        # The database may be restarting: a row left 'sending' would wait out the whole
+        # LEASE (holding back its recipient's later offline messages), and one already
+        # delivered would then be sent twice. So retry, with a backoff, until the database
+        # answers (or the shutdown deadline cancels us; then the lease takes over).
+        backoff = RETRY_BACKOFF
+        while True:
+            try:
+                status, reason = await self._send(message)
+                break
+            except DATABASE_ERRORS as exc:  # before anything was sent
+                log.warning(
+                    "outbound message %d: database unavailable (%s); retrying in %.1fs",
+                    message.id,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF)
         delivered = 200 <= status < 300
         log.info(
             "outbound message %d to %s: %s %d %s",
@@ -121,13 +137,25 @@ class DeliveryWorker:
             status,
             reason,
         )
-        try:
-            async with self.edge.pool.acquire() as conn, conn.transaction():
-                await finish(conn, message.id, delivered=delivered, status=status, reason=reason)
-                if not delivered and message.source == STORE_ON_FAILURE_SOURCE:
-                    await self._store_offline(conn, message)
-        except DATABASE_ERRORS as exc:
-            log.warning("outbound message %d: outcome not recorded (%s)", message.id, exc)
+        backoff = RETRY_BACKOFF
+        while True:
+            try:
+                async with self.edge.pool.acquire() as conn, conn.transaction():
+                    await finish(
+                        conn, message.id, delivered=delivered, status=status, reason=reason
+                    )
+                    if not delivered and message.source == STORE_ON_FAILURE_SOURCE:
+                        await self._store_offline(conn, message)
+                return
+            except DATABASE_ERRORS as exc:
+                log.warning(
+                    "outbound message %d: outcome not recorded yet (%s); retrying in %.1fs",
+                    message.id,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF)
 
     async def _store_offline(self, conn: Executor, message: OutboundMessage) -> None:
         """A failed send of the control API: into the offline store (msilo delivers it)."""
