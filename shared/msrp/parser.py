@@ -45,6 +45,7 @@ from .events import (
     Event,
     RequestHead,
     ResponseHead,
+    WholeMessage,
 )
 from .uri import MsrpUri, parse_path
 
@@ -186,12 +187,16 @@ class MsrpParser:
         # Parse messages that are wholly buffered in one pass (see _parse_whole); False
         # forces the incremental reader for everything (tests compare the two).
         fast_path: bool = True,
+        # Deliver a message parsed whole by the fast path as one WholeMessage event instead
+        # of head, body and end-line events.
+        whole_messages: bool = False,
     ) -> None:
         self.max_start_line = max_start_line
         self.max_header_line = max_header_line
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
         self.fast_path = fast_path
+        self.whole_messages = whole_messages
         self._buf = bytearray()
         self._events: deque[Event] = deque()
         self._error: RemoteProtocolError | None = None
@@ -303,6 +308,7 @@ class MsrpParser:
         events = self._events
         pos = 0
         max_line = self.max_header_line
+        whole = self.whole_messages
         try:
             while pos < size:
                 eol = buf.find(b"\r\n", pos, pos + self.max_start_line + 2)
@@ -348,30 +354,30 @@ class MsrpParser:
                     after_head = blank + 4
                 if len(lines) < 2 or len(lines) > self.max_headers:
                     break
-                if any(len(line) > max_line for line in lines):
+                if max(map(len, lines)) > max_line:
                     break
                 to_path, from_path = _path_pair(lines[0], lines[1])
                 headers = tuple([_other_header(line) for line in lines[2:]])
                 tid = tid_bytes.decode("ascii")
+                head: RequestHead | ResponseHead
                 if method_bytes is not None:
-                    events.append(
-                        RequestHead(
-                            tid,
-                            method_bytes.decode("ascii"),
-                            to_path,
-                            from_path,
-                            headers,
-                            flag is None,
-                        )
+                    head = RequestHead(
+                        tid, method_bytes.decode("ascii"), to_path, from_path, headers, flag is None
                     )
                 else:
                     comment = (
                         None if comment_bytes is None else _decode_text(comment_bytes, "comment")
                     )
-                    events.append(
-                        ResponseHead(tid, int(status_bytes), comment, to_path, from_path, headers)
+                    head = ResponseHead(
+                        tid, int(status_bytes), comment, to_path, from_path, headers
                     )
-                if flag is None:
+                if flag is not None:
+                    if whole:
+                        events.append(WholeMessage(head, b"", flag))
+                        pos = after_head
+                        continue
+                    events.append(head)
+                else:
                     # The body, if its end-line is buffered too.
                     marker_len = len(end_pattern)
                     idx = buf.find(end_pattern, after_head)
@@ -386,13 +392,20 @@ class MsrpParser:
                         idx = buf.find(end_pattern, idx + 1)
                     if idx == -1 or flag is None:
                         # Stream the rest as it comes, like the reader does.
+                        events.append(head)
                         pos = after_head
                         self._current_tid = tid
                         self._gen = self._finish_body(tid)
                         break
-                    if idx > after_head:
-                        events.append(BodyData(tid, bytes(buf[after_head:idx])))
+                    body = bytes(buf[after_head:idx]) if idx > after_head else b""
                     after_head = idx + marker_len + 3
+                    if whole:
+                        events.append(WholeMessage(head, body, flag))
+                        pos = after_head
+                        continue
+                    events.append(head)
+                    if body:
+                        events.append(BodyData(tid, body))
                 events.append(EndOfMessage(tid, flag))
                 pos = after_head
         except RemoteProtocolError:

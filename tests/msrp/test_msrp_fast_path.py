@@ -1,10 +1,11 @@
 """The parser's whole-message fast path against its incremental reader.
 
 ``MsrpParser(fast_path=False)`` runs everything through the incremental reader; the default
-parses wholly buffered messages in one pass. For any input and any split into reads the two
-must be indistinguishable: the same events (body slices included) after every read, the same
-buffered bytes and message-boundary state, the same error with the same status and
-transaction-id.
+parses wholly buffered messages in one pass; ``whole_messages=True`` (the relay's choice) also
+delivers each of those as one ``WholeMessage``. For any input and any split into reads the
+three must be indistinguishable: the same events (body slices included; a WholeMessage
+counts as the events it stands for) after every read, the same buffered bytes and
+message-boundary state, the same error with the same status and transaction-id.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from shared.msrp import (
     RemoteProtocolError,
     RequestHead,
     ResponseHead,
+    WholeMessage,
 )
 from tests.msrp.test_msrp_properties import cut_points, messages, write
 
@@ -58,13 +60,19 @@ class Read:
     boundary: bool
 
 
-def observe(data: bytes, cuts: list[int], fast: bool, lim: Limits, eof: bool) -> list[Read]:
+def drain(parser: MsrpParser, events: list[Event]) -> None:
+    for event in parser.events():
+        events.extend(event.expand() if isinstance(event, WholeMessage) else [event])
+
+
+def observe(data: bytes, cuts: list[int], mode: str, lim: Limits, eof: bool) -> list[Read]:
     parser = MsrpParser(
         max_start_line=lim.max_start_line,
         max_header_line=lim.max_header_line,
         max_headers=lim.max_headers,
         max_header_bytes=lim.max_header_bytes,
-        fast_path=fast,
+        fast_path=mode != "incremental",
+        whole_messages=mode == "whole",
     )
     reads: list[Read] = []
     pos = 0
@@ -73,7 +81,7 @@ def observe(data: bytes, cuts: list[int], fast: bool, lim: Limits, eof: bool) ->
         error = None
         try:
             parser.receive_data(data[pos:cut])
-            events.extend(parser.events())
+            drain(parser, events)
         except RemoteProtocolError as err:
             error = (str(err), err.status_hint, err.transaction_id)
         pos = max(pos, cut)
@@ -85,7 +93,7 @@ def observe(data: bytes, cuts: list[int], fast: bool, lim: Limits, eof: bool) ->
         error = None
         parser.receive_eof()
         try:
-            events.extend(parser.events())
+            drain(parser, events)
         except RemoteProtocolError as err:
             error = (str(err), err.status_hint, err.transaction_id)
         reads.append(Read(events, error, parser.buffered_bytes, parser.at_message_boundary))
@@ -93,9 +101,10 @@ def observe(data: bytes, cuts: list[int], fast: bool, lim: Limits, eof: bool) ->
 
 
 def assert_same(data: bytes, cuts: list[int], lim: Limits, eof: bool = False) -> list[Read]:
-    fast = observe(data, cuts, True, lim, eof)
-    assert fast == observe(data, cuts, False, lim, eof)
-    return fast
+    incremental = observe(data, cuts, "incremental", lim, eof)
+    assert observe(data, cuts, "fast", lim, eof) == incremental
+    assert observe(data, cuts, "whole", lim, eof) == incremental
+    return incremental
 
 
 cuts_strategy = st.lists(st.integers(0, 10_000), max_size=8)
@@ -262,3 +271,27 @@ def test_an_error_after_good_messages_in_the_same_read_keeps_them_first() -> Non
     (read,) = assert_same(good + bad, [], Limits())
     assert [type(e).__name__ for e in read.events] == ["RequestHead", "EndOfMessage"]
     assert read.error is not None and read.error[1:] == (400, "bad01")
+
+
+def test_whole_messages_come_as_one_event_each_and_a_long_body_still_streams() -> None:
+    send = (
+        b"MSRP w001 SEND\r\nTo-Path: msrp://r.example/s;tcp\r\nFrom-Path: msrp://a.example/c;tcp"
+        b"\r\nMessage-ID: m\r\nContent-Type: text/plain\r\n\r\nhi\r\n-------w001+\r\n"
+    )
+    ok = (
+        b"MSRP w002 200 OK\r\nTo-Path: msrp://r.example/s;tcp\r\n"
+        b"From-Path: msrp://a.example/c;tcp\r\n-------w002$\r\n"
+    )
+    long_head = send.replace(b"w001", b"w003").split(b"hi")[0]
+    parser = MsrpParser(whole_messages=True)
+    parser.receive_data(send + ok + long_head + b"part one")
+    first, second, third, fourth = parser.events()
+    assert isinstance(first, WholeMessage) and first.body == b"hi" and first.continuation == "+"
+    assert isinstance(first.head, RequestHead) and first.head.get_header("Message-ID") == "m"
+    assert isinstance(second, WholeMessage) and second.body == b""
+    assert isinstance(second.head, ResponseHead) and second.head.status == 200
+    assert isinstance(third, RequestHead) and third.transaction_id == "w003"
+    assert fourth == BodyData("w003", b"part one")
+    parser.receive_data(b" and two\r\n-------w003$\r\n")
+    assert list(parser.events()) == [BodyData("w003", b" and two"), EndOfMessage("w003", "$")]
+    assert parser.at_message_boundary
