@@ -221,9 +221,18 @@ class MsrpParser:
             raise LocalProtocolError("receive_data() after receive_eof()")
         if not data:
             return
-        self._buf += data
         try:
-            self._parse()
+            if self._gen is None and not self._buf and self.fast_path and type(data) is bytes:
+                # Between messages with nothing buffered (the usual case): parse straight
+                # from the bytes read, and buffer only what is left.
+                used = self._parse_whole(data)
+                if used == len(data):
+                    return
+                self._buf += data[used:] if used else data
+                self._parse(fast_path_tried=True)
+            else:
+                self._buf += data
+                self._parse()
         except RemoteProtocolError as err:
             if err.transaction_id is None:
                 err.transaction_id = self._current_tid
@@ -273,17 +282,20 @@ class MsrpParser:
 
     # -- driver ----------------------------------------------------------------
 
-    def _parse(self) -> None:
+    def _parse(self, fast_path_tried: bool = False) -> None:
         """Parse what is buffered: whole messages in one pass, the rest incrementally."""
         buf = self._buf
         while buf:
             gen = self._gen
             if gen is None:
-                if self.fast_path:
-                    self._parse_whole()
-                    if not buf:
-                        return
+                if self.fast_path and not fast_path_tried:
+                    used = self._parse_whole(buf)
+                    if used:
+                        del buf[:used]
+                        if not buf:
+                            return
                     gen = self._gen
+                fast_path_tried = False
                 if gen is None:
                     gen = self._gen = self._parse_message()
             try:
@@ -293,9 +305,11 @@ class MsrpParser:
                 continue
             return  # the reader waits for more bytes
 
-    def _parse_whole(self) -> None:
-        """The fast path: turn the messages at the front of the buffer into events without
-        the incremental reader, as long as each head is wholly buffered and well-formed.
+    def _parse_whole(self, buf: bytes | bytearray) -> int:
+        """The fast path: turn the messages at the front of *buf* (the buffer, or the bytes
+        just read when nothing was buffered) into events without the incremental reader,
+        as long as each head is wholly there and well-formed; return how many bytes of
+        *buf* it consumed (the caller drops them).
 
         Produces exactly the events the incremental reader would.  It stops (leaving the
         rest to that reader) at the first message whose head is incomplete or that has
@@ -303,15 +317,17 @@ class MsrpParser:
         from one place.  A body whose end-line is not buffered yet is handed to the
         reader's body streamer once the head is out.
         """
-        buf = self._buf
         size = len(buf)
         events = self._events
         pos = 0
         max_line = self.max_header_line
+        max_start = self.max_start_line + 2
+        max_head = self.max_header_bytes + 4
+        max_headers = self.max_headers
         whole = self.whole_messages
         try:
             while pos < size:
-                eol = buf.find(b"\r\n", pos, pos + self.max_start_line + 2)
+                eol = buf.find(b"\r\n", pos, pos + max_start)
                 if eol == -1:
                     break
                 start = _FAST_START_RE.fullmatch(buf, pos, eol)
@@ -320,7 +336,7 @@ class MsrpParser:
                 tid_bytes, method_bytes, status_bytes, comment_bytes = start.groups()
                 head_at = eol + 2
                 end_pattern = b"\r\n-------" + tid_bytes
-                window = head_at + self.max_header_bytes + 4
+                window = head_at + max_head
                 if method_bytes is not None:
                     blank = buf.find(b"\r\n\r\n", head_at, window)
                     # The end-line ends the head only when no blank line comes first.
@@ -352,7 +368,7 @@ class MsrpParser:
                     flag = None
                     lines = bytes(buf[head_at:blank]).split(b"\r\n")
                     after_head = blank + 4
-                if len(lines) < 2 or len(lines) > self.max_headers:
+                if len(lines) < 2 or len(lines) > max_headers:
                     break
                 if max(map(len, lines)) > max_line:
                     break
@@ -410,9 +426,7 @@ class MsrpParser:
                 pos = after_head
         except RemoteProtocolError:
             pass  # the reader parses this message again and reports it
-        finally:
-            if pos:
-                del buf[:pos]
+        return pos
 
     # -- stream readers --------------------------------------------------------
 
