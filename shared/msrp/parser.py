@@ -89,6 +89,12 @@ def _header_line(line: bytes) -> tuple[str, str]:
     return text, _decode_text(value.strip(b" \t"), f"{text} header")
 
 
+@lru_cache(maxsize=256)
+def _comment(raw: bytes) -> str:
+    """A response's comment ("OK" nearly always); cached."""
+    return _decode_text(raw, "comment")
+
+
 @lru_cache(maxsize=4096)
 def _path_pair(to_line: bytes, from_line: bytes) -> tuple[tuple[MsrpUri, ...], tuple[MsrpUri, ...]]:
     """To-Path and From-Path from the first two header lines; cached, since they repeat
@@ -381,9 +387,7 @@ class MsrpParser:
                         tid, method_bytes.decode("ascii"), to_path, from_path, headers, flag is None
                     )
                 else:
-                    comment = (
-                        None if comment_bytes is None else _decode_text(comment_bytes, "comment")
-                    )
+                    comment = None if comment_bytes is None else _comment(comment_bytes)
                     head = ResponseHead(
                         tid, int(status_bytes), comment, to_path, from_path, headers
                     )

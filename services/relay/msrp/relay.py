@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -143,8 +143,6 @@ class MsrpRelay:
         self._timers: asyncio.Task[None] | None = None
         self.batching = False
         self._dirty: dict[MsrpConnection, None] = {}
-        # Transactions waiting for a response, oldest first (the timeout is one constant).
-        self._deadlines: deque[tuple[float, MsrpConnection, str]] = deque()
         # _is_self answers per URI, valid while local_hosts/local_ports keep their sizes
         # (both only grow).
         self._self_cache: dict[MsrpUri, bool] = {}
@@ -504,13 +502,20 @@ class MsrpRelay:
         pending = None if waiting is None else waiting.get(tid)
         if pending is not None:
             pending.deadline = self.loop.time() + self.transaction_timeout
-            self._deadlines.append((pending.deadline, conn, tid))
 
     def expire_transactions(self, now: float) -> None:
-        """Fail transactions whose next hop did not answer in time (408 REPORT upstream)."""
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, conn, tid = deadlines.popleft()
+        """Fail transactions whose next hop did not answer in time (408 REPORT upstream),
+        oldest deadline first. Only transactions still waiting are in ``self.pending`` (an
+        answer removes its entry), so a tick scans what is in flight, not every transaction
+        of the last timeout period."""
+        expired = [
+            (pending.deadline, conn, tid)
+            for conn, waiting in self.pending.items()
+            for tid, pending in waiting.items()
+            if pending.deadline is not None and pending.deadline <= now
+        ]
+        expired.sort(key=lambda item: item[0])
+        for _, conn, tid in expired:
             self._timeout(conn, tid)
 
     def _timeout(self, conn: MsrpConnection, tid: str) -> None:
