@@ -3,6 +3,11 @@
     python bench/msrp_relay.py                 # both relays (Kamailio if installed)
     python bench/msrp_relay.py --only imstack  # just ours
     python bench/msrp_relay.py --quick         # shorter runs, 2,000 idle connections
+    python bench/msrp_relay.py --throughput-only --rounds 3   # SEND rate A/B, alternating
+
+On a busy machine compare ``relay_cpu_us_per_send`` (relay CPU time per acked SEND) and the
+imstack/Kamailio ratio of one run rather than absolute rates: ``--throughput-only`` runs just
+the 10-pair SEND throughput, alternating imstack and Kamailio ``--rounds`` times.
 
 The relay under test is pinned to CPU 0 and the load generator (bench/msrp_load.py, one
 process) to CPU 1. Kamailio runs ../shared/reference/kamailio-msrp-relay.cfg (hop-by-hop
@@ -19,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +38,19 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 LOAD = [sys.executable, str(ROOT / "bench" / "msrp_load.py")]
 IMSTACK = str(Path(sys.executable).parent / "imstack")
-KAMAILIO_CFG = ROOT.parent / "shared" / "reference" / "kamailio-msrp-relay.cfg"
+# The handbook sits beside the checkout (../shared); a worktree under wt/ looks one level up.
+KAMAILIO_CFG = (
+    next(
+        (
+            p
+            for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared")
+            if (p / "reference" / "kamailio-msrp-relay.cfg").exists()
+        ),
+        ROOT.parent / "shared",
+    )
+    / "reference"
+    / "kamailio-msrp-relay.cfg"
+)
 PASSWORD = "bench-secret"
 USERS = 20
 
@@ -90,6 +108,7 @@ class Imstack(Relay):
         if tls:
             self.env["IMSTACK_TLS_CERT"], self.env["IMSTACK_TLS_KEY"] = map(str, tls)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.profile: Path | None = None  # cProfile output of the relay process, if set
 
     def prepare(self) -> None:
         for i in range(USERS):
@@ -103,12 +122,17 @@ class Imstack(Relay):
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*pinned(0), IMSTACK, "serve", "relay"],
+            [*pinned(0), *self.profiler(), IMSTACK, "serve", "relay"],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "relay.log", "wb"),  # noqa: SIM115
         )
         wait_port(self.address)
+
+    def profiler(self) -> list[str]:
+        if self.profile is None:
+            return []
+        return [sys.executable, "-m", "cProfile", "-o", str(self.profile)]
 
     def processes(self) -> list[psutil.Process]:
         assert self.proc is not None
@@ -228,6 +252,8 @@ def load(relay: Relay, scenario: str, *args: str, tls: bool = False) -> dict[str
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     result["relay_cpu_s"] = relay.cpu_seconds() - cpu0
     result["wall_s"] = elapsed
+    if result.get("sends_acked"):
+        result["relay_cpu_us_per_send"] = 1e6 * result["relay_cpu_s"] / result["sends_acked"]
     return result
 
 
@@ -338,6 +364,12 @@ def main() -> None:
     parser.add_argument("--only", choices=["imstack", "kamailio"])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--port", type=int, default=2856, help="imstack's MSRP port")
+    parser.add_argument(
+        "--throughput-only", action="store_true", help="only the 10-pair SEND rate, A/B"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="--throughput-only: rounds")
+    parser.add_argument("--seconds", type=float, default=10, help="--throughput-only: per run")
+    parser.add_argument("--profile", type=Path, help="--throughput-only: cProfile imstack to")
     args = parser.parse_args()
     from services.relay.tls import write_selfsigned
 
@@ -348,6 +380,9 @@ def main() -> None:
         write_selfsigned(cert, key, ["127.0.0.1"])
         key.chmod(0o644)  # Kamailio's workers read it after dropping nothing; bench only
         results: dict[str, dict[str, object]] = {}
+        if args.throughput_only:
+            throughput_rounds(work, args)
+            return
         if args.only in (None, "imstack"):
             ours = Imstack(work / "imstack", args.port, (cert, key))
             (work / "imstack").mkdir()
@@ -361,6 +396,56 @@ def main() -> None:
                 results["kamailio"] = measure(Kamailio(work / "kam", None), args.quick, (cert, key))
     print(json.dumps(results, indent=2, default=str))
     summary(results)
+
+
+def throughput_rounds(work: Path, args: argparse.Namespace) -> None:
+    """SEND throughput with 10 pairs, imstack and Kamailio alternating, ``args.rounds`` times.
+
+    Prints per run the rate and the relay's CPU microseconds per acked SEND, then the medians
+    and the imstack/Kamailio rate ratio of each round (the machine's load drifts; a ratio
+    taken back to back is steadier than either number alone)."""
+    relays: list[Relay] = []
+    if args.only in (None, "imstack"):
+        (work / "imstack").mkdir()
+        ours = Imstack(work / "imstack", args.port, None)
+        ours.profile = args.profile
+        ours.prepare()
+        relays.append(ours)
+    if args.only in (None, "kamailio") and shutil.which("kamailio") is not None:
+        (work / "kam").mkdir()
+        relays.append(Kamailio(work / "kam", None))
+    runs: dict[str, list[dict[str, float]]] = {relay.name: [] for relay in relays}
+    ratios = []
+    for round_no in range(args.rounds):
+        rates = {}
+        for relay in relays:
+            with running(relay):
+                result = load(
+                    relay, "throughput", "--pairs", "10", "--window", "64",
+                    "--seconds", str(args.seconds),
+                )  # fmt: skip
+            runs[relay.name].append(result)
+            rates[relay.name] = result["sends_per_s"]
+            print(
+                json.dumps(
+                    {
+                        "round": round_no,
+                        "relay": relay.name,
+                        "sends_per_s": round(result["sends_per_s"]),
+                        "relay_cpu_us_per_send": round(result["relay_cpu_us_per_send"], 1),
+                    }
+                ),
+                flush=True,
+            )
+        if len(rates) == 2:
+            ratios.append(rates["imstack"] / rates["kamailio"])
+    for name, results in runs.items():
+        rate = statistics.median(r["sends_per_s"] for r in results)
+        cpu = statistics.median(r["relay_cpu_us_per_send"] for r in results)
+        print(f"{name:9} median {rate:8.0f} SEND/s  {cpu:6.1f} us relay CPU per SEND")
+    if ratios:
+        print("imstack/kamailio per round: " + " ".join(f"{r:.2f}" for r in ratios))
+        print(f"median ratio {statistics.median(ratios):.2f}")
 
 
 def summary(results: dict[str, dict[str, object]]) -> None:

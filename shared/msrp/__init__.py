@@ -9,6 +9,7 @@ from .events import (
     Headers,
     RequestHead,
     ResponseHead,
+    WholeMessage,
 )
 from .headers import ByteRange, StatusHeader
 from .ids import is_valid_ident, new_message_id, new_session_id, new_transaction_id
@@ -41,6 +42,7 @@ __all__ = [
     "ResponseHead",
     "Status",
     "StatusHeader",
+    "WholeMessage",
     "format_path",
     "is_valid_ident",
     "make_response",

@@ -7,6 +7,10 @@ then exactly one :class:`EndOfMessage`::
     RequestHead  (BodyData)*  EndOfMessage      # body only if has_body
     ResponseHead              EndOfMessage      # responses never have a body
 
+A parser made with ``whole_messages=True`` may instead deliver a message that arrived
+whole in one event, :class:`WholeMessage` (head, body, end-line flag), which stands for
+exactly that sequence; a relay forwarding small messages saves two events per message.
+
 Header names keep the case they were written in; lookups are
 case-insensitive (ABNF literals are case-insensitive, RFC 5234 §2.3).
 """
@@ -28,6 +32,7 @@ __all__ = [
     "Headers",
     "RequestHead",
     "ResponseHead",
+    "WholeMessage",
 ]
 
 #: ``(name, value)`` pairs in wire order, To-Path and From-Path excluded.
@@ -165,4 +170,25 @@ class EndOfMessage:
     continuation: Continuation = "$"
 
 
-Event = RequestHead | ResponseHead | BodyData | EndOfMessage
+@dataclass(frozen=True, slots=True)
+class WholeMessage:
+    """A message that was wholly buffered: stands for ``head``, then ``BodyData(body)`` if
+    ``body`` is not empty, then ``EndOfMessage(continuation)``.  Only parsers created with
+    ``whole_messages=True`` produce it."""
+
+    head: RequestHead | ResponseHead
+    body: bytes = b""
+    continuation: Continuation = "$"
+
+    @property
+    def transaction_id(self) -> str:
+        return self.head.transaction_id
+
+    def expand(self) -> list[RequestHead | ResponseHead | BodyData | EndOfMessage]:
+        """The events this one stands for."""
+        tid = self.head.transaction_id
+        end = EndOfMessage(tid, self.continuation)
+        return [self.head, BodyData(tid, self.body), end] if self.body else [self.head, end]
+
+
+Event = RequestHead | ResponseHead | BodyData | EndOfMessage | WholeMessage

@@ -45,6 +45,7 @@ from .events import (
     Event,
     RequestHead,
     ResponseHead,
+    WholeMessage,
 )
 from .uri import MsrpUri, parse_path
 
@@ -59,6 +60,11 @@ _STATUS_RE = re.compile(rb"([0-9]{3})(?: (.*))?", re.DOTALL)
 _HNAME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9!#$%&'*+\-.^_`|~]*")
 # utf8text = *(HTAB / %x20-7E / UTF8-NONASCII): every other control is illegal.
 _CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# The start line in one match, for the whole-message fast path: the same grammar as
+# _START_RE followed by _METHOD_RE or _STATUS_RE.
+_FAST_START_RE = re.compile(
+    rb"MSRP ([A-Za-z0-9][A-Za-z0-9.\-+%=]{3,31}) (?:([A-Z]+)|([0-9]{3})(?: (.*))?)", re.DOTALL
+)
 _END_LINE_PREFIX = b"-------"
 _FLAGS: dict[int, Continuation] = {ord("$"): "$", ord("+"): "+", ord("#"): "#"}
 
@@ -81,6 +87,34 @@ def _header_line(line: bytes) -> tuple[str, str]:
         raise RemoteProtocolError("malformed header line")
     text = name.decode("ascii")
     return text, _decode_text(value.strip(b" \t"), f"{text} header")
+
+
+@lru_cache(maxsize=256)
+def _comment(raw: bytes) -> str:
+    """A response's comment ("OK" nearly always); cached."""
+    return _decode_text(raw, "comment")
+
+
+@lru_cache(maxsize=4096)
+def _path_pair(to_line: bytes, from_line: bytes) -> tuple[tuple[MsrpUri, ...], tuple[MsrpUri, ...]]:
+    """To-Path and From-Path from the first two header lines; cached, since they repeat
+    with every message of a session.  Raises like :meth:`_HeadFields.add`."""
+    to_name, to_value = _header_line(to_line)
+    if to_name.lower() != "to-path":
+        raise RemoteProtocolError("first header is not To-Path")
+    from_name, from_value = _header_line(from_line)
+    if from_name.lower() != "from-path":
+        raise RemoteProtocolError("second header is not From-Path")
+    return parse_path(to_value), parse_path(from_value)
+
+
+@lru_cache(maxsize=4096)
+def _other_header(line: bytes) -> tuple[str, str]:
+    """A header line after From-Path; raises like :meth:`_HeadFields.add`."""
+    name, value = _header_line.__wrapped__(line)  # cached here, not twice
+    if name.lower() in ("to-path", "from-path"):
+        raise RemoteProtocolError(f"duplicate {name} header")
+    return name, value
 
 
 def _partial_marker_suffix(buf: bytearray, marker: bytes) -> int:
@@ -156,19 +190,27 @@ class MsrpParser:
         max_headers: int = 32,
         # Most bytes in the header section (lines plus CRLFs, start line excluded).
         max_header_bytes: int = 16384,
+        # Parse messages that are wholly buffered in one pass (see _parse_whole); False
+        # forces the incremental reader for everything (tests compare the two).
+        fast_path: bool = True,
+        # Deliver a message parsed whole by the fast path as one WholeMessage event instead
+        # of head, body and end-line events.
+        whole_messages: bool = False,
     ) -> None:
         self.max_start_line = max_start_line
         self.max_header_line = max_header_line
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
+        self.fast_path = fast_path
+        self.whole_messages = whole_messages
         self._buf = bytearray()
         self._events: deque[Event] = deque()
         self._error: RemoteProtocolError | None = None
         self._eof = False
         # Transaction id of the message being parsed, once its start line is read.
         self._current_tid: str | None = None
-        self._gen = self._parse_stream()
-        next(self._gen)  # run up to the first read; the buffer is empty
+        # The incremental reader of the message in progress; None between messages.
+        self._gen: Generator[None, None, None] | None = None
 
     # -- public API ------------------------------------------------------------
 
@@ -185,9 +227,18 @@ class MsrpParser:
             raise LocalProtocolError("receive_data() after receive_eof()")
         if not data:
             return
-        self._buf += data
         try:
-            next(self._gen)
+            if self._gen is None and not self._buf and self.fast_path and type(data) is bytes:
+                # Between messages with nothing buffered (the usual case): parse straight
+                # from the bytes read, and buffer only what is left.
+                used = self._parse_whole(data)
+                if used == len(data):
+                    return
+                self._buf += data[used:] if used else data
+                self._parse(fast_path_tried=True)
+            else:
+                self._buf += data
+                self._parse()
         except RemoteProtocolError as err:
             if err.transaction_id is None:
                 err.transaction_id = self._current_tid
@@ -234,6 +285,152 @@ class MsrpParser:
     @property
     def failed(self) -> bool:
         return self._error is not None
+
+    # -- driver ----------------------------------------------------------------
+
+    def _parse(self, fast_path_tried: bool = False) -> None:
+        """Parse what is buffered: whole messages in one pass, the rest incrementally."""
+        buf = self._buf
+        while buf:
+            gen = self._gen
+            if gen is None:
+                if self.fast_path and not fast_path_tried:
+                    used = self._parse_whole(buf)
+                    if used:
+                        del buf[:used]
+                        if not buf:
+                            return
+                    gen = self._gen
+                fast_path_tried = False
+                if gen is None:
+                    gen = self._gen = self._parse_message()
+            try:
+                next(gen)
+            except StopIteration:
+                self._gen = None
+                continue
+            return  # the reader waits for more bytes
+
+    def _parse_whole(self, buf: bytes | bytearray) -> int:
+        """The fast path: turn the messages at the front of *buf* (the buffer, or the bytes
+        just read when nothing was buffered) into events without the incremental reader,
+        as long as each head is wholly there and well-formed; return how many bytes of
+        *buf* it consumed (the caller drops them).
+
+        Produces exactly the events the incremental reader would.  It stops (leaving the
+        rest to that reader) at the first message whose head is incomplete or that has
+        anything the reader would refuse, so errors, limits and their transaction ids come
+        from one place.  A body whose end-line is not buffered yet is handed to the
+        reader's body streamer once the head is out.
+        """
+        size = len(buf)
+        events = self._events
+        pos = 0
+        max_line = self.max_header_line
+        max_start = self.max_start_line + 2
+        max_head = self.max_header_bytes + 4
+        max_headers = self.max_headers
+        whole = self.whole_messages
+        try:
+            while pos < size:
+                eol = buf.find(b"\r\n", pos, pos + max_start)
+                if eol == -1:
+                    break
+                start = _FAST_START_RE.fullmatch(buf, pos, eol)
+                if start is None:
+                    break
+                tid_bytes, method_bytes, status_bytes, comment_bytes = start.groups()
+                head_at = eol + 2
+                end_pattern = b"\r\n-------" + tid_bytes
+                window = head_at + max_head
+                if method_bytes is not None:
+                    blank = buf.find(b"\r\n\r\n", head_at, window)
+                    # The end-line ends the head only when no blank line comes first.
+                    ended = buf.find(
+                        end_pattern,
+                        head_at,
+                        window if blank == -1 else blank + len(end_pattern) - 1,
+                    )
+                    if ended == -1 and blank == -1:
+                        break
+                else:
+                    ended = buf.find(end_pattern, head_at, window)
+                    if ended == -1:
+                        break
+                    blank = buf.find(b"\r\n\r\n", head_at, ended + 3)
+                    if blank != -1:
+                        break  # a response with a body: the reader reports it
+                if ended != -1:
+                    # No body: the end-line follows the last header.
+                    close = ended + len(end_pattern) + 1
+                    if size < close + 2:
+                        break
+                    flag = _FLAGS.get(buf[close - 1])
+                    if flag is None or buf[close : close + 2] != b"\r\n":
+                        break
+                    lines = bytes(buf[head_at:ended]).split(b"\r\n")
+                    after_head = close + 2
+                else:
+                    flag = None
+                    lines = bytes(buf[head_at:blank]).split(b"\r\n")
+                    after_head = blank + 4
+                if len(lines) < 2 or len(lines) > max_headers:
+                    break
+                if max(map(len, lines)) > max_line:
+                    break
+                to_path, from_path = _path_pair(lines[0], lines[1])
+                headers = tuple([_other_header(line) for line in lines[2:]])
+                tid = tid_bytes.decode("ascii")
+                head: RequestHead | ResponseHead
+                if method_bytes is not None:
+                    head = RequestHead(
+                        tid, method_bytes.decode("ascii"), to_path, from_path, headers, flag is None
+                    )
+                else:
+                    comment = None if comment_bytes is None else _comment(comment_bytes)
+                    head = ResponseHead(
+                        tid, int(status_bytes), comment, to_path, from_path, headers
+                    )
+                if flag is not None:
+                    if whole:
+                        events.append(WholeMessage(head, b"", flag))
+                        pos = after_head
+                        continue
+                    events.append(head)
+                else:
+                    # The body, if its end-line is buffered too.
+                    marker_len = len(end_pattern)
+                    idx = buf.find(end_pattern, after_head)
+                    while idx != -1:
+                        at = idx + marker_len
+                        if size < at + 3:
+                            idx = -1
+                            break
+                        flag = _FLAGS.get(buf[at])
+                        if flag is not None and buf[at + 1 : at + 3] == b"\r\n":
+                            break
+                        idx = buf.find(end_pattern, idx + 1)
+                    if idx == -1 or flag is None:
+                        # Stream the rest as it comes, like the reader does.
+                        events.append(head)
+                        pos = after_head
+                        self._current_tid = tid
+                        self._gen = self._finish_body(tid)
+                        break
+                    body = bytes(buf[after_head:idx]) if idx > after_head else b""
+                    after_head = idx + marker_len + 3
+                    if whole:
+                        events.append(WholeMessage(head, body, flag))
+                        pos = after_head
+                        continue
+                    events.append(head)
+                    if body:
+                        events.append(BodyData(tid, body))
+                events.append(EndOfMessage(tid, flag))
+                pos = after_head
+        except RemoteProtocolError:
+            pass  # the reader parses this message again and reports it
+        return pos
 
     # -- stream readers --------------------------------------------------------
 
@@ -320,9 +517,11 @@ class MsrpParser:
 
     # -- grammar ---------------------------------------------------------------
 
-    def _parse_stream(self) -> Generator[None, None, None]:
-        while True:
-            yield from self._parse_message()
+    def _finish_body(self, tid: str) -> Generator[None, None, None]:
+        """The body and end-line of a message whose head the fast path delivered."""
+        continuation = yield from self._read_body(tid)
+        self._events.append(EndOfMessage(tid, continuation))
+        self._current_tid = None
 
     def _parse_start_line(self, line: bytes) -> tuple[str, str | None, int, str | None]:
         """Return ``(tid, method, status, comment)``; method is None for responses."""

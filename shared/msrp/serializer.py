@@ -29,6 +29,7 @@ from .events import (
     Headers,
     RequestHead,
     ResponseHead,
+    WholeMessage,
 )
 from .ids import is_valid_ident
 from .status import Status
@@ -118,25 +119,19 @@ def serialize_head(head: RequestHead | ResponseHead, *, check: bool = True) -> b
 
 
 def _format_head(head: RequestHead | ResponseHead) -> bytes:
+    paths = f"\r\nTo-Path: {format_path(head.to_path)}\r\nFrom-Path: {format_path(head.from_path)}"
     if isinstance(head, RequestHead):
         start = f"MSRP {head.transaction_id} {head.method}"
         tail = "\r\n\r\n" if head.has_body else "\r\n"
     else:
-        start = f"MSRP {head.transaction_id} {head.status:03d}"
         if head.comment:
-            start += f" {head.comment}"
+            start = f"MSRP {head.transaction_id} {head.status:03d} {head.comment}"
+        else:
+            start = f"MSRP {head.transaction_id} {head.status:03d}"
         tail = "\r\n"
-    parts = [
-        start,
-        "\r\nTo-Path: ",
-        format_path(head.to_path),
-        "\r\nFrom-Path: ",
-        format_path(head.from_path),
-    ]
-    for name, value in head.headers:
-        parts += ("\r\n", name, ": ", value)
-    parts.append(tail)
-    return "".join(parts).encode("utf-8")
+    if head.headers:
+        tail = "".join([f"\r\n{name}: {value}" for name, value in head.headers]) + tail
+    return (start + paths + tail).encode("utf-8")
 
 
 def serialize_end_line(
@@ -251,6 +246,8 @@ class MessageWriter:
         return self._state is _State.IDLE
 
     def send(self, event: Event) -> bytes:
+        if isinstance(event, WholeMessage):
+            return b"".join([self.send(part) for part in event.expand()])
         handler = self._handlers.get((self._state, type(event)))
         if handler is None:
             raise LocalProtocolError(

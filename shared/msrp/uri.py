@@ -73,6 +73,12 @@ class MsrpUri:
     #: The text as parsed (set by :func:`parse_uri` only), so forwarding re-emits it
     #: without rebuilding it. A copy made with ``dataclasses.replace`` must pass ``text=None``.
     text: str | None = field(default=None, repr=False)
+    #: comparison_key(), computed on first use (relays compare and hash the same URIs with
+    #: every message). Not a constructor argument; ``dataclasses.replace`` resets it.
+    _key: tuple[str, _HostKey, int | None, str | None, str | None] | None = field(
+        default=None, init=False, repr=False
+    )
+    _hash: int | None = field(default=None, init=False, repr=False)
 
     # -- derived views -------------------------------------------------------
 
@@ -109,13 +115,17 @@ class MsrpUri:
         - the transport case-insensitively;
         - userinfo and other URI parameters are ignored.
         """
-        return (
-            self.scheme.lower(),
-            _host_key(self.host),
-            self.port,
-            self.session_id,
-            None if self.transport is None else self.transport.lower(),
-        )
+        key = self._key
+        if key is None:
+            key = (
+                self.scheme.lower(),
+                _host_key(self.host),
+                self.port,
+                self.session_id,
+                None if self.transport is None else self.transport.lower(),
+            )
+            object.__setattr__(self, "_key", key)
+        return key
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MsrpUri):
@@ -123,7 +133,11 @@ class MsrpUri:
         return self.comparison_key() == other.comparison_key()
 
     def __hash__(self) -> int:
-        return hash(self.comparison_key())
+        value = self._hash
+        if value is None:
+            value = hash(self.comparison_key())
+            object.__setattr__(self, "_hash", value)
+        return value
 
     def __str__(self) -> str:
         if self.text is not None:
@@ -216,4 +230,6 @@ def parse_path(value: str) -> tuple[MsrpUri, ...]:
 
 def format_path(path: tuple[MsrpUri, ...]) -> str:
     """Inverse of :func:`parse_path`."""
+    if len(path) == 1:
+        return path[0].text or str(path[0])
     return " ".join([uri.text or str(uri) for uri in path])

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class OutFrame:
     """A message on its way out of one connection.
 
@@ -79,7 +79,7 @@ class MsrpConnection(asyncio.Protocol):
         self.secure = secure
         self.outbound_key = outbound_key
         self.transport: asyncio.Transport | None = None
-        self.parser = MsrpParser()
+        self.parser = MsrpParser(whole_messages=True)
         self.peer = "?"
         self.local: tuple[str, int] = ("", 0)
         self.queue: deque[OutFrame] = deque()
@@ -92,7 +92,11 @@ class MsrpConnection(asyncio.Protocol):
         self.auth_failures = 0
         self.bytes_in = 0  # for statistics (a session's traffic is its connection's)
         self.bytes_out = 0
-        self.connected = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.connected = self.loop.create_future()
+        # Settings read per frame, looked up once (settings are frozen).
+        self.buffer_limit = relay.settings.msrp_buffer_limit
+        self.interrupt_bytes = relay.settings.msrp_interrupt_bytes
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -113,14 +117,16 @@ class MsrpConnection(asyncio.Protocol):
         self.pump()
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self.loop.time()
         self.bytes_in += len(data)
-        self.parser.receive_data(data)
+        parser = self.parser
+        parser.receive_data(data)
         relay = self.relay
         relay.batching = True  # pumps wait until every event of this read is handled
         try:
-            for event in self.parser.events():
-                relay.handle_event(self, event)
+            next_event, handle_event = parser.next_event, relay.handle_event
+            while (event := next_event()) is not None:
+                handle_event(self, event)
                 if self.closed:
                     return
         except RemoteProtocolError as exc:
@@ -180,11 +186,7 @@ class MsrpConnection(asyncio.Protocol):
         """The sender added bytes to (or ended) ``frame``: write what can be written."""
         if frame is self.active:
             self.relay.schedule(self)
-        if (
-            len(frame.buffer) > self.relay.settings.msrp_buffer_limit
-            and frame.source is not None
-            and frame.end is None
-        ):
+        if frame.source is not None and len(frame.buffer) > self.buffer_limit and frame.end is None:
             frame.source.pause_for(frame)
 
     def pump(self) -> None:
@@ -201,35 +203,42 @@ class MsrpConnection(asyncio.Protocol):
                 transport.write(data)
 
     def _fill(self, out: list[bytes]) -> None:
+        relay = self.relay
+        queue = self.queue
         while not self.writing_paused:
             frame = self.active
             if frame is None:
-                if not self.queue:
+                if not queue:
                     return
-                frame = self.active = self.queue.popleft()
+                frame = self.active = queue.popleft()
+            head = frame.head
             if not frame.started:
-                out.append(serialize_head(frame.head, check=False))  # parsed or ours
+                out.append(serialize_head(head, check=False))  # parsed or ours
                 frame.started = True
-            if frame.buffer:
-                data = bytes(frame.buffer)
-                frame.buffer.clear()
+            source = frame.source
+            buffer = frame.buffer
+            if buffer:
+                data = bytes(buffer)
+                buffer.clear()
                 out.append(data)
                 frame.body_written += len(data)
-                self.relay.stats.bytes_relayed += len(data)
-                if frame.source is not None:
-                    frame.source.resume_for(frame)
+                relay.stats.bytes_relayed += len(data)
+                if source is not None and source.paused_by:
+                    source.resume_for(frame)
             if frame.end is not None:
                 # The transaction-id is a parsed or generated ident: no need to re-check it.
-                lead = "\r\n" if frame.has_body else ""
-                out.append(f"{lead}-------{frame.transaction_id}{frame.end}\r\n".encode())
+                if isinstance(head, RequestHead) and head.has_body:
+                    out.append(f"\r\n-------{head.transaction_id}{frame.end}\r\n".encode())
+                else:
+                    out.append(f"-------{head.transaction_id}{frame.end}\r\n".encode())
                 self.active = None
-                if frame.source is not None:
-                    frame.source.resume_for(frame)
+                if source is not None and source.paused_by:
+                    source.resume_for(frame)
                 if frame.tracked:
-                    self.relay.frame_sent(self, frame)
-                self.relay.progress()
+                    relay.frame_sent(self, frame)
+                relay.progress()
                 continue
-            if self.queue and frame.body_written >= self.relay.settings.msrp_interrupt_bytes:
+            if queue and frame.body_written >= self.interrupt_bytes:
                 self._interrupt(frame, out)
                 continue
             return  # the active frame waits for more bytes from its sender

@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -26,12 +26,14 @@ from shared.config import Settings
 from shared.msrp import (
     BodyData,
     ByteRange,
+    Continuation,
     EndOfMessage,
     Event,
     MsrpUri,
     RemoteProtocolError,
     RequestHead,
     ResponseHead,
+    WholeMessage,
     make_response,
     new_transaction_id,
     serialize_end_line,
@@ -66,7 +68,7 @@ class Reject(Exception):
         self.comment = comment
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Forward:
     """A request from ``upstream`` on its way to ``downstream``."""
 
@@ -80,7 +82,7 @@ class Forward:
     reported: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Pending:
     """A transaction this relay sent downstream, waiting for its response."""
 
@@ -88,7 +90,7 @@ class Pending:
     deadline: float | None = None  # set once the request is fully written
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Discard:
     """The rest of a refused request: its body is dropped, then it is answered."""
 
@@ -96,7 +98,7 @@ class Discard:
     reject: Reject | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class AuthRequest:
     head: RequestHead
 
@@ -134,13 +136,17 @@ class MsrpRelay:
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
         self._progress = asyncio.Event()
+        self.transaction_timeout = settings.msrp_transaction_timeout
+        self._idle_waiters = 0  # wait_idle() callers: progress() only matters to them
         # While one read is being handled, connections to write to are collected here and
         # written once at the end (one write per connection, not one per frame piece).
         self._timers: asyncio.Task[None] | None = None
         self.batching = False
         self._dirty: dict[MsrpConnection, None] = {}
-        # Transactions waiting for a response, oldest first (the timeout is one constant).
-        self._deadlines: deque[tuple[float, MsrpConnection, str]] = deque()
+        # _is_self answers per URI, valid while local_hosts/local_ports keep their sizes
+        # (both only grow).
+        self._self_cache: dict[MsrpUri, bool] = {}
+        self._self_cache_for = (0, 0)
 
     # -- connections --------------------------------------------------------------------
 
@@ -224,13 +230,18 @@ class MsrpRelay:
 
     def progress(self) -> None:
         """Something finished (a frame written, a transaction answered, a peer gone)."""
-        self._progress.set()
+        if self._idle_waiters:
+            self._progress.set()
 
     async def wait_idle(self) -> None:
         """Return once nothing is in flight."""
-        while self.busy:
-            self._progress.clear()
-            await self._progress.wait()
+        self._idle_waiters += 1
+        try:
+            while self.busy:
+                self._progress.clear()
+                await self._progress.wait()
+        finally:
+            self._idle_waiters -= 1
 
     @property
     def busy(self) -> bool:
@@ -244,32 +255,59 @@ class MsrpRelay:
     # -- events -------------------------------------------------------------------------
 
     def handle_event(self, conn: MsrpConnection, event: Event) -> None:
-        if isinstance(event, BodyData):
-            state = self.inbound.get(conn)
-            if isinstance(state, Forward) and not state.dead:
-                state.frame.feed(event.data)
-                state.downstream.frame_fed(state.frame)
+        # The event classes are final: type() identity is cheaper than isinstance chains.
+        if type(event) is WholeMessage:
+            self._whole_message(conn, event)
             return
-        if isinstance(event, EndOfMessage):
+        if type(event) is BodyData:
+            state = self.inbound.get(conn)
+            if type(state) is Forward and not state.dead:
+                frame = state.frame
+                frame.buffer += event.data
+                state.downstream.frame_fed(frame)
+            return
+        if type(event) is EndOfMessage:
             state = self.inbound.pop(conn, None)
             if state is not None:
-                self._message_ended(conn, state, event)
+                self._message_ended(conn, state, event.continuation)
             self.progress()
             return
-        if isinstance(event, ResponseHead):
+        if type(event) is ResponseHead:
             self._response(conn, event)
             self.inbound[conn] = Discard(event)
             return
+        assert isinstance(event, RequestHead)
+        self.inbound[conn] = self._request_head(conn, event)
+
+    def _whole_message(self, conn: MsrpConnection, event: WholeMessage) -> None:
+        """A message that arrived whole: what its head, body and end-line events would do,
+        in one step."""
+        head = event.head
+        self.inbound.pop(conn, None)  # between messages: nothing in progress
+        if type(head) is ResponseHead:
+            self._response(conn, head)
+        else:
+            assert isinstance(head, RequestHead)
+            state = self._request_head(conn, head)
+            if event.body and type(state) is Forward and not state.dead:
+                frame = state.frame
+                frame.buffer += event.body
+                state.downstream.frame_fed(frame)
+            self._message_ended(conn, state, event.continuation)
+        self.progress()
+
+    def _request_head(self, conn: MsrpConnection, head: RequestHead) -> Inbound:
+        """Route (or refuse) a request; what happens to its body and end-line."""
         try:
-            self.inbound[conn] = self._request(conn, event)
+            return self._request(conn, head)
         except Reject as reject:
             self.stats.rejects[reject.status] += 1
-            log.info("%s: %s %s refused: %s", conn.peer, event.method, event.transaction_id, reject)
-            self.inbound[conn] = Discard(event, reject)
+            log.info("%s: %s %s refused: %s", conn.peer, head.method, head.transaction_id, reject)
+            return Discard(head, reject)
         except RemoteProtocolError as exc:
             self.stats.rejects[400] += 1
-            log.info("%s: %s %s malformed: %s", conn.peer, event.method, event.transaction_id, exc)
-            self.inbound[conn] = Discard(event, Reject(400, "Bad Request"))
+            log.info("%s: %s %s malformed: %s", conn.peer, head.method, head.transaction_id, exc)
+            return Discard(head, Reject(400, "Bad Request"))
 
     def protocol_error(self, conn: MsrpConnection, exc: RemoteProtocolError) -> None:
         """Unparsable input: answer 400 when a transaction-id is known, then close (the
@@ -283,11 +321,13 @@ class MsrpRelay:
         self.inbound.pop(conn, None)
         conn.close()
 
-    def _message_ended(self, conn: MsrpConnection, state: Inbound, end: EndOfMessage) -> None:
+    def _message_ended(
+        self, conn: MsrpConnection, state: Inbound, continuation: Continuation
+    ) -> None:
         if isinstance(state, Forward):
             state.ended = True
             if not state.dead:
-                state.frame.end = end.continuation
+                state.frame.end = continuation
                 state.downstream.frame_fed(state.frame)
             if (
                 state.head.method == "SEND"
@@ -321,6 +361,17 @@ class MsrpRelay:
     # -- routing ------------------------------------------------------------------------
 
     def _is_self(self, uri: MsrpUri) -> bool:
+        cache = self._self_cache
+        version = (len(self.local_hosts), len(self.local_ports))
+        if version != self._self_cache_for or len(cache) > 4096:
+            cache.clear()
+            self._self_cache_for = version
+        known = cache.get(uri)
+        if known is None:
+            known = cache[uri] = self._check_self(uri)
+        return known
+
+    def _check_self(self, uri: MsrpUri) -> bool:
         if uri.scheme.lower() not in ("msrp", "msrps"):
             return False
         if uri.effective_port not in self.local_ports:
@@ -446,16 +497,25 @@ class MsrpRelay:
 
     def frame_sent(self, conn: MsrpConnection, frame: OutFrame) -> None:
         """A request is fully written: its response is due within the transaction timeout."""
-        pending = self.pending.get(conn, {}).get(frame.transaction_id)
+        waiting = self.pending.get(conn)
+        tid = frame.head.transaction_id
+        pending = None if waiting is None else waiting.get(tid)
         if pending is not None:
-            pending.deadline = self.loop.time() + self.settings.msrp_transaction_timeout
-            self._deadlines.append((pending.deadline, conn, frame.transaction_id))
+            pending.deadline = self.loop.time() + self.transaction_timeout
 
     def expire_transactions(self, now: float) -> None:
-        """Fail transactions whose next hop did not answer in time (408 REPORT upstream)."""
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, conn, tid = deadlines.popleft()
+        """Fail transactions whose next hop did not answer in time (408 REPORT upstream),
+        oldest deadline first. Only transactions still waiting are in ``self.pending`` (an
+        answer removes its entry), so a tick scans what is in flight, not every transaction
+        of the last timeout period."""
+        expired = [
+            (pending.deadline, conn, tid)
+            for conn, waiting in self.pending.items()
+            for tid, pending in waiting.items()
+            if pending.deadline is not None and pending.deadline <= now
+        ]
+        expired.sort(key=lambda item: item[0])
+        for _, conn, tid in expired:
             self._timeout(conn, tid)
 
     def _timeout(self, conn: MsrpConnection, tid: str) -> None:
