@@ -5,6 +5,16 @@ the worker claims queued rows (``FOR UPDATE SKIP LOCKED``, so relay replicas nev
 row twice), marks them 'sending' and commits; then each row is sent to every binding of
 its AoR like a forwarded request, and the outcome is written back and NOTIFYed on
 ``outbound_done``. The contract is in ``migrations/0003_outbound_messages.sql``.
+
+Rows of one ordered chain (``order_key``, e.g. msilo's window of one recipient's stored
+messages, ``migrations/0009_scheduled_messages.sql``) are sent by one task, one after the
+other: the next only after the previous got a 2xx. When one fails, the rest of the chain
+is finished as failed without being sent, so nothing overtakes it. Other rows (room
+fan-out, notices) are sent concurrently, each by a task of its own.
+
+Outcomes are written by one writer task: everything finished while the previous write was
+in progress goes into the next one (one UPDATE, one NOTIFY per batch), so a burst costs a
+few transactions instead of one per message, and a single delivery is still written at once.
 """
 
 from __future__ import annotations
@@ -13,13 +23,26 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from services.relay.sip.edge import SipEdge, format_host
 from services.relay.sip.handover import RELAY_WRITTEN_HEADERS
 from services.relay.sip.proxy import Fork, Target
 from shared.db.listen import Listener
-from shared.db.locations import delete_expired, get_bindings
-from shared.db.outbound import QUEUED_CHANNEL, OutboundMessage, claim_batch, finish, purge_finished
+from shared.db.locations import delete_expired
+from shared.db.outbound import (
+    QUEUED_CHANNEL,
+    OutboundMessage,
+    Outcome,
+    cancel_chain,
+    claim_batch,
+    finish_many,
+    notify_finished,
+    purge_finished,
+)
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
 from shared.sip.errors import LocalProtocolError
@@ -28,7 +51,7 @@ from shared.sip.message import Headers, SipRequest, canonical_name
 
 log = logging.getLogger(__name__)
 
-BATCH = 50  # rows claimed at once
+BATCH = 200  # rows claimed at once (more than one msilo window: a chain is claimed whole)
 #: Seconds after which a row left 'sending' by a dead relay is sent again: longer than
 #: any transaction (64*T1 = 32 s) plus margin.
 LEASE = 120.0
@@ -53,6 +76,82 @@ def build_request(edge: SipEdge, message: OutboundMessage) -> SipRequest:
     return request
 
 
+@dataclass
+class _Chain:
+    """The rows of one order_key this relay is sending, in id order."""
+
+    key: str
+    rows: deque[OutboundMessage] = field(default_factory=deque)
+    last_id: int = 0  # the highest id ever queued on this chain
+
+
+@dataclass
+class _Cancel:
+    key: str
+    after: int  # the failed row
+
+
+class OutcomeWriter:
+    """Writes delivery outcomes in batches: one transaction per batch, started as soon as
+    the previous one ended."""
+
+    def __init__(self, worker: DeliveryWorker) -> None:
+        self.worker = worker
+        self.outcomes: list[Outcome] = []
+        self.cancels: list[_Cancel] = []
+        self.ready = asyncio.Event()
+        self.written = 0  # outcomes recorded (for tests and logs)
+
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self.ready.set()
+
+    def cancel(self, key: str, after: int) -> None:
+        self.cancels.append(_Cancel(key, after))
+        self.ready.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` and nothing is left to write (or the deliveries are gone)."""
+        while True:
+            if not self.outcomes and not self.cancels:
+                if stop.is_set() and not self.worker.in_flight:
+                    return
+                self.ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ready.wait(), 0.5)
+                continue
+            if self.cancels:
+                # No claim in between: rows of the chain claimed before are covered by
+                # the cancellation, rows claimed after it can no longer be claimed.
+                async with self.worker.claiming:
+                    await self.flush()
+            else:
+                await self.flush()
+
+    async def flush(self) -> None:
+        outcomes, self.outcomes = self.outcomes, []
+        cancels, self.cancels = self.cancels, []
+        edge = self.worker.edge
+        try:
+            async with edge.pool.acquire() as conn, conn.transaction():
+                # The failed row's own outcome is in ``outcomes`` (written first).
+                await finish_many(conn, outcomes)
+                cancelled: list[int] = []
+                for cancel in cancels:
+                    cancelled += await cancel_chain(
+                        conn, cancel.key, after=cancel.after, claimed_by=edge.relay_instance
+                    )
+                await notify_finished(conn, cancelled)
+        except DATABASE_ERRORS as exc:
+            # Rows stay 'sending' and are claimed again after the lease (at least once).
+            log.warning("%d outbound outcome(s) not recorded (%s)", len(outcomes), exc)
+        else:
+            self.written += len(outcomes)
+        for cancel in cancels:
+            if self.worker.failed_chains.get(cancel.key) == cancel.after:
+                del self.worker.failed_chains[cancel.key]
+
+
 class DeliveryWorker:
     def __init__(self, edge: SipEdge, database_url: str, poll_interval: float) -> None:
         self.edge = edge
@@ -60,12 +159,19 @@ class DeliveryWorker:
         self.poll_interval = poll_interval
         self.wakeup = Wakeup()
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.chains: dict[str, _Chain] = {}
+        #: order_key -> the row that failed, until the rest of its chain is cancelled in
+        #: the database: later rows of that chain claimed meanwhile are not sent.
+        self.failed_chains: dict[str, int] = {}
+        self.claiming = asyncio.Lock()
+        self.writer = OutcomeWriter(self)
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = Listener(
             self.database_url, [QUEUED_CHANNEL], lambda _n: self.wakeup.wake(), catch_up=self._kick
         )
         listening = asyncio.create_task(listener.run(stop), name="sip-delivery-listen")
+        writing = asyncio.create_task(self.writer.run(stop), name="sip-delivery-outcomes")
         try:
             while True:
                 claimed = await self._claim()
@@ -75,52 +181,91 @@ class DeliveryWorker:
                     break
         finally:
             await listening
-        if self.in_flight:
-            await asyncio.wait(self.in_flight)
+            if self.in_flight:
+                await asyncio.wait(self.in_flight)
+            await writing
 
     async def _kick(self) -> None:
         self.wakeup.wake()
 
     async def _claim(self) -> int:
-        try:
-            async with self.edge.pool.acquire() as conn, conn.transaction():
-                messages = await claim_batch(conn, limit=BATCH, lease=LEASE)
-        except DATABASE_ERRORS as exc:
-            log.warning("cannot claim outbound messages: %s", exc)
-            return 0
-        for message in messages:
-            task = asyncio.create_task(self._deliver(message), name=f"sip-deliver-{message.id}")
-            self.in_flight.add(task)
-            task.add_done_callback(self.in_flight.discard)
+        async with self.claiming:
+            try:
+                async with self.edge.pool.acquire() as conn, conn.transaction():
+                    messages = await claim_batch(
+                        conn, limit=BATCH, lease=LEASE, claimed_by=self.edge.relay_instance
+                    )
+            except DATABASE_ERRORS as exc:
+                log.warning("cannot claim outbound messages: %s", exc)
+                return 0
+            for message in messages:
+                self._dispatch(message)
         return len(messages)
 
+    def _dispatch(self, message: OutboundMessage) -> None:
+        key = message.order_key
+        if key is None:
+            self._start(self._deliver(message), f"sip-deliver-{message.id}")
+            return
+        failed = self.failed_chains.get(key)
+        if failed is not None and message.id > failed:
+            return  # an earlier row failed: the pending cancellation finishes it unsent
+        chain = self.chains.get(key)
+        if chain is None:
+            chain = self.chains[key] = _Chain(key)
+            self._start(self._run_chain(chain), f"sip-deliver-chain-{message.id}")
+        if message.id > chain.last_id:  # (a row re-claimed after its lease is queued already)
+            chain.rows.append(message)
+            chain.last_id = message.id
+
+    def _start(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
     async def _deliver(self, message: OutboundMessage) -> None:
+        status, reason = await self._send_logged(message)
+        self.writer.add(Outcome(message.id, 200 <= status < 300, status, reason))
+
+    async def _run_chain(self, chain: _Chain) -> None:
+        """Send the chain's rows one after the other; stop at the first failure."""
+        try:
+            while chain.rows:
+                message = chain.rows.popleft()
+                status, reason = await self._send_logged(message)
+                delivered = 200 <= status < 300
+                self.writer.add(Outcome(message.id, delivered, status, reason))
+                if not delivered:
+                    self.failed_chains[chain.key] = message.id
+                    chain.rows.clear()
+                    self.writer.cancel(chain.key, message.id)
+                    return
+        finally:
+            del self.chains[chain.key]
+            self.wakeup.wake()  # later rows of the chain may wait for this one to end
+
+    async def _send_logged(self, message: OutboundMessage) -> tuple[int, str]:
         try:
             status, reason = await self._send(message)
         except DATABASE_ERRORS as exc:
             log.warning("outbound message %d: database unavailable (%s)", message.id, exc)
-            return  # stays 'sending'; claimed again after the lease
-        delivered = 200 <= status < 300
-        log.info(
+            return 503, "Database Unavailable"
+        log.debug(
             "outbound message %d to %s: %s %d %s",
             message.id,
             message.to_aor,
-            "delivered" if delivered else "failed",
+            "delivered" if 200 <= status < 300 else "failed",
             status,
             reason,
         )
-        try:
-            async with self.edge.pool.acquire() as conn, conn.transaction():
-                await finish(conn, message.id, delivered=delivered, status=status, reason=reason)
-        except DATABASE_ERRORS as exc:
-            log.warning("outbound message %d: outcome not recorded (%s)", message.id, exc)
+        return status, reason
 
     async def _send(self, message: OutboundMessage) -> tuple[int, str]:
         try:
             request = build_request(self.edge, message)
         except (LocalProtocolError, ValueError) as exc:
             return 500, f"Unusable message: {exc}"[:200]
-        bindings = await get_bindings(self.edge.pool, message.to_aor)
+        bindings = await self.edge.bindings.get(message.to_aor)
         if not bindings:
             return 480, "Not Registered"
         targets = [Target.of(self.edge, binding) for binding in bindings]
