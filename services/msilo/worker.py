@@ -37,7 +37,7 @@ from services.msilo.delivered_message import delivery_for
 from shared.config import Settings
 from shared.db import offline
 from shared.db.listen import Listener, Notification
-from shared.db.offline import DELIVERY_SOURCE, SCHEDULED_CHANNEL, order_key
+from shared.db.offline import DELIVERY_SOURCE, SCHEDULED_CHANNEL, STORED_CHANNEL, order_key
 from shared.db.outbound import (
     DONE_CHANNEL,
     NewOutbound,
@@ -76,13 +76,14 @@ class MsiloWorker:
         self.wakeup = Wakeup()
         self.listener = Listener(
             database_url,
-            [REGISTERED_CHANNEL, DONE_CHANNEL, SCHEDULED_CHANNEL],
+            [REGISTERED_CHANNEL, DONE_CHANNEL, SCHEDULED_CHANNEL, STORED_CHANNEL],
             self._on_notify,
             catch_up=self._catch_up,
         )
         self.stats = MsiloStats()
         self._registered: set[str] = set()
         self._done: set[int] = set()
+        self._stored: set[str] = set()  # registered recipients a message was stored for
         self._sweep_now = True
         self._reschedule = True  # read the next scheduled send time
         self._next_scheduled: float | None = None  # loop time of it
@@ -101,6 +102,8 @@ class MsiloWorker:
             self._done.update(ids)
         elif notification.channel == SCHEDULED_CHANNEL:
             self._reschedule = True
+        elif notification.channel == STORED_CHANNEL:
+            self._stored.add(notification.id)
         self.wakeup.wake()
 
     async def _catch_up(self) -> None:
@@ -149,7 +152,7 @@ class MsiloWorker:
             await listening
 
     async def _handle_notifications(self) -> None:
-        while self._done or self._registered:
+        while self._done or self._registered or self._stored:
             if self._done:
                 ids = sorted(self._done)
                 async with self.pool.acquire() as conn:
@@ -157,6 +160,10 @@ class MsiloWorker:
                 for recipient in recipients:
                     await self.pump(recipient)
                 self._done.difference_update(ids)
+            if self._stored:
+                aor = next(iter(self._stored))
+                await self.pump(aor)
+                self._stored.discard(aor)
             if self._registered:
                 aor = next(iter(self._registered))
                 await self.registered(aor)

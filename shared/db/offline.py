@@ -30,6 +30,9 @@ NOTICE_SOURCE = "msilo-notice"
 #: NOTIFY channel told when a scheduled message is stored (payload id: the message id), so
 #: msilo wakes up at its send time.
 SCHEDULED_CHANNEL = "offline_scheduled"
+#: NOTIFY channel told (payload id: the recipient) when a message was stored for a user who
+#: is registered, behind their stored messages still being delivered: msilo takes it next.
+STORED_CHANNEL = "offline_stored"
 
 
 def order_key(recipient: str) -> str:
