@@ -282,7 +282,8 @@ def main() -> None:
         print(
             f"{r.name:<26} {s['rate']!s:>8} {s['p99_ms']!s:>7} {d['drain_s']!s:>8} "
             f"{d['per_message_ms']!s:>7} {d['lost']!s:>5} {d['duplicates']!s:>4} "
-            f"{d['in_order']!s:>6} {d['left_stored']!s:>5}"
+            f"{d['in_order']!s:>6} {d['left_stored']!s:>5} "
+            f"{d.get('imstack_cpu_ms_per')!s:>10}+{d.get('postgres_cpu_ms_per')!s:<10}"
         )
 
 

@@ -233,29 +233,38 @@ async def finish(
 
 
 async def finish_many(conn: Executor, outcomes: Sequence[Outcome]) -> None:
-    """Record many outcomes in one statement (call inside a transaction) and tell the
-    queueing workers with one ``outbound_done`` NOTIFY per :data:`NOTIFY_IDS` rows."""
-    if not outcomes:
-        return
-    if len(outcomes) == 1:
-        one = outcomes[0]
-        await finish(conn, one.id, delivered=one.delivered, status=one.status, reason=one.reason)
-        return
-    await conn.execute(
-        """UPDATE outbound_messages o SET status = t.status, last_status = t.code,
-               last_reason = t.reason, updated_at = now(), finished_at = now()
-           FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[])
-                AS t(id, status, code, reason)
-           WHERE o.id = t.id""",
-        [o.id for o in outcomes],
-        [
-            (OutboundStatus.DELIVERED if o.delivered else OutboundStatus.FAILED).value
-            for o in outcomes
-        ],
-        [o.status for o in outcomes],
-        [o.reason for o in outcomes],
-    )
-    await notify_finished(conn, [o.id for o in outcomes])
+    """Record many outcomes and tell the queueing workers: one statement (an UPDATE and an
+    ``outbound_done`` NOTIFY, atomic even outside a transaction) per :data:`NOTIFY_IDS`
+    rows."""
+    for start in range(0, len(outcomes), NOTIFY_IDS):
+        part = outcomes[start : start + NOTIFY_IDS]
+        ids = [o.id for o in part]
+        kinds = {o.delivered for o in part}
+        kind = "finished" if len(kinds) > 1 else ("delivered" if True in kinds else "failed")
+        payload = (
+            {"type": kind, "id": ids[0]}
+            if len(ids) == 1
+            else {"type": kind, "id": ids[0], "ids": ids}
+        )
+        await conn.execute(
+            """WITH done AS (
+                   UPDATE outbound_messages o SET status = t.status, last_status = t.code,
+                       last_reason = t.reason, updated_at = now(), finished_at = now()
+                   FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[])
+                        AS t(id, status, code, reason)
+                   WHERE o.id = t.id
+                   RETURNING o.id)
+               SELECT pg_notify($5, $6) WHERE EXISTS (SELECT 1 FROM done)""",
+            ids,
+            [
+                (OutboundStatus.DELIVERED if o.delivered else OutboundStatus.FAILED).value
+                for o in part
+            ],
+            [o.status for o in part],
+            [o.reason for o in part],
+            DONE_CHANNEL,
+            json.dumps(payload),
+        )
 
 
 async def notify_finished(conn: Executor, ids: Sequence[int]) -> None:
