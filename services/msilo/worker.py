@@ -102,6 +102,7 @@ class MsiloWorker:
             self._done.update(ids)
         elif notification.channel == SCHEDULED_CHANNEL:
             self._reschedule = True
+            self._stored.add(notification.id)  # due already? then deliver it now
         elif notification.channel == STORED_CHANNEL:
             self._stored.add(notification.id)
         self.wakeup.wake()

@@ -27,8 +27,8 @@ GENERATED_HEADER = "X-Imstack-Generated"
 #: ``outbound_messages.source`` of msilo's deliveries and of its notices.
 DELIVERY_SOURCE = "msilo"
 NOTICE_SOURCE = "msilo-notice"
-#: NOTIFY channel told when a scheduled message is stored (payload id: the message id), so
-#: msilo wakes up at its send time.
+#: NOTIFY channel told when a scheduled message is stored (payload id: the recipient), so
+#: msilo wakes up at its send time (or delivers it at once when that has passed).
 SCHEDULED_CHANNEL = "offline_scheduled"
 #: NOTIFY channel told (payload id: the recipient) when a message was stored for a user who
 #: is registered, behind their stored messages still being delivered: msilo takes it next.
@@ -155,7 +155,7 @@ async def store_message(
         not_before,
     )
     if not_before is not None:
-        await notify(conn, SCHEDULED_CHANNEL, "scheduled", int(new_id))
+        await notify(conn, SCHEDULED_CHANNEL, "scheduled", recipient)
     return int(new_id)
 
 

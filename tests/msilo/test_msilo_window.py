@@ -159,3 +159,18 @@ async def test_a_scheduled_message_for_an_offline_user_waits_for_the_registratio
     (left,) = await list_messages(sip.pool, BOB)
     assert left.id == future
     assert bob.requests.empty()
+
+
+async def test_a_message_scheduled_in_the_past_reaches_a_registered_user_at_once(
+    sip: SipServer, msilo: MsiloWorker
+) -> None:
+    bob = await sip.ua("bob")
+    assert (await bob.register()).status == 200
+
+    async def registration_handled() -> bool:
+        return msilo.stats.registrations >= 1
+
+    await eventually(registration_handled, "registration handled")
+    await store(sip.pool, b"overdue", not_before=datetime.now(UTC) - timedelta(minutes=5))
+    assert await take(bob) == b"overdue"  # no sweep (an hour away): the store woke msilo
+    await stored_count_is(sip.pool, 0)
