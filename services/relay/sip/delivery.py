@@ -72,9 +72,21 @@ def build_request(edge: SipEdge, message: OutboundMessage) -> SipRequest:
     for name, value in message.extra_headers:
         if canonical_name(name).lower() not in RELAY_WRITTEN_HEADERS:
             headers.add(name, value)
-    request = SipRequest(method="MESSAGE", uri=to_uri, headers=headers, body=message.body)
-    request.to_bytes()  # raises LocalProtocolError for header injection
-    return request
+    _check_fields(message)
+    return SipRequest(method="MESSAGE", uri=to_uri, headers=headers, body=message.body)
+
+
+def _check_fields(message: OutboundMessage) -> None:
+    """LocalProtocolError when a row's field would inject header lines (CR/LF) or a header
+    name is not one: what serialising the request would find, without serialising it."""
+    for value in (message.from_uri, message.from_display or "", message.content_type):
+        if "\r" in value or "\n" in value:
+            raise LocalProtocolError("line break in a header field")
+    for name, value in message.extra_headers:
+        if not name or any(c in name for c in " \t\r\n:"):
+            raise LocalProtocolError(f"invalid header name {name!r}")
+        if "\r" in value or "\n" in value:
+            raise LocalProtocolError(f"invalid characters in header {name!r}")
 
 
 @dataclass
