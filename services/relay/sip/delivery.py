@@ -159,7 +159,10 @@ class OutcomeWriter:
                         cancelled: list[int] = []
                         for cancel in cancels:
                             cancelled += await cancel_chain(
-                                conn, cancel.key, after=cancel.after, claimed_by=edge.relay_instance
+                                conn,
+                                cancel.key,
+                                after=cancel.after,
+                                claimed_by=self.worker.claimed_by,
                             )
                         await notify_finished(conn, cancelled)
         except DATABASE_ERRORS as exc:
@@ -185,6 +188,9 @@ class DeliveryWorker:
         self.failed_chains: dict[str, int] = {}
         self.claiming = asyncio.Lock()
         self.writer = OutcomeWriter(self)
+        #: Who claimed a row: this run of this relay (a restarted relay is someone else, so
+        #: it never sends a chain's later rows while the earlier ones wait for their lease).
+        self.claimed_by = f"{edge.relay_instance}/{secrets.token_hex(6)}"
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = Listener(
@@ -213,7 +219,7 @@ class DeliveryWorker:
             try:
                 async with self.edge.pool.acquire() as conn, conn.transaction():
                     messages = await claim_batch(
-                        conn, limit=BATCH, lease=LEASE, claimed_by=self.edge.relay_instance
+                        conn, limit=BATCH, lease=LEASE, claimed_by=self.claimed_by
                     )
             except DATABASE_ERRORS as exc:
                 log.warning("cannot claim outbound messages: %s", exc)
