@@ -45,6 +45,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.proc_cpu import CpuMeter  # noqa: E402
 from bench.sip_load import Generator, Pending  # noqa: E402
 from bench.sip_relay import PASSWORD, REALM, Database, Imstack, on_cpu  # noqa: E402
 from shared.db import rooms  # noqa: E402
@@ -246,10 +247,11 @@ def latency(gen: RoomLoad, size: int, messages: int, seq: Counter) -> dict[str, 
 
 
 def sustained(
-    gen: RoomLoad, size: int, window: int, duration: float, seq: Counter
+    gen: RoomLoad, size: int, window: int, duration: float, seq: Counter, meter: CpuMeter
 ) -> dict[str, object]:
     room_uri = f"sip:fanout{size}@{CONFERENCE}"
     gen.echoes = gen.strays = 0
+    meter.reset()
     seqs: list[int] = []
     start = time.perf_counter()
     end = start + duration
@@ -273,8 +275,9 @@ def sustained(
                 if now < end:
                     launch()
     wait_copies(gen, seqs, gen.timeout)
-    settle(gen)
     arrived = sum(len(gen.copies[s].members) for s in seqs)
+    cpu = meter.per_item(arrived)  # per member delivery
+    settle(gen)
     last = max((gen.copies[s].last_arrival for s in seqs), default=start)
     elapsed = max(last - start, 1e-9)
     return {
@@ -286,6 +289,7 @@ def sustained(
         "deliveries": arrived,
         "deliveries_per_s": round(arrived / elapsed),
         "messages_per_s": round(len(seqs) / elapsed, 1),
+        **cpu,
         **checks(gen, seqs, size - 1),
     }
 
@@ -329,11 +333,12 @@ def main() -> None:
         on_cpu(1)
         gen = RoomLoad(load_args(server.target, users, args.timeout))
         register_all(gen, users)
+        meter = CpuMeter(server.proc and server.proc.pid, database.embedded.pgdata)
         seq = Counter()
         for size in sizes:
             for run in (
                 latency(gen, size, args.messages, seq),
-                sustained(gen, size, args.window, args.duration, seq),
+                sustained(gen, size, args.window, args.duration, seq, meter),
             ):
                 print(json.dumps(run), flush=True)
                 results.append(run)
@@ -344,14 +349,15 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\n{'run':<24} {'p50 ms':>8} {'p99 ms':>8} {'deliv/s':>8} {'lost':>5} {'dup':>4} "
-        f"{'echo':>5}"
+        f"{'echo':>5} {'cpu ms/deliv imstack+pg':>24}"
     )
     for r in results:
         name = f"{r['test']} M={r['members']}"
         print(
             f"{name:<24} {r.get('p50_ms', '')!s:>8} {r.get('p99_ms', '')!s:>8} "
             f"{r.get('deliveries_per_s', '')!s:>8} {r['lost']!s:>5} {r['duplicates']!s:>4} "
-            f"{r['echoes']!s:>5}"
+            f"{r['echoes']!s:>5} {r.get('imstack_cpu_ms_per', '')!s:>11}"
+            f"+{r.get('postgres_cpu_ms_per', '')!s:<11}"
         )
 
 

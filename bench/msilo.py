@@ -45,6 +45,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.proc_cpu import CpuMeter  # noqa: E402
 from bench.sip_load import Generator, Pending  # noqa: E402
 from bench.sip_relay import PASSWORD, REALM, Database, Imstack, on_cpu  # noqa: E402
 
@@ -97,7 +98,9 @@ class Round:
     drain: dict[str, object] = field(default_factory=dict)
 
 
-def store(target: str, recipient: int, count: int, window: int, tag: str) -> dict[str, object]:
+def store(
+    target: str, recipient: int, count: int, window: int, tag: str, meter: CpuMeter
+) -> dict[str, object]:
     """``count`` MESSAGEs to user{recipient} (offline), ``window`` in flight."""
     senders = list(range(SENDER_BASE, SENDER_BASE + window))
     gen = OfflineLoad(load_args(target, SENDER_BASE + window))
@@ -115,6 +118,7 @@ def store(target: str, recipient: int, count: int, window: int, tag: str) -> dic
 
     free = deque(senders)
     sent = finished = 0
+    meter.reset()
     start = time.perf_counter()
     next_expire = start + 0.5
 
@@ -142,6 +146,7 @@ def store(target: str, recipient: int, count: int, window: int, tag: str) -> dic
     summary = gen.stats.summary(elapsed)
     summary["rate"] = round(len(gen.accepted) / elapsed, 1)  # answered 202 per second
     summary.update(accepted_202=len(gen.accepted), seconds=round(elapsed, 3))
+    summary.update(meter.per_item(len(gen.accepted)))
     summary["accepted_bodies"] = gen.accepted
     return summary
 
@@ -157,12 +162,15 @@ async def stored_bodies(url: str, aor: str) -> list[bytes]:
         await conn.close()
 
 
-def drain(target: str, url: str, recipient: int, idle_timeout: float) -> dict[str, object]:
+def drain(
+    target: str, url: str, recipient: int, idle_timeout: float, meter: CpuMeter
+) -> dict[str, object]:
     """Register user{recipient} and take its stored messages; checks and times the drain."""
     aor = f"user{recipient}@{REALM}"
     expected = asyncio.run(stored_bodies(url, aor))
     ua = OfflineLoad(load_args(target, 1, user_format=f"user{recipient}"))
     want = set(expected)
+    meter.reset()
     started = time.perf_counter()
     ua.send("REGISTER", 0)
     seen: set[bytes] = set()
@@ -182,6 +190,7 @@ def drain(target: str, url: str, recipient: int, idle_timeout: float) -> dict[st
         last = max(ua.last_arrival, started)
         if time.perf_counter() - last > idle_timeout:
             break
+    cpu = meter.per_item(len(expected))  # CPU of the drain, per stored message
     time.sleep(0.5)  # anything arriving late (duplicates) counts too
     ua.poll(0.0)
 
@@ -207,6 +216,7 @@ def drain(target: str, url: str, recipient: int, idle_timeout: float) -> dict[st
         if done_at is None or not expected
         else round((done_at - started) * 1e3 / len(expected), 3),
         "left_stored": len(left),
+        **cpu,
         "expected_bodies": expected,
     }
 
@@ -243,11 +253,15 @@ def main() -> None:
             plan.append((f"{args.restart_count} stored, restart", args.restart_count, True))
         for recipient, (name, count, restart) in enumerate(plan):
             result = Round(name, count, args.window)
-            result.store = store(server.target, recipient, count, args.window, f"r{recipient}")
+            meter = CpuMeter(server.proc and server.proc.pid, database.embedded.pgdata)
+            result.store = store(
+                server.target, recipient, count, args.window, f"r{recipient}", meter
+            )
             if restart:
                 server.stop()
                 server.start()
-            result.drain = drain(server.target, database.url, recipient, args.idle_timeout)
+                meter = CpuMeter(server.proc and server.proc.pid, database.embedded.pgdata)
+            result.drain = drain(server.target, database.url, recipient, args.idle_timeout, meter)
             check_stored(result)
             print(
                 json.dumps({"round": name, "store": result.store, "drain": result.drain}),
@@ -261,14 +275,15 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\n{'round':<26} {'202/s':>8} {'p99 ms':>7} {'drain s':>8} {'ms/msg':>7} "
-        f"{'lost':>5} {'dup':>4} {'order':>6} {'left':>5}"
+        f"{'lost':>5} {'dup':>4} {'order':>6} {'left':>5} {'cpu ms/msg imstack+pg':>22}"
     )
     for r in results:
         s, d = r.store, r.drain
         print(
             f"{r.name:<26} {s['rate']!s:>8} {s['p99_ms']!s:>7} {d['drain_s']!s:>8} "
             f"{d['per_message_ms']!s:>7} {d['lost']!s:>5} {d['duplicates']!s:>4} "
-            f"{d['in_order']!s:>6} {d['left_stored']!s:>5}"
+            f"{d['in_order']!s:>6} {d['left_stored']!s:>5} "
+            f"{d.get('imstack_cpu_ms_per')!s:>10}+{d.get('postgres_cpu_ms_per')!s:<10}"
         )
 
 

@@ -64,7 +64,7 @@ from shared.config import Settings
 from shared.db import offline, rooms
 from shared.db.listen import Listener, Notification
 from shared.db.offline import GENERATED_HEADER
-from shared.db.outbound import DONE_CHANNEL, queue_message
+from shared.db.outbound import DONE_CHANNEL, NewOutbound, queue_message, queue_messages
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
 from shared.db.rooms import INBOX_CHANNEL, InboxMessage, Room
@@ -269,23 +269,27 @@ class ImcWorker:
         if incoming.call_id:
             headers.append(("In-Reply-To", incoming.call_id))
         headers.append((GENERATED_HEADER, GENERATED_VALUE))
+        queue: list[NewOutbound] = []
         for send in sends:
             if send.kind is Kind.CHAT and send.to not in online:
                 await self._store_offline(
                     conn, send.from_uri, send.to, send.content_type, send.body
                 )
                 continue
-            await queue_message(
-                conn,
-                from_uri=send.from_uri,
-                to_aor=send.to,
-                body=send.body,
-                content_type=send.content_type,
-                extra_headers=headers,
-                source=send.kind.value,
+            queue.append(
+                NewOutbound(
+                    from_uri=send.from_uri,
+                    to_aor=send.to,
+                    body=send.body,
+                    content_type=send.content_type,
+                    extra_headers=headers,
+                    source=send.kind.value,
+                )
             )
             if send.kind is Kind.CHAT:
                 self.stats.fanned_out += 1
+        # One INSERT and one NOTIFY for the whole fan-out.
+        await queue_messages(conn, queue)
 
     async def _store_offline(
         self, conn: Connection, from_uri: str, to: str, content_type: str, body: bytes

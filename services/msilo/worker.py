@@ -6,11 +6,22 @@ at once) and ``outbound_done`` (the relay reports a delivery: delete the message
 users with pending messages and over messages in flight (covers NOTIFYs lost while the
 LISTEN connection was down, and due retries), and the purge of expired messages.
 
-Per recipient only the oldest message is ever in flight: the next is queued once the
-previous one was answered 2xx, so clients see their messages in storage order. Every step is
-one short transaction on the recipient's head row (``FOR UPDATE SKIP LOCKED``): replicas
-share the work and never both queue one message; all state is in the database, so a worker
-that dies loses nothing (see ``migrations/0005_offline_messages.sql``).
+Per recipient a window of up to :data:`WINDOW` messages is in flight: they are queued at
+once as one ordered chain (``order_key``), which the relay sends strictly in storage order,
+each after the previous one was answered 2xx; the first failure stops the chain, and that
+message and every later one of the window go back to 'stored' (in order, nothing lost,
+nothing sent twice) to be offered again after the retry interval or at the next
+registration. Delivered messages are deleted in batches as their outcomes arrive, and the
+window is topped up once half of it is done, so the relay never runs dry during a drain.
+
+Every step is one short transaction under a per-recipient advisory lock: replicas share the
+work and never both queue one message; all state is in the database, so a worker that dies
+loses nothing (see ``migrations/0005_offline_messages.sql`` and
+``migrations/0009_scheduled_messages.sql``).
+
+Scheduled messages (``not_before``) are left out of windows until they are due; the worker
+sleeps until the earliest send time (re-read when a scheduled message is stored, on the
+``offline_scheduled`` NOTIFY), then sweeps: no busy polling.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -25,8 +37,14 @@ from services.msilo.delivered_message import delivery_for
 from shared.config import Settings
 from shared.db import offline
 from shared.db.listen import Listener, Notification
-from shared.db.offline import DELIVERY_SOURCE, OfflineState
-from shared.db.outbound import DONE_CHANNEL, OutboundStatus, get_message, queue_message
+from shared.db.offline import DELIVERY_SOURCE, SCHEDULED_CHANNEL, STORED_CHANNEL, order_key
+from shared.db.outbound import (
+    DONE_CHANNEL,
+    NewOutbound,
+    cancel_queued,
+    notified_ids,
+    queue_messages,
+)
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
 
@@ -34,6 +52,8 @@ log = logging.getLogger(__name__)
 
 REGISTERED_CHANNEL = "registered"  # the registrar NOTIFYs it with the AoR
 SWEEP_BATCH = 1000  # recipients looked at per sweep query
+WINDOW = 64  # a recipient's messages in flight at most
+REFILL = WINDOW // 2  # top the window up when no more than this many are still in flight
 ERROR_BACKOFF = 1.0  # seconds before retrying after a database error, doubling...
 MAX_ERROR_BACKOFF = 30.0  # ...up to this
 
@@ -56,14 +76,17 @@ class MsiloWorker:
         self.wakeup = Wakeup()
         self.listener = Listener(
             database_url,
-            [REGISTERED_CHANNEL, DONE_CHANNEL],
+            [REGISTERED_CHANNEL, DONE_CHANNEL, SCHEDULED_CHANNEL, STORED_CHANNEL],
             self._on_notify,
             catch_up=self._catch_up,
         )
         self.stats = MsiloStats()
         self._registered: set[str] = set()
         self._done: set[int] = set()
+        self._stored: set[str] = set()  # registered recipients a message was stored for
         self._sweep_now = True
+        self._reschedule = True  # read the next scheduled send time
+        self._next_scheduled: float | None = None  # loop time of it
 
     # -- wake-ups ---------------------------------------------------------------------
 
@@ -73,14 +96,20 @@ class MsiloWorker:
         if notification.channel == REGISTERED_CHANNEL:
             self._registered.add(notification.id)
         elif notification.channel == DONE_CHANNEL:
-            try:
-                self._done.add(int(notification.id))
-            except ValueError:
+            ids = notified_ids(notification.raw)
+            if not ids:
                 return
+            self._done.update(ids)
+        elif notification.channel == SCHEDULED_CHANNEL:
+            self._reschedule = True
+            self._stored.add(notification.id)  # due already? then deliver it now
+        elif notification.channel == STORED_CHANNEL:
+            self._stored.add(notification.id)
         self.wakeup.wake()
 
     async def _catch_up(self) -> None:
         self._sweep_now = True
+        self._reschedule = True
         self.wakeup.wake()
 
     # -- the loop ---------------------------------------------------------------------
@@ -97,11 +126,16 @@ class MsiloWorker:
                     if now >= next_purge:
                         await self.purge()
                         next_purge = now + self.settings.msilo_purge_interval
-                    if self._sweep_now or now >= next_sweep:
+                    due = self._next_scheduled is not None and now >= self._next_scheduled
+                    if self._sweep_now or now >= next_sweep or due:
                         self._sweep_now = False
+                        self._reschedule = self._reschedule or due
                         await self.sweep()
                         next_sweep = now + self.settings.msilo_sweep_interval
                     await self._handle_notifications()
+                    if self._reschedule:
+                        self._reschedule = False
+                        await self._read_schedule()
                     backoff = ERROR_BACKOFF
                 except DATABASE_ERRORS as exc:
                     log.warning("msilo: database unavailable (%s); retry in %.0fs", exc, backoff)
@@ -109,14 +143,17 @@ class MsiloWorker:
                     next_sweep = now + backoff
                     next_purge = max(next_purge, next_sweep)
                     backoff = min(backoff * 2, MAX_ERROR_BACKOFF)
-                timeout = max(0.0, min(next_sweep, next_purge) - loop.time())
+                wake_at = min(next_sweep, next_purge)
+                if self._next_scheduled is not None:
+                    wake_at = min(wake_at, self._next_scheduled)
+                timeout = max(0.0, wake_at - loop.time())
                 if await self.wakeup.wait(timeout, stop) is WakeReason.STOP:
                     break
         finally:
             await listening
 
     async def _handle_notifications(self) -> None:
-        while self._done or self._registered:
+        while self._done or self._registered or self._stored:
             if self._done:
                 ids = sorted(self._done)
                 async with self.pool.acquire() as conn:
@@ -124,10 +161,25 @@ class MsiloWorker:
                 for recipient in recipients:
                     await self.pump(recipient)
                 self._done.difference_update(ids)
+            if self._stored:
+                aor = next(iter(self._stored))
+                await self.pump(aor)
+                self._stored.discard(aor)
             if self._registered:
                 aor = next(iter(self._registered))
                 await self.registered(aor)
                 self._registered.discard(aor)
+
+    async def _read_schedule(self) -> None:
+        """When the next scheduled message falls due (as a time of the event loop)."""
+        async with self.pool.acquire() as conn:
+            moment = await offline.next_scheduled(conn)
+        if moment is None:
+            self._next_scheduled = None
+            return
+        # A little late rather than early: then it is due when the sweep runs.
+        delay = (moment - datetime.now(UTC)).total_seconds() + 0.01
+        self._next_scheduled = asyncio.get_running_loop().time() + max(0.0, delay)
 
     async def registered(self, aor: str) -> None:
         """``aor`` registered: offer its messages now, failed ones included."""
@@ -151,77 +203,79 @@ class MsiloWorker:
     # -- one recipient ----------------------------------------------------------------
 
     async def pump(self, recipient: str) -> None:
-        """Advance ``recipient``'s queue as far as it can go without waiting: apply the
-        outcome of the message in flight, then queue the next one (if registered)."""
-        while await self._step(recipient):
-            pass
-
-    async def _step(self, recipient: str) -> bool:
-        """One transaction on the head of the queue; True when the next may follow at once.
-
-        A delivered head is deleted and the next message queued in the same transaction:
-        one commit per message instead of two.
-        """
+        """Apply the outcomes of ``recipient``'s messages in flight, then top the window up
+        (if registered): one transaction."""
         async with self.pool.acquire() as conn, conn.transaction():
-            while True:
-                head = await offline.claim_head(conn, recipient)
-                if head is None:
-                    return False  # empty, or another worker is at it
-                message = head.message
-                if message.state is not OfflineState.SENDING:
-                    break
-                outbound = (
-                    None
-                    if message.outbound_id is None
-                    else await get_message(conn, message.outbound_id)
+            await offline.lock_delivery(conn, recipient)
+            flying = await offline.in_flight(conn, recipient)
+            delivered: list[int] = []
+            back: list[int] = []
+            failed: offline.InFlight | None = None
+            still = 0
+            cancel: dict[int, int] = {}  # outbound id -> message id, behind a failure
+            for row in flying:
+                if row.outbound_status == "delivered":
+                    delivered.append(row.id)
+                elif failed is None and row.outbound_status in ("failed", None):
+                    failed = row
+                    back.append(row.id)
+                elif failed is None or row.outbound_status == "sending":
+                    still += 1  # queued or being sent (behind a failure: the relay ends it)
+                elif row.outbound_status == "queued" and row.outbound_id is not None:
+                    cancel[row.outbound_id] = row.id  # behind a failure, not claimed yet
+                else:
+                    back.append(row.id)  # behind a failure, finished unsent
+            if cancel:
+                withdrawn = await cancel_queued(conn, list(cancel))
+                back += [cancel[i] for i in withdrawn]
+                still += len(cancel) - len(withdrawn)
+                back.sort()
+            if delivered:
+                await offline.delete_messages(conn, delivered)
+                self.stats.delivered += len(delivered)
+                log.debug("msilo: %d message(s) delivered to %s", len(delivered), recipient)
+            if failed is not None:
+                lost = failed.outbound_status is None
+                await offline.restore(
+                    conn,
+                    back,
+                    failed=failed.id,
+                    status=None if lost else failed.last_status,
+                    reason="lost" if lost else failed.last_reason,
+                    retry_in=0 if lost else self.settings.msilo_retry_interval,
                 )
-                if outbound is None:
-                    # The outbound row vanished (deleted by hand): offer the message again.
-                    await offline.mark_failed(
-                        conn, message.id, status=None, reason="lost", retry_in=0
+                self.stats.failed += 0 if lost else 1
+                log.info(
+                    "msilo: message %d for %s failed (%s %s); it and %d later kept for a retry",
+                    failed.id,
+                    recipient,
+                    failed.last_status,
+                    failed.last_reason,
+                    len(back) - 1,
+                )
+                if not lost:
+                    return
+            if still > REFILL or (failed is not None and still):
+                return
+            window = await offline.next_window(conn, recipient, limit=WINDOW - still)
+            if not window:
+                return
+            deliveries = []
+            for message in window:
+                delivery = delivery_for(message, add_date=self.settings.msilo_add_date)
+                deliveries.append(
+                    NewOutbound(
+                        from_uri=delivery.from_uri,
+                        from_display=delivery.from_display,
+                        to_aor=delivery.to_aor,
+                        body=delivery.body,
+                        content_type=delivery.content_type,
+                        extra_headers=delivery.extra_headers,
+                        source=DELIVERY_SOURCE,
+                        source_id=message.id,
+                        order_key=order_key(recipient),
                     )
-                    return True
-                if outbound.status is OutboundStatus.DELIVERED:
-                    await offline.delete_message(conn, message.id)
-                    self.stats.delivered += 1
-                    log.info(
-                        "msilo: message %d delivered to %s (%s)",
-                        message.id,
-                        recipient,
-                        outbound.last_status,
-                    )
-                    continue  # the next one, if any, in this transaction
-                if outbound.status is OutboundStatus.FAILED:
-                    await offline.mark_failed(
-                        conn,
-                        message.id,
-                        status=outbound.last_status,
-                        reason=outbound.last_reason,
-                        retry_in=self.settings.msilo_retry_interval,
-                    )
-                    self.stats.failed += 1
-                    log.info(
-                        "msilo: message %d for %s failed (%s %s); kept for a retry",
-                        message.id,
-                        recipient,
-                        outbound.last_status,
-                        outbound.last_reason,
-                    )
-                return False  # still in flight, or failed: the rest waits (order)
-            if not head.due or not head.registered:
-                return False
-            delivery = delivery_for(message, add_date=self.settings.msilo_add_date)
-            outbound_id = await queue_message(
-                conn,
-                from_uri=delivery.from_uri,
-                from_display=delivery.from_display,
-                to_aor=delivery.to_aor,
-                body=delivery.body,
-                content_type=delivery.content_type,
-                extra_headers=delivery.extra_headers,
-                source=DELIVERY_SOURCE,
-                source_id=message.id,
-            )
-            await offline.mark_sending(conn, message.id, outbound_id)
-            self.stats.queued += 1
-            return False  # its outcome arrives on outbound_done
+                )
+            outbound_ids = await queue_messages(conn, deliveries)
+            await offline.mark_sending_many(conn, [m.id for m in window], outbound_ids)
+            self.stats.queued += len(window)

@@ -1,8 +1,11 @@
 """The ``offline_messages`` table: MESSAGEs stored for users who were not reachable.
 
-The contract (ordering key, head-of-queue claim, states) is documented in
-``migrations/0005_offline_messages.sql``. The relay calls :func:`store_message`; the msilo
-worker calls :func:`claim_head` and the ``mark_*`` functions, one short transaction per step.
+The contract (ordering key, states) is documented in ``migrations/0005_offline_messages.sql``;
+scheduled messages (``not_before``) and delivery windows in
+``migrations/0009_scheduled_messages.sql``. The relay calls :func:`store_message`; the msilo
+worker, holding :func:`lock_delivery` for a recipient, reads :func:`in_flight`, applies
+outcomes (:func:`delete_messages`, :func:`restore`) and takes the next window
+(:func:`next_window`, :func:`mark_sending_many`), one short transaction per step.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from enum import StrEnum
 
 import asyncpg
 
+from shared.db.listen import notify
 from shared.db.types import Executor
 
 #: Header on every MESSAGE the bundle generates itself (msilo deliveries and notices; room
@@ -23,6 +27,17 @@ GENERATED_HEADER = "X-Imstack-Generated"
 #: ``outbound_messages.source`` of msilo's deliveries and of its notices.
 DELIVERY_SOURCE = "msilo"
 NOTICE_SOURCE = "msilo-notice"
+#: NOTIFY channel told when a scheduled message is stored (payload id: the recipient), so
+#: msilo wakes up at its send time (or delivers it at once when that has passed).
+SCHEDULED_CHANNEL = "offline_scheduled"
+#: NOTIFY channel told (payload id: the recipient) when a message was stored for a user who
+#: is registered, behind their stored messages still being delivered: msilo takes it next.
+STORED_CHANNEL = "offline_stored"
+
+
+def order_key(recipient: str) -> str:
+    """The ``outbound_messages.order_key`` of msilo's deliveries to ``recipient``."""
+    return f"{DELIVERY_SOURCE}:{recipient}"
 
 
 class OfflineState(StrEnum):
@@ -49,15 +64,18 @@ class OfflineMessage:
     last_reason: str | None
     last_attempt_at: datetime | None
     retry_at: datetime | None
+    not_before: datetime | None = None  # a scheduled message: not delivered before
 
 
 @dataclass(frozen=True)
-class Head:
-    """A recipient's oldest live message, locked by the current transaction."""
+class InFlight:
+    """One of a recipient's messages queued for delivery, with its outbound row's state."""
 
-    message: OfflineMessage
-    due: bool  # retry_at has passed (or was never set)
-    registered: bool  # the recipient has an unexpired binding right now
+    id: int
+    outbound_id: int | None
+    outbound_status: str | None  # None: the outbound row is gone
+    last_status: int | None
+    last_reason: str | None
 
 
 def _headers(value: object) -> tuple[tuple[str, str], ...]:
@@ -73,7 +91,7 @@ def _headers(value: object) -> tuple[tuple[str, str], ...]:
 
 _COLUMNS = """id, recipient, sender_uri, sender_display, call_id, received_at, expires_at,
     content_type, body, extra_headers, state, attempts, outbound_id, last_status, last_reason,
-    last_attempt_at, retry_at"""
+    last_attempt_at, retry_at, not_before"""
 
 
 def _message(row: asyncpg.Record) -> OfflineMessage:
@@ -102,9 +120,15 @@ async def store_message(
     extra_headers: list[tuple[str, str]],
     lifetime: int,
     max_messages: int = 0,
+    not_before: datetime | None = None,
 ) -> int | None:
     """Store a message (call inside a transaction); its id, or None when ``recipient``
-    already has ``max_messages`` stored (0: no limit)."""
+    already has ``max_messages`` stored (0: no limit).
+
+    ``not_before`` (timezone-aware) schedules it: msilo delivers it once that time has come
+    and the recipient is registered (at once if it is already past), in storage order
+    with the other due messages; ``lifetime`` still counts from now.
+    """
     await lock_recipient(conn, recipient)
     if max_messages > 0:
         count = await conn.fetchval(
@@ -116,8 +140,9 @@ async def store_message(
             return None
     new_id = await conn.fetchval(
         """INSERT INTO offline_messages (recipient, sender_uri, sender_display, call_id,
-               received_at, expires_at, content_type, body, extra_headers)
-           VALUES ($1, $2, $3, $4, now(), now() + make_interval(secs => $5), $6, $7, $8::jsonb)
+               received_at, expires_at, content_type, body, extra_headers, not_before)
+           VALUES ($1, $2, $3, $4, now(), now() + make_interval(secs => $5), $6, $7, $8::jsonb,
+                   $9)
            RETURNING id""",
         recipient,
         sender_uri,
@@ -127,7 +152,10 @@ async def store_message(
         content_type,
         body,
         json.dumps([list(pair) for pair in extra_headers]),
+        not_before,
     )
+    if not_before is not None:
+        await notify(conn, SCHEDULED_CHANNEL, "scheduled", recipient)
     return int(new_id)
 
 
@@ -151,57 +179,106 @@ async def count_messages(conn: Executor, recipient: str) -> int:
     return int(count)
 
 
-async def claim_head(conn: Executor, recipient: str) -> Head | None:
-    """Lock ``recipient``'s oldest unexpired message (inside a transaction).
+async def lock_delivery(conn: Executor, recipient: str) -> None:
+    """Serialise msilo's delivery steps for ``recipient`` (replicas, concurrent wake-ups)
+    until the end of the current transaction."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 6))", recipient)
 
-    None when there is none, or when another transaction holds it (FOR UPDATE SKIP LOCKED):
-    then that transaction's worker is advancing this recipient, and skipping to the next
-    message would break the order.
-    """
-    row = await conn.fetchrow(
-        f"""SELECT {_COLUMNS}, (retry_at IS NULL OR retry_at <= now()) AS due,
-               EXISTS (SELECT 1 FROM locations l
-                       WHERE l.aor = offline_messages.recipient AND l.expires_at > now())
-                   AS registered
-            FROM offline_messages
-            WHERE id = (SELECT min(id) FROM offline_messages
-                        WHERE recipient = $1 AND expires_at > now())
-            FOR UPDATE SKIP LOCKED""",
+
+async def in_flight(conn: Executor, recipient: str) -> list[InFlight]:
+    """``recipient``'s messages queued for delivery, in order, with their outbound state."""
+    rows = await conn.fetch(
+        """SELECT m.id, m.outbound_id, o.status, o.last_status, o.last_reason
+           FROM offline_messages m LEFT JOIN outbound_messages o ON o.id = m.outbound_id
+           WHERE m.recipient = $1 AND m.state = 'sending'
+           ORDER BY m.id""",
         recipient,
     )
-    if row is None:
-        return None
-    return Head(_message(row), bool(row["due"]), bool(row["registered"]))
+    return [
+        InFlight(r["id"], r["outbound_id"], r["status"], r["last_status"], r["last_reason"])
+        for r in rows
+    ]
 
 
-async def mark_sending(conn: Executor, message_id: int, outbound_id: int) -> None:
+async def next_window(conn: Executor, recipient: str, *, limit: int) -> list[OfflineMessage]:
+    """Up to ``limit`` of ``recipient``'s stored messages that may be queued now, in storage
+    order; none when they are not registered. Expired and not yet scheduled messages are
+    left out; the window ends before the first message waiting for its retry time (order)."""
+    registered = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM locations WHERE aor = $1 AND expires_at > now())",
+        recipient,
+    )
+    if not registered:
+        return []
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS}, (retry_at IS NOT NULL AND retry_at > now()) AS waiting
+            FROM offline_messages
+            WHERE recipient = $1 AND state = 'stored' AND expires_at > now()
+              AND (not_before IS NULL OR not_before <= now())
+            ORDER BY id LIMIT $2""",
+        recipient,
+        limit,
+    )
+    window: list[OfflineMessage] = []
+    for row in rows:
+        if row["waiting"]:
+            break
+        window.append(_message(row))
+    return window
+
+
+async def mark_sending_many(conn: Executor, ids: list[int], outbound_ids: list[int]) -> None:
+    """Messages ``ids`` are queued as outbound rows ``outbound_ids`` (same order)."""
     await conn.execute(
-        """UPDATE offline_messages SET state = 'sending', outbound_id = $2,
+        """UPDATE offline_messages m SET state = 'sending', outbound_id = t.outbound_id,
                attempts = attempts + 1, last_attempt_at = now(), retry_at = NULL
-           WHERE id = $1""",
-        message_id,
-        outbound_id,
+           FROM unnest($1::bigint[], $2::bigint[]) AS t(id, outbound_id)
+           WHERE m.id = t.id""",
+        ids,
+        outbound_ids,
     )
 
 
-async def mark_failed(
-    conn: Executor, message_id: int, *, status: int | None, reason: str | None, retry_in: float
+async def restore(
+    conn: Executor,
+    ids: list[int],
+    *,
+    failed: int | None,
+    status: int | None,
+    reason: str | None,
+    retry_in: float,
 ) -> None:
-    """Back to 'stored' after a failed delivery; offered again after ``retry_in`` seconds
-    (or at the recipient's next registration)."""
+    """Messages ``ids`` go back to 'stored'. ``failed`` (one of them, the one whose delivery
+    failed) records ``status``/``reason`` and is offered again after ``retry_in`` seconds
+    (or at the recipient's next registration); the others were not sent (their attempt
+    is not counted) and wait behind it."""
     await conn.execute(
-        """UPDATE offline_messages SET state = 'stored', outbound_id = NULL, last_status = $2,
-               last_reason = $3, retry_at = now() + make_interval(secs => $4)
-           WHERE id = $1""",
-        message_id,
+        """UPDATE offline_messages SET state = 'stored', outbound_id = NULL,
+               attempts = CASE WHEN id = $2 THEN attempts ELSE greatest(attempts - 1, 0) END,
+               last_status = CASE WHEN id = $2 THEN $3 ELSE last_status END,
+               last_reason = CASE WHEN id = $2 THEN $4 ELSE last_reason END,
+               retry_at = CASE WHEN id = $2 THEN now() + make_interval(secs => $5)
+                               ELSE NULL END
+           WHERE id = ANY($1::bigint[])""",
+        ids,
+        failed,
         status,
         reason,
-        retry_in,
+        float(retry_in),
     )
 
 
-async def delete_message(conn: Executor, message_id: int) -> None:
-    await conn.execute("DELETE FROM offline_messages WHERE id = $1", message_id)
+async def delete_messages(conn: Executor, ids: list[int]) -> None:
+    await conn.execute("DELETE FROM offline_messages WHERE id = ANY($1::bigint[])", ids)
+
+
+async def next_scheduled(conn: Executor) -> datetime | None:
+    """The earliest send time still to come of a live scheduled message, if any."""
+    value = await conn.fetchval(
+        """SELECT min(not_before) FROM offline_messages
+           WHERE not_before > now() AND expires_at > now()"""
+    )
+    return value if isinstance(value, datetime) else None
 
 
 async def clear_retry(conn: Executor, recipient: str) -> None:
@@ -235,6 +312,7 @@ async def recipients_needing_work(conn: Executor, *, limit: int) -> list[str]:
            WHERE o.expires_at > now()
              AND (o.state = 'sending'
                   OR ((o.retry_at IS NULL OR o.retry_at <= now())
+                      AND (o.not_before IS NULL OR o.not_before <= now())
                       AND EXISTS (SELECT 1 FROM locations l
                                   WHERE l.aor = o.recipient AND l.expires_at > now())))
            LIMIT $1""",

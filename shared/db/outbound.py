@@ -1,13 +1,20 @@
 """The ``outbound_messages`` table: MESSAGEs that workers queue for the relay to send.
 
 The contract (statuses, NOTIFY channels, lease) is documented in
-``migrations/0003_outbound_messages.sql``. Workers call :func:`queue_message`; the relay
-calls :func:`claim_batch` and :func:`finish`.
+``migrations/0003_outbound_messages.sql``, ordered chains (``order_key``) in
+``migrations/0009_scheduled_messages.sql``. Workers call :func:`queue_message` (one row) or
+:func:`queue_messages` (many rows, one statement, one NOTIFY); the relay calls
+:func:`claim_batch`, then :func:`finish_many` (or :func:`finish`) and :func:`cancel_chain`.
+
+NOTIFY payloads on ``outbound_done`` are ``{"type": "delivered" | "failed", "id": <id>}`` for
+one row, and ``{"type": "finished", "id": <first id>, "ids": [<id>, ...]}`` for a batch
+(:func:`notified_ids` reads both).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -52,6 +59,39 @@ class OutboundMessage:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    order_key: str | None = None
+    claimed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class NewOutbound:
+    """One row for :func:`queue_messages`."""
+
+    from_uri: str
+    to_aor: str
+    body: bytes
+    content_type: str = "text/plain;charset=UTF-8"
+    from_display: str | None = None
+    extra_headers: Sequence[tuple[str, str]] = ()
+    source: str | None = None
+    source_id: int | None = None
+    order_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final result of one delivery, for :func:`finish_many`."""
+
+    id: int
+    delivered: bool
+    status: int | None
+    reason: str
+
+
+#: Most ids in one ``outbound_done`` NOTIFY (payloads are limited to 8000 bytes).
+NOTIFY_IDS = 400
+#: ``last_reason`` of the rows of a chain not sent because an earlier one failed.
+NOT_SENT_REASON = "not sent: an earlier message failed"
 
 
 def _headers(value: object) -> tuple[tuple[str, str], ...]:
@@ -83,6 +123,7 @@ async def queue_message(
     extra_headers: list[tuple[str, str]] | None = None,
     source: str | None = None,
     source_id: int | None = None,
+    order_key: str | None = None,
 ) -> int:
     """Queue a MESSAGE for ``to_aor`` (``user@domain``) and wake the relay; the row's id.
 
@@ -90,8 +131,8 @@ async def queue_message(
     """
     new_id = await conn.fetchval(
         """INSERT INTO outbound_messages (from_uri, from_display, to_aor, content_type, body,
-               extra_headers, source, source_id)
-           VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8) RETURNING id""",
+               extra_headers, source, source_id, order_key)
+           VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9) RETURNING id""",
         from_uri,
         from_display,
         to_aor,
@@ -100,9 +141,41 @@ async def queue_message(
         json.dumps([list(pair) for pair in extra_headers or []]),
         source,
         source_id,
+        order_key,
     )
     await notify(conn, QUEUED_CHANNEL, "queued", new_id)
     return int(new_id)
+
+
+async def queue_messages(conn: Executor, messages: Sequence[NewOutbound]) -> list[int]:
+    """Queue many MESSAGEs in one statement and wake the relay once; their ids, in the order
+    of ``messages`` (ids increase in that order: a chain's order)."""
+    if not messages:
+        return []
+    rows = await conn.fetch(
+        """INSERT INTO outbound_messages (from_uri, from_display, to_aor, content_type, body,
+               extra_headers, source, source_id, order_key)
+           SELECT from_uri, from_display, to_aor, content_type, body, extra_headers::jsonb,
+                  source, source_id, order_key
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                       $6::text[], $7::text[], $8::bigint[], $9::text[])
+                WITH ORDINALITY AS t(from_uri, from_display, to_aor, content_type, body,
+                                     extra_headers, source, source_id, order_key, n)
+           ORDER BY n
+           RETURNING id""",
+        [m.from_uri for m in messages],
+        [m.from_display for m in messages],
+        [m.to_aor for m in messages],
+        [m.content_type for m in messages],
+        [m.body for m in messages],
+        [json.dumps([list(pair) for pair in m.extra_headers]) for m in messages],
+        [m.source for m in messages],
+        [m.source_id for m in messages],
+        [m.order_key for m in messages],
+    )
+    ids = sorted(int(row["id"]) for row in rows)  # identity values follow the ORDER BY
+    await notify(conn, QUEUED_CHANNEL, "queued", ids[0])
+    return ids
 
 
 async def get_message(conn: Executor, message_id: int) -> OutboundMessage | None:
@@ -110,29 +183,44 @@ async def get_message(conn: Executor, message_id: int) -> OutboundMessage | None
     return None if row is None else _message(row)
 
 
-async def claim_batch(conn: Connection, *, limit: int, lease: float) -> list[OutboundMessage]:
-    """Mark up to ``limit`` rows as being sent (call inside a transaction, then commit).
+async def claim_batch(
+    conn: Connection, *, limit: int, lease: float, claimed_by: str = ""
+) -> list[OutboundMessage]:
+    """Mark up to ``limit`` rows as being sent by ``claimed_by`` (call inside a transaction,
+    then commit).
 
     Takes queued rows and rows left 'sending' for longer than ``lease`` seconds by a relay
-    that died, oldest first, skipping rows another relay is claiming right now.
+    that died, oldest first, skipping rows another relay is claiming right now. A row of an
+    ordered chain (``order_key``) is taken only when every earlier row of its chain still
+    queued or being sent is taken too or was claimed by ``claimed_by`` before, so one relay
+    sends a chain and sends it in order.
     """
     rows = await conn.fetch(
-        """UPDATE outbound_messages SET status = 'sending', attempts = attempts + 1,
-               updated_at = now()
-           WHERE id IN (
-               SELECT id FROM outbound_messages
+        """WITH candidate AS (
+               SELECT id, order_key FROM outbound_messages
                WHERE status = 'queued'
                   OR (status = 'sending' AND updated_at < now() - make_interval(secs => $2))
                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+           UPDATE outbound_messages SET status = 'sending', attempts = attempts + 1,
+               updated_at = now(), claimed_by = $3
+           WHERE id IN (
+               SELECT c.id FROM candidate c
+               WHERE c.order_key IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM outbound_messages e
+                   WHERE e.order_key = c.order_key AND e.id < c.id
+                     AND e.status IN ('queued', 'sending')
+                     AND e.id NOT IN (SELECT id FROM candidate)
+                     AND (e.status = 'queued' OR e.claimed_by IS DISTINCT FROM $3)))
            RETURNING *""",
         limit,
         lease,
+        claimed_by,
     )
     return sorted((_message(row) for row in rows), key=lambda m: m.id)
 
 
 async def finish(
-    conn: Executor, message_id: int, *, delivered: bool, status: int, reason: str
+    conn: Executor, message_id: int, *, delivered: bool, status: int | None, reason: str
 ) -> None:
     """Record the outcome of a delivery and tell the queueing worker (``outbound_done``)."""
     outcome = OutboundStatus.DELIVERED if delivered else OutboundStatus.FAILED
@@ -146,6 +234,101 @@ async def finish(
         reason,
     )
     await notify(conn, DONE_CHANNEL, outcome.value, message_id)
+
+
+async def finish_many(conn: Executor, outcomes: Sequence[Outcome]) -> None:
+    """Record many outcomes and tell the queueing workers: one statement (an UPDATE and an
+    ``outbound_done`` NOTIFY, atomic even outside a transaction) per :data:`NOTIFY_IDS`
+    rows."""
+    for start in range(0, len(outcomes), NOTIFY_IDS):
+        part = outcomes[start : start + NOTIFY_IDS]
+        ids = [o.id for o in part]
+        kinds = {o.delivered for o in part}
+        kind = "finished" if len(kinds) > 1 else ("delivered" if True in kinds else "failed")
+        payload = (
+            {"type": kind, "id": ids[0]}
+            if len(ids) == 1
+            else {"type": kind, "id": ids[0], "ids": ids}
+        )
+        await conn.execute(
+            """WITH done AS (
+                   UPDATE outbound_messages o SET status = t.status, last_status = t.code,
+                       last_reason = t.reason, updated_at = now(), finished_at = now()
+                   FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[])
+                        AS t(id, status, code, reason)
+                   WHERE o.id = t.id
+                   RETURNING o.id)
+               SELECT pg_notify($5, $6) WHERE EXISTS (SELECT 1 FROM done)""",
+            ids,
+            [
+                (OutboundStatus.DELIVERED if o.delivered else OutboundStatus.FAILED).value
+                for o in part
+            ],
+            [o.status for o in part],
+            [o.reason for o in part],
+            DONE_CHANNEL,
+            json.dumps(payload),
+        )
+
+
+async def notify_finished(conn: Executor, ids: Sequence[int]) -> None:
+    """NOTIFY ``outbound_done`` that rows ``ids`` are finished (batches of :data:`NOTIFY_IDS`)."""
+    for start in range(0, len(ids), NOTIFY_IDS):
+        part = list(ids[start : start + NOTIFY_IDS])
+        payload = json.dumps({"type": "finished", "id": part[0], "ids": part})
+        await conn.execute("SELECT pg_notify($1, $2)", DONE_CHANNEL, payload)
+
+
+async def cancel_chain(conn: Executor, order_key: str, *, after: int, claimed_by: str) -> list[int]:
+    """Finish as failed, unsent, every row of chain ``order_key`` after id ``after`` that is
+    still queued or was claimed by ``claimed_by`` (an earlier row failed: nothing may
+    overtake it); their ids. The caller NOTIFYs them (:func:`notify_finished`)."""
+    rows = await conn.fetch(
+        """UPDATE outbound_messages SET status = 'failed', last_status = NULL,
+               last_reason = $4, updated_at = now(), finished_at = now()
+           WHERE order_key = $1 AND id > $2
+             AND (status = 'queued' OR (status = 'sending' AND claimed_by = $3))
+           RETURNING id""",
+        order_key,
+        after,
+        claimed_by,
+        NOT_SENT_REASON,
+    )
+    return sorted(int(row["id"]) for row in rows)
+
+
+async def cancel_queued(conn: Executor, ids: Sequence[int]) -> list[int]:
+    """Finish as failed, unsent, those of rows ``ids`` that no relay has claimed yet; their
+    ids (the others are being sent or finished)."""
+    rows = await conn.fetch(
+        """UPDATE outbound_messages SET status = 'failed', last_status = NULL,
+               last_reason = $2, updated_at = now(), finished_at = now()
+           WHERE id = ANY($1::bigint[]) AND status = 'queued'
+           RETURNING id""",
+        list(ids),
+        NOT_SENT_REASON,
+    )
+    return sorted(int(row["id"]) for row in rows)
+
+
+def notified_ids(payload: str) -> list[int]:
+    """The row ids an ``outbound_done`` payload reports (one, or a batch)."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    values = data.get("ids")
+    if not isinstance(values, list):
+        values = [data.get("id")]
+    ids: list[int] = []
+    for value in values:
+        try:
+            ids.append(int(value))
+        except (TypeError, ValueError):
+            continue
+    return ids
 
 
 async def purge_finished(conn: Executor, *, older_than: float, limit: int = 1000) -> int:

@@ -10,6 +10,7 @@ import pytest
 
 from services.msilo.worker import MsiloWorker
 from shared.db.offline import GENERATED_HEADER, OfflineState, count_messages, list_messages
+from shared.db.outbound import NOT_SENT_REASON
 from tests.msilo.conftest import StartMsilo
 from tests.relay_sip.conftest import SipServer, eventually
 from tests.relay_sip.sip_ua import SipUA
@@ -26,8 +27,12 @@ async def store(alice: SipUA, body: bytes, content_type: str = "text/plain;chars
 
 
 async def msilo_rows_sent(sip: SipServer) -> int:
+    """msilo's deliveries to bob the relay sent (not those withdrawn unsent behind a failure)."""
     count = await sip.pool.fetchval(
-        "SELECT count(*) FROM outbound_messages WHERE source = 'msilo' AND to_aor = $1", BOB
+        """SELECT count(*) FROM outbound_messages
+           WHERE source = 'msilo' AND to_aor = $1 AND last_reason IS DISTINCT FROM $2""",
+        BOB,
+        NOT_SENT_REASON,
     )
     return int(count)
 

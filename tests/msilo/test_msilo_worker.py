@@ -8,7 +8,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from services.msilo.worker import MsiloWorker
+from services.msilo.worker import WINDOW, MsiloWorker
 from shared.config import Settings
 from shared.db.offline import OfflineState, count_messages, list_messages, store_message
 from shared.db.outbound import finish
@@ -47,22 +47,30 @@ async def store(pool: asyncpg.Pool, body: bytes, lifetime: int = 3600) -> int:
 
 async def queued(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch(
-        "SELECT id, source_id, status FROM outbound_messages WHERE source = 'msilo' ORDER BY id"
+        """SELECT id, source_id, status, order_key FROM outbound_messages
+           WHERE source = 'msilo' ORDER BY id"""
     )
 
 
-async def test_racing_workers_queue_each_message_once_and_only_the_head(
+async def test_racing_workers_queue_each_message_once_in_order(
     settings: Settings, pool: asyncpg.Pool, database_url: str
 ) -> None:
     workers = [MsiloWorker(settings, pool, database_url) for _ in range(3)]
-    ids = [await store(pool, f"m{n}".encode()) for n in range(10)]
+    ids = [await store(pool, f"m{n}".encode()) for n in range(WINDOW + 10)]
     await register_bob(pool)
-    for n in range(len(ids)):
-        await asyncio.gather(*(w.pump(BOB) for w in workers for _ in range(3)))
-        rows = await queued(pool)
-        assert [r["source_id"] for r in rows] == ids[: n + 1]  # one new row: the head
-        assert rows[-1]["status"] == "queued"
-        await finish(pool, rows[-1]["id"], delivered=True, status=200, reason="OK")
+    await asyncio.gather(*(w.pump(BOB) for w in workers for _ in range(3)))
+    rows = await queued(pool)
+    # One window, each message once, in storage order, as one ordered chain.
+    assert [r["source_id"] for r in rows] == ids[:WINDOW]
+    assert {r["order_key"] for r in rows} == {f"msilo:{BOB}"}
+    # Half the window delivered: the worker tops it up with the next ones, once.
+    for row in rows[: WINDOW // 2]:
+        await finish(pool, row["id"], delivered=True, status=200, reason="OK")
+    await asyncio.gather(*(w.pump(BOB) for w in workers for _ in range(3)))
+    rows = await queued(pool)
+    assert [r["source_id"] for r in rows] == ids
+    for row in rows[WINDOW // 2 :]:
+        await finish(pool, row["id"], delivered=True, status=200, reason="OK")
     await asyncio.gather(*(w.pump(BOB) for w in workers))
     assert await count_messages(pool, BOB) == 0
     assert sum(w.stats.queued for w in workers) == len(ids)
@@ -89,18 +97,20 @@ async def test_a_failed_delivery_waits_for_the_retry_time_or_a_new_registration(
     await store(pool, b"second")
     await register_bob(pool)
     await worker.pump(BOB)
-    (row,) = await queued(pool)
+    row, _second = await queued(pool)  # both queued, as one chain
     await finish(pool, row["id"], delivered=False, status=486, reason="Busy Here")
     await worker.pump(BOB)
     await worker.sweep()
-    assert len(await queued(pool)) == 1  # not yet due; "second" waits behind it
+    rows = await queued(pool)
+    assert len(rows) == 2  # not yet due; "second" waits behind it
+    assert rows[1]["status"] == "failed"  # withdrawn unsent: nothing overtakes "first"
     first, second = await list_messages(pool, BOB)
     assert first.state is OfflineState.STORED and first.last_status == 486
-    assert second.attempts == 0
+    assert second.state is OfflineState.STORED and second.retry_at is None
     # What the worker does on the registrar's NOTIFY.
     await worker.registered(BOB)
     rows = await queued(pool)
-    assert [r["source_id"] for r in rows] == [first.id, first.id]
+    assert [r["source_id"] for r in rows] == [first.id, second.id, first.id, second.id]
 
 
 @pytest.mark.parametrize(

@@ -86,3 +86,30 @@ async def test_a_rejection_by_the_ua_is_recorded_as_failed(sip: SipServer) -> No
     await eventually(finished, "outcome recorded")
     row = await get_message(sip.pool, message_id)
     assert row is not None and row.last_status == 415
+
+
+async def test_a_row_that_would_inject_header_lines_fails_unsent(sip: SipServer) -> None:
+    bob = await sip.ua("bob")
+    assert (await bob.register()).status == 200
+    bad = await queue_message(
+        sip.pool,
+        from_uri="sip:alice@example.test",
+        to_aor="bob@example.test",
+        body=b"x",
+        extra_headers=[("Subject", "hi\r\nVia: SIP/2.0/UDP evil.example")],
+    )
+    good = await queue_message(
+        sip.pool, from_uri="sip:alice@example.test", to_aor="bob@example.test", body=b"ok"
+    )
+    received = await bob.next_request()
+    assert received.body == b"ok"  # only the good one reaches bob
+    bob.answer(received, 200)
+
+    async def finished() -> bool:
+        rows = [await get_message(sip.pool, i) for i in (bad, good)]
+        return all(r is not None and r.finished_at is not None for r in rows)
+
+    await eventually(finished, "both outcomes recorded")
+    row = await get_message(sip.pool, bad)
+    assert row is not None and row.status is OutboundStatus.FAILED and row.last_status == 500
+    assert bob.requests.empty()

@@ -6,6 +6,20 @@ row twice), marks them 'sending' and commits; then each row is sent to every bin
 its AoR like a forwarded request, and the outcome is written back and NOTIFYed on
 ``outbound_done``. The contract is in ``migrations/0003_outbound_messages.sql``.
 
+Rows of one ordered chain (``order_key``, e.g. msilo's window of one recipient's stored
+messages, ``migrations/0009_scheduled_messages.sql``) are sent by one task, one after the
+other: the next only after the previous got a 2xx. When one fails, the rest of the chain
+is finished as failed without being sent, so nothing overtakes it. Other rows (room
+fan-out, notices) are sent concurrently, each by a task of its own.
+
+Outcomes are written by one writer task: everything finished while the previous write was
+in progress goes into the next one (one UPDATE, one NOTIFY per batch), so a burst costs a
+few transactions instead of one per message, and a single delivery is still written at once.
+When the database is unavailable (a restart), looking up the recipient before sending and
+writing outcomes are retried with a backoff rather than given up: a row left 'sending'
+would hold back its chain for the whole lease, and one already delivered would be sent
+twice.
+
 A failed row queued by the control API (source ``STORE_ON_FAILURE_SOURCE``) is stored in
 the offline store in the same transaction as its outcome, for msilo to deliver later.
 """
@@ -16,19 +30,26 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from services.relay.sip.edge import SipEdge, format_host
 from services.relay.sip.handover import RELAY_WRITTEN_HEADERS
 from services.relay.sip.proxy import Fork, Target
 from shared.db.listen import Listener
-from shared.db.locations import delete_expired, get_bindings
+from shared.db.locations import delete_expired
 from shared.db.offline import store_message
 from shared.db.outbound import (
     QUEUED_CHANNEL,
     STORE_ON_FAILURE_SOURCE,
     OutboundMessage,
+    Outcome,
+    cancel_chain,
     claim_batch,
-    finish,
+    finish_many,
+    notify_finished,
     purge_finished,
 )
 from shared.db.pool import DATABASE_ERRORS
@@ -40,10 +61,11 @@ from shared.sip.message import Headers, SipRequest, canonical_name
 
 log = logging.getLogger(__name__)
 
-BATCH = 50  # rows claimed at once
+BATCH = 200  # rows claimed at once (more than one msilo window: a chain is claimed whole)
 #: Seconds after which a row left 'sending' by a dead relay is sent again: longer than
 #: any transaction (64*T1 = 32 s) plus margin.
 LEASE = 120.0
+GATHER = 0.005  # seconds the outcome writer pauses after a write
 #: Seconds before retrying a database step of a delivery, doubling up to the maximum.
 RETRY_BACKOFF = 0.2
 MAX_RETRY_BACKOFF = 5.0
@@ -63,103 +85,131 @@ def build_request(edge: SipEdge, message: OutboundMessage) -> SipRequest:
     for name, value in message.extra_headers:
         if canonical_name(name).lower() not in RELAY_WRITTEN_HEADERS:
             headers.add(name, value)
-    request = SipRequest(method="MESSAGE", uri=to_uri, headers=headers, body=message.body)
-    request.to_bytes()  # raises LocalProtocolError for header injection
-    return request
+    _check_fields(message)
+    return SipRequest(method="MESSAGE", uri=to_uri, headers=headers, body=message.body)
 
 
-class DeliveryWorker:
-    def __init__(self, edge: SipEdge, database_url: str, poll_interval: float) -> None:
-        self.edge = edge
-        self.database_url = database_url
-        self.poll_interval = poll_interval
-        self.wakeup = Wakeup()
-        self.in_flight: set[asyncio.Task[None]] = set()
+def _check_fields(message: OutboundMessage) -> None:
+    """LocalProtocolError when a row's field would inject header lines (CR/LF) or a header
+    name is not one: what serialising the request would find, without serialising it."""
+    for value in (message.from_uri, message.from_display or "", message.content_type):
+        if "\r" in value or "\n" in value:
+            raise LocalProtocolError("line break in a header field")
+    for name, value in message.extra_headers:
+        if not name or any(c in name for c in " \t\r\n:"):
+            raise LocalProtocolError(f"invalid header name {name!r}")
+        if "\r" in value or "\n" in value:
+            raise LocalProtocolError(f"invalid characters in header {name!r}")
+
+
+@dataclass
+class _Chain:
+    """The rows of one order_key this relay is sending, in id order."""
+
+    key: str
+    rows: deque[OutboundMessage] = field(default_factory=deque)
+    last_id: int = 0  # the highest id ever queued on this chain
+
+
+@dataclass
+class _Cancel:
+    key: str
+    after: int  # the failed row
+
+
+class OutcomeWriter:
+    """Writes delivery outcomes in batches: one transaction per batch, started as soon as
+    the previous one ended."""
+
+    def __init__(self, worker: DeliveryWorker) -> None:
+        self.worker = worker
+        self.outcomes: list[Outcome] = []
+        self.cancels: list[_Cancel] = []
+        #: Failed rows of the control API, stored offline with their outcome.
+        self.stores: list[OutboundMessage] = []
+        self.backoff = RETRY_BACKOFF
+        self.ready = asyncio.Event()
+        self.written = 0  # outcomes recorded (for tests and logs)
+
+    def add(self, outcome: Outcome, *, store: OutboundMessage | None = None) -> None:
+        self.outcomes.append(outcome)
+        if store is not None:
+            self.stores.append(store)
+        self.ready.set()
+
+    def cancel(self, key: str, after: int) -> None:
+        self.cancels.append(_Cancel(key, after))
+        self.ready.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener = Listener(
-            self.database_url, [QUEUED_CHANNEL], lambda _n: self.wakeup.wake(), catch_up=self._kick
-        )
-        listening = asyncio.create_task(listener.run(stop), name="sip-delivery-listen")
-        try:
-            while True:
-                claimed = await self._claim()
-                if claimed == BATCH:
-                    continue  # more may be waiting
-                if await self.wakeup.wait(self.poll_interval, stop) is WakeReason.STOP:
-                    break
-        finally:
-            await listening
-        if self.in_flight:
-            await asyncio.wait(self.in_flight)
+        """Until ``stop`` and nothing is left to write (or the deliveries are gone)."""
+        while True:
+            if not self.outcomes and not self.cancels:
+                if stop.is_set() and not self.worker.in_flight:
+                    return
+                self.ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ready.wait(), 0.5)
+                continue
+            if self.cancels:
+                # No claim in between: rows of the chain claimed before are covered by
+                # the cancellation, rows claimed after it can no longer be claimed.
+                async with self.worker.claiming:
+                    await self.flush()
+            else:
+                await self.flush()
+            # Let the outcomes of a burst gather: fewer, bigger writes (and fewer wake-ups
+            # of the workers); a lone outcome is still written at once.
+            await asyncio.sleep(GATHER)
 
-    async def _kick(self) -> None:
-        self.wakeup.wake()
-
-    async def _claim(self) -> int:
+    async def flush(self) -> None:
+        outcomes, self.outcomes = self.outcomes, []
+        cancels, self.cancels = self.cancels, []
+        stores, self.stores = self.stores, []
+        edge = self.worker.edge
         try:
-            async with self.edge.pool.acquire() as conn, conn.transaction():
-                messages = await claim_batch(conn, limit=BATCH, lease=LEASE)
+            async with edge.pool.acquire() as conn:
+                if not cancels and not stores:
+                    await finish_many(conn, outcomes)  # atomic: one statement per batch
+                else:
+                    async with conn.transaction():
+                        # The failed row's own outcome is in ``outcomes`` (written first).
+                        await finish_many(conn, outcomes)
+                        cancelled: list[int] = []
+                        for cancel in cancels:
+                            cancelled += await cancel_chain(
+                                conn,
+                                cancel.key,
+                                after=cancel.after,
+                                claimed_by=self.worker.claimed_by,
+                            )
+                        await notify_finished(conn, cancelled)
+                        for message in stores:
+                            await self._store_offline(conn, message)
         except DATABASE_ERRORS as exc:
-            log.warning("cannot claim outbound messages: %s", exc)
-            return 0
-        for message in messages:
-            task = asyncio.create_task(self._deliver(message), name=f"sip-deliver-{message.id}")
-            self.in_flight.add(task)
-            task.add_done_callback(self.in_flight.discard)
-        return len(messages)
-
-    async def _deliver(self, message: OutboundMessage) -> None:
-        # The database may be restarting: a row left 'sending' would wait out the whole
-        # LEASE (holding back its recipient's later offline messages), and one already
-        # delivered would then be sent twice. So retry, with a backoff, until the database
-        # answers (or the shutdown deadline cancels us; then the lease takes over).
-        backoff = RETRY_BACKOFF
-        while True:
-            try:
-                status, reason = await self._send(message)
-                break
-            except DATABASE_ERRORS as exc:  # before anything was sent
-                log.warning(
-                    "outbound message %d: database unavailable (%s); retrying in %.1fs",
-                    message.id,
-                    exc,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_RETRY_BACKOFF)
-        delivered = 200 <= status < 300
-        log.info(
-            "outbound message %d to %s: %s %d %s",
-            message.id,
-            message.to_aor,
-            "delivered" if delivered else "failed",
-            status,
-            reason,
-        )
-        backoff = RETRY_BACKOFF
-        while True:
-            try:
-                async with self.edge.pool.acquire() as conn, conn.transaction():
-                    await finish(
-                        conn, message.id, delivered=delivered, status=status, reason=reason
-                    )
-                    if not delivered and message.source == STORE_ON_FAILURE_SOURCE:
-                        await self._store_offline(conn, message)
-                return
-            except DATABASE_ERRORS as exc:
-                log.warning(
-                    "outbound message %d: outcome not recorded yet (%s); retrying in %.1fs",
-                    message.id,
-                    exc,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_RETRY_BACKOFF)
+            # Keep them for the next write (the database may be restarting): given up,
+            # the rows would stay 'sending' for the lease and then be sent twice.
+            self.outcomes[:0] = outcomes
+            self.cancels[:0] = cancels
+            self.stores[:0] = stores
+            log.warning(
+                "%d outbound outcome(s) not recorded yet (%s); retrying in %.1fs",
+                len(outcomes),
+                exc,
+                self.backoff,
+            )
+            await asyncio.sleep(self.backoff)
+            self.backoff = min(self.backoff * 2, MAX_RETRY_BACKOFF)
+            return
+        self.backoff = RETRY_BACKOFF
+        self.written += len(outcomes)
+        for cancel in cancels:
+            if self.worker.failed_chains.get(cancel.key) == cancel.after:
+                del self.worker.failed_chains[cancel.key]
 
     async def _store_offline(self, conn: Executor, message: OutboundMessage) -> None:
         """A failed send of the control API: into the offline store (msilo delivers it)."""
-        settings = self.edge.settings
+        settings = self.worker.edge.settings
         stored = await store_message(
             conn,
             recipient=message.to_aor,
@@ -181,12 +231,137 @@ class DeliveryWorker:
         else:
             log.info("outbound message %d stored offline (id %d)", message.id, stored)
 
+
+class DeliveryWorker:
+    def __init__(self, edge: SipEdge, database_url: str, poll_interval: float) -> None:
+        self.edge = edge
+        self.database_url = database_url
+        self.poll_interval = poll_interval
+        self.wakeup = Wakeup()
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.chains: dict[str, _Chain] = {}
+        #: order_key -> the row that failed, until the rest of its chain is cancelled in
+        #: the database: later rows of that chain claimed meanwhile are not sent.
+        self.failed_chains: dict[str, int] = {}
+        self.claiming = asyncio.Lock()
+        self.writer = OutcomeWriter(self)
+        #: Who claimed a row: this run of this relay (a restarted relay is someone else, so
+        #: it never sends a chain's later rows while the earlier ones wait for their lease).
+        self.claimed_by = f"{edge.relay_instance}/{secrets.token_hex(6)}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = Listener(
+            self.database_url, [QUEUED_CHANNEL], lambda _n: self.wakeup.wake(), catch_up=self._kick
+        )
+        listening = asyncio.create_task(listener.run(stop), name="sip-delivery-listen")
+        writing = asyncio.create_task(self.writer.run(stop), name="sip-delivery-outcomes")
+        try:
+            while True:
+                claimed = await self._claim()
+                if claimed == BATCH:
+                    continue  # more may be waiting
+                if await self.wakeup.wait(self.poll_interval, stop) is WakeReason.STOP:
+                    break
+        finally:
+            await listening
+            if self.in_flight:
+                await asyncio.wait(self.in_flight)
+            await writing
+
+    async def _kick(self) -> None:
+        self.wakeup.wake()
+
+    async def _claim(self) -> int:
+        async with self.claiming:
+            try:
+                async with self.edge.pool.acquire() as conn, conn.transaction():
+                    messages = await claim_batch(
+                        conn, limit=BATCH, lease=LEASE, claimed_by=self.claimed_by
+                    )
+            except DATABASE_ERRORS as exc:
+                log.warning("cannot claim outbound messages: %s", exc)
+                return 0
+            for message in messages:
+                self._dispatch(message)
+        return len(messages)
+
+    def _dispatch(self, message: OutboundMessage) -> None:
+        key = message.order_key
+        if key is None:
+            self._start(self._deliver(message), f"sip-deliver-{message.id}")
+            return
+        failed = self.failed_chains.get(key)
+        if failed is not None and message.id > failed:
+            return  # an earlier row failed: the pending cancellation finishes it unsent
+        chain = self.chains.get(key)
+        if chain is None:
+            chain = self.chains[key] = _Chain(key)
+            self._start(self._run_chain(chain), f"sip-deliver-chain-{message.id}")
+        if message.id > chain.last_id:  # (a row re-claimed after its lease is queued already)
+            chain.rows.append(message)
+            chain.last_id = message.id
+
+    def _start(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    async def _deliver(self, message: OutboundMessage) -> None:
+        status, reason = await self._send_logged(message)
+        delivered = 200 <= status < 300
+        store = not delivered and message.source == STORE_ON_FAILURE_SOURCE
+        self.writer.add(
+            Outcome(message.id, delivered, status, reason), store=message if store else None
+        )
+
+    async def _run_chain(self, chain: _Chain) -> None:
+        """Send the chain's rows one after the other; stop at the first failure."""
+        try:
+            while chain.rows:
+                message = chain.rows.popleft()
+                status, reason = await self._send_logged(message)
+                delivered = 200 <= status < 300
+                self.writer.add(Outcome(message.id, delivered, status, reason))
+                if not delivered:
+                    self.failed_chains[chain.key] = message.id
+                    chain.rows.clear()
+                    self.writer.cancel(chain.key, message.id)
+                    return
+        finally:
+            del self.chains[chain.key]
+            self.wakeup.wake()  # later rows of the chain may wait for this one to end
+
+    async def _send_logged(self, message: OutboundMessage) -> tuple[int, str]:
+        backoff = RETRY_BACKOFF
+        while True:
+            try:
+                status, reason = await self._send(message)
+                break
+            except DATABASE_ERRORS as exc:  # looking up the bindings: nothing sent yet
+                log.warning(
+                    "outbound message %d: database unavailable (%s); retrying in %.1fs",
+                    message.id,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF)
+        log.debug(
+            "outbound message %d to %s: %s %d %s",
+            message.id,
+            message.to_aor,
+            "delivered" if 200 <= status < 300 else "failed",
+            status,
+            reason,
+        )
+        return status, reason
+
     async def _send(self, message: OutboundMessage) -> tuple[int, str]:
         try:
             request = build_request(self.edge, message)
         except (LocalProtocolError, ValueError) as exc:
             return 500, f"Unusable message: {exc}"[:200]
-        bindings = await get_bindings(self.edge.pool, message.to_aor)
+        bindings = await self.edge.bindings.get(message.to_aor)
         if not bindings:
             return 480, "Not Registered"
         targets = [Target.of(self.edge, binding) for binding in bindings]

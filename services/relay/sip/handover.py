@@ -7,6 +7,10 @@ Each is ONE function, so the issue that implements the other side changes only i
   over the quota; 503 when the database fails — never 202 for a row not committed.
 * :func:`deliver_to_room` — the rooms (imc): commit a ``room_inbox`` row (+ NOTIFY) for the
   room worker, then answer 202 Accepted; 503 when the database fails.
+
+:func:`behind_stored` keeps order for a registered user whose stored messages are still
+being delivered: a new MESSAGE for them is stored behind those (and msilo told at once)
+instead of overtaking them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import logging
 import asyncpg
 
 from shared.config import Settings
-from shared.db.offline import GENERATED_HEADER, NOTICE_SOURCE, store_message
+from shared.db.listen import notify
+from shared.db.offline import GENERATED_HEADER, NOTICE_SOURCE, STORED_CHANNEL, store_message
 from shared.db.outbound import queue_message
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.rooms import enqueue
@@ -87,6 +92,33 @@ TRANSIENT_TYPES = frozenset({"application/im-iscomposing+xml"})
 NO_NOTICE_TYPES = TRANSIENT_TYPES | {"message/imdn+xml"}
 
 
+async def behind_stored(pool: asyncpg.Pool, request: SipRequest, aor: str) -> bool:
+    """True when ``request`` (a MESSAGE for registered ``aor``) must be stored instead of
+    delivered: ``aor`` still has stored messages due for delivery (a drain in progress),
+    which it would overtake. Not while one of them waits for its retry time after the
+    client refused it: a message the client keeps refusing must not hold up live chat.
+    Transient bodies (is-composing) are always delivered directly; a database error means
+    deliver."""
+    if not request.body:
+        return False
+    media_type = (request.get("Content-Type") or "text/plain").split(";", 1)[0].strip().lower()
+    if media_type in TRANSIENT_TYPES:
+        return False
+    try:
+        pending = await pool.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM offline_messages
+                              WHERE recipient = $1 AND expires_at > now()
+                                AND (not_before IS NULL OR not_before <= now()))
+                      AND NOT EXISTS (SELECT 1 FROM offline_messages
+                                      WHERE recipient = $1 AND expires_at > now()
+                                        AND retry_at > now())""",
+            aor,
+        )
+    except DATABASE_ERRORS:
+        return False
+    return bool(pending)
+
+
 async def store_offline(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -94,10 +126,13 @@ async def store_offline(
     aor: str,
     *,
     authenticated_user: str | None,
+    registered: bool = False,
 ) -> SipResponse:
     """``request`` (a MESSAGE) could not reach ``aor`` (``user@domain``): no binding, or
-    every binding failed with 408/480/503/timeout. Store it for ``aor`` and answer the
-    sender (202 only once the row is committed)."""
+    every binding failed with 408/480/503/timeout — or ``registered`` ``aor`` has stored
+    messages it must not overtake (:func:`behind_stored`; no offline notice then, and msilo
+    is told at once). Store it for ``aor`` and answer the sender (202 only once the row is
+    committed)."""
     content_type = (request.get("Content-Type") or "text/plain").strip()
     media_type = content_type.split(";", 1)[0].strip().lower()
     if not request.body or media_type in TRANSIENT_TYPES:
@@ -109,7 +144,11 @@ async def store_offline(
     if not sender.uri.lower().startswith(("sip:", "sips:")):
         return make_response(request, 480, "Offline Store Needs A SIP Sender")
     lifetime = _lifetime(request, settings.msilo_expire)
-    notice_to = _notice_recipient(settings, request, media_type, aor, authenticated_user)
+    notice_to = (
+        None
+        if registered
+        else _notice_recipient(settings, request, media_type, aor, authenticated_user)
+    )
     try:
         async with pool.acquire() as conn, conn.transaction():
             stored = await store_message(
@@ -135,6 +174,8 @@ async def store_offline(
                     source=NOTICE_SOURCE,
                     source_id=stored,
                 )
+            if stored is not None and registered:
+                await notify(conn, STORED_CHANNEL, "stored", aor)
     except DATABASE_ERRORS as exc:
         log.warning("MESSAGE for %s not stored: database unavailable (%s)", aor, exc)
         return make_response(request, 503, headers=[("Retry-After", "5")])

@@ -197,6 +197,15 @@ class Router:
                     self.edge.pool, self.settings, request, aor, authenticated_user=sender
                 )
             return make_response(request, 480)
+        if offline is not None and await handover.behind_stored(self.edge.pool, request, aor):
+            return await handover.store_offline(
+                self.edge.pool,
+                self.settings,
+                request,
+                aor,
+                authenticated_user=sender,
+                registered=True,
+            )
         targets = [Target.of(self.edge, binding) for binding in bindings]
         return await self._forward(txn, targets, offline_aor=offline, sender=sender)
 

@@ -1,0 +1,84 @@
+"""CPU seconds (user + system) used by a process, or by a process and its descendants.
+
+The benchmarks report CPU per delivered message for the imstack process (all its services
+in one process) and for PostgreSQL (the postmaster and its backends): on a shared machine
+that is steadier than wall-clock throughput. Linux only (``/proc``); elsewhere 0.0.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of ``pid``, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    stat = _stat(pid)
+    return 0.0 if stat is None else stat[1]
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and of every live descendant (finished ones are not counted)."""
+    parents: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None:
+                parents[int(entry.name)] = stat
+    total = 0.0
+    for pid, (_, cpu) in parents.items():
+        seen = pid
+        while seen and seen != root:
+            seen = parents.get(seen, (0, 0.0))[0]
+        if seen == root:
+            total += cpu
+    return total
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The PostgreSQL server's pid from ``postmaster.pid`` in ``pgdata``."""
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuMeter:
+    """CPU used by the imstack process and the PostgreSQL server between two readings."""
+
+    def __init__(self, imstack_pid: int | None, pgdata: Path) -> None:
+        self.imstack_pid = imstack_pid
+        self.pg_pid = postmaster_pid(pgdata)
+        self.start = self._read()
+
+    def reset(self) -> None:
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, float]:
+        imstack = 0.0 if self.imstack_pid is None else cpu_seconds(self.imstack_pid)
+        pg = 0.0 if self.pg_pid is None else tree_cpu_seconds(self.pg_pid)
+        return imstack, pg
+
+    def per_item(self, items: int) -> dict[str, float | None]:
+        """CPU milliseconds per item (message delivered) since the meter was made."""
+        end = self._read()
+        imstack, pg = end[0] - self.start[0], end[1] - self.start[1]
+        if items <= 0:
+            return {"imstack_cpu_ms_per": None, "postgres_cpu_ms_per": None}
+        return {
+            "imstack_cpu_s": round(imstack, 2),
+            "postgres_cpu_s": round(pg, 2),
+            "imstack_cpu_ms_per": round(imstack * 1e3 / items, 3),
+            "postgres_cpu_ms_per": round(pg * 1e3 / items, 3),
+        }

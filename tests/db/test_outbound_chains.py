@@ -1,0 +1,81 @@
+"""Ordered chains in ``outbound_messages``: one relay run sends a chain, in order; a chain
+whose earlier rows another relay (or an earlier run) holds waits for them."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from shared.db.outbound import (
+    NOT_SENT_REASON,
+    NewOutbound,
+    OutboundStatus,
+    cancel_chain,
+    claim_batch,
+    get_message,
+    queue_messages,
+)
+
+KEY = "msilo:bob@example.test"
+
+
+async def chain(pool: asyncpg.Pool, n: int, key: str | None = KEY) -> list[int]:
+    return await queue_messages(
+        pool,
+        [
+            NewOutbound(
+                from_uri="sip:alice@example.test",
+                to_aor="bob@example.test",
+                body=f"m{i}".encode(),
+                order_key=key,
+            )
+            for i in range(n)
+        ],
+    )
+
+
+async def claim(pool: asyncpg.Pool, who: str, limit: int = 100) -> list[int]:
+    async with pool.acquire() as conn, conn.transaction():
+        return [m.id for m in await claim_batch(conn, limit=limit, lease=120, claimed_by=who)]
+
+
+async def test_queue_messages_keeps_the_order_given(pool: asyncpg.Pool) -> None:
+    ids = await chain(pool, 50)
+    assert ids == sorted(ids)
+    bodies = [(await get_message(pool, i)).body for i in ids]  # type: ignore[union-attr]
+    assert bodies == [f"m{i}".encode() for i in range(50)]
+
+
+async def test_a_chain_split_by_the_claim_limit_stays_with_its_relay(pool: asyncpg.Pool) -> None:
+    ids = await chain(pool, 6)
+    loose = await chain(pool, 1, key=None)
+    assert await claim(pool, "relay-a", limit=2) == ids[:2]
+    # Another relay (or a restarted one) must not take the rest while relay-a sends the head;
+    # a row outside any chain is anyone's.
+    assert await claim(pool, "relay-b") == loose
+    assert await claim(pool, "relay-a") == ids[2:]
+
+
+async def test_a_chain_left_by_a_dead_relay_is_taken_whole_after_the_lease(
+    pool: asyncpg.Pool,
+) -> None:
+    ids = await chain(pool, 4)
+    assert await claim(pool, "old-run", limit=2) == ids[:2]
+    assert await claim(pool, "new-run") == []
+    await pool.execute(
+        "UPDATE outbound_messages SET updated_at = now() - interval '1 hour' WHERE id = ANY($1)",
+        ids[:2],
+    )
+    assert await claim(pool, "new-run") == ids
+
+
+async def test_cancel_chain_finishes_the_rest_unsent(pool: asyncpg.Pool) -> None:
+    ids = await chain(pool, 5)
+    assert await claim(pool, "relay-a", limit=3) == ids[:3]
+    cancelled = await cancel_chain(pool, KEY, after=ids[1], claimed_by="relay-a")
+    assert cancelled == ids[2:]
+    for i in ids[2:]:
+        row = await get_message(pool, i)
+        assert row is not None and row.status is OutboundStatus.FAILED
+        assert row.last_status is None and row.last_reason == NOT_SENT_REASON
+    head = await get_message(pool, ids[0])
+    assert head is not None and head.status is OutboundStatus.SENDING
