@@ -289,11 +289,14 @@ async def unban_member(conn: Executor, key: str, aor: str) -> None:
 async def history(
     conn: Executor, key: str, *, keep: int, limit: int, offset: int
 ) -> tuple[int, list[rooms_db.HistoryMessage]]:
-    """The room's history as imc replays it (its newest ``keep`` messages): how many, and
-    one page counted from the newest (oldest first on the page)."""
+    """The room's history as imc replays it (its newest messages: the room's own history
+    length, else ``keep``, IMSTACK_IMC_HISTORY): how many, and one page counted from the
+    newest (oldest first on the page)."""
     room = await rooms_db.get_room_summary(conn, key)
     if room is None:
         raise RoomNotFound(f"no such room: {key}")
+    if room.history_length is not None:
+        keep = room.history_length
     count = await rooms_db.history_count(conn, room.id, keep)
     page = await rooms_db.history_page(conn, room.id, keep=keep, limit=limit, offset=offset)
     return count, page

@@ -122,7 +122,8 @@ async def test_ban_rules_and_error_shapes(client: httpx.AsyncClient, pool: async
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"imc_history": 5})
+    # Chat sent in a burst: no flood control here.
+    return settings.model_copy(update={"imc_history": 5, "imc_min_interval": 0.0})
 
 
 async def test_history_is_the_last_messages_paginated_from_the_newest(
@@ -158,6 +159,10 @@ async def test_history_is_the_last_messages_paginated_from_the_newest(
         ("bob@example.test", "application/octet-stream", "base64"),
     ]
     assert newest[0]["id"] < newest[1]["id"]
+    # A room's own history length wins over IMSTACK_IMC_HISTORY, as in imc's replay.
+    patched = await client.patch(f"{ROOMS}/lobby", json={"history_length": 2})
+    assert patched.status_code == 200, patched.text
+    assert await page() == (["chat 6", "/wA="], 2)
 
     assert (await client.get(f"{ROOMS}/lobby/history", params={"limit": 0})).status_code == 422
     missing = await client.get(f"{ROOMS}/nope/history")
