@@ -6,14 +6,18 @@ makes; to a registered user it is an ``outbound_messages`` row the relay sends a
 with source :data:`STORE_ON_FAILURE_SOURCE`, so a failed delivery is stored offline by the
 relay in the transaction that records the outcome; to an unregistered user it is an
 ``offline_messages`` row, as :func:`handover.store_offline` makes, delivered by msilo on
-registration. Runs inside the caller's transaction.
+registration. A registered user who still has stored messages due for delivery gets the
+new one stored behind them (msilo is told at once), so it cannot overtake them — as the
+relay does. With a send time in the future the message is stored with ``not_before``
+(scheduled): msilo delivers it once it is due and the recipient is registered. Runs inside
+the caller's transaction.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from services.api.room_ops import RoomNotFound, room_key
@@ -22,7 +26,8 @@ from services.relay.sip.handover import NO_NOTICE_TYPES, TRANSIENT_TYPES
 from shared.config import Settings
 from shared.db import rooms as rooms_db
 from shared.db import users as users_db
-from shared.db.offline import purge_received_before, store_message
+from shared.db.listen import notify
+from shared.db.offline import STORED_CHANNEL, drain_pending, purge_received_before, store_message
 from shared.db.outbound import STORE_ON_FAILURE_SOURCE, queue_message
 from shared.db.types import Connection, Executor
 
@@ -49,6 +54,7 @@ class MailboxFull(SendError):
 class Outcome(StrEnum):
     QUEUED = "queued"
     STORED = "stored"
+    SCHEDULED = "scheduled"
     ROOM = "room"
 
 
@@ -98,16 +104,25 @@ async def send(
     sender_display: str | None,
     content_type: str,
     body: bytes,
+    deliver_at: datetime | None = None,
 ) -> Sent:
-    """Route one message (see the module); what happened. Raises :class:`SendError`,
+    """Route one message (see the module); what happened. ``deliver_at`` (timezone-aware)
+    schedules it; a time already past means now. Raises :class:`SendError`,
     ``UserNotFound`` or ``RoomNotFound``."""
     if not body:
         raise InvalidSend("the body is empty")
+    delay = timedelta(0)
+    if deliver_at is not None:
+        if deliver_at.tzinfo is None:
+            raise InvalidSend("deliver_at needs a time zone (e.g. 2030-01-01T09:00:00Z)")
+        delay = max(deliver_at - datetime.now(UTC), timedelta(0))
     target = to.strip()
     if target.lower().startswith(("sip:", "sips:")):
         target = target.split(":", 1)[1]
     _, at, domain = target.rpartition("@")
     if at and domain.lower() == settings.conference_domain:
+        if delay:
+            raise InvalidSend("scheduled delivery to a room is not supported")
         return await _to_room(conn, settings, target, sender, sender_display, content_type, body)
     try:
         recipient = await _local_user(conn, settings, target)
@@ -118,7 +133,10 @@ async def send(
     aor = str(recipient.address)
     from_uri = _sender_uri(settings, sender) if sender is not None else system_address(settings)
     transient = _media_type(content_type) in TRANSIENT_TYPES
-    if aor in await rooms_db.reachable(conn, [aor]):
+    if transient and delay:
+        raise InvalidSend(f"{content_type} is only sent at once: it cannot be scheduled")
+    registered = aor in await rooms_db.reachable(conn, [aor])
+    if registered and not delay and (transient or not await drain_pending(conn, aor)):
         outbound_id = await queue_message(
             conn,
             from_uri=from_uri,
@@ -141,13 +159,19 @@ async def send(
         content_type=content_type,
         body=body,
         extra_headers=[],
-        lifetime=settings.msilo_expire,
+        # A scheduled message lives IMSTACK_MSILO_EXPIRE from its send time.
+        lifetime=settings.msilo_expire + int(delay.total_seconds()),
         max_messages=settings.msilo_max_messages,
+        not_before=deliver_at if delay else None,
     )
     if stored is None:
         raise MailboxFull(
             f"the offline mailbox of {aor} is full ({settings.msilo_max_messages} messages)"
         )
+    if delay:
+        return Sent(Outcome.SCHEDULED, aor, from_uri, stored)
+    if registered:  # behind a drain in progress: msilo takes it from there at once
+        await notify(conn, STORED_CHANNEL, "stored", aor)
     return Sent(Outcome.STORED, aor, from_uri, stored)
 
 

@@ -159,6 +159,23 @@ async def store_message(
     return int(new_id)
 
 
+async def drain_pending(conn: Executor, recipient: str) -> bool:
+    """True when ``recipient`` has stored messages due for delivery (a drain in progress)
+    that a message delivered directly now would overtake — but not while one of them waits
+    for its retry time after the client refused it (a message the client keeps refusing
+    must not hold up live chat)."""
+    pending = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM offline_messages
+                          WHERE recipient = $1 AND expires_at > now()
+                            AND (not_before IS NULL OR not_before <= now()))
+                  AND NOT EXISTS (SELECT 1 FROM offline_messages
+                                  WHERE recipient = $1 AND expires_at > now()
+                                    AND retry_at > now())""",
+        recipient,
+    )
+    return bool(pending)
+
+
 async def get_message(conn: Executor, message_id: int) -> OfflineMessage | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM offline_messages WHERE id = $1", message_id)
     return None if row is None else _message(row)

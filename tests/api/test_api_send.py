@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -164,6 +165,50 @@ async def test_a_failed_delivery_to_a_registered_user_lands_in_the_store(
     await eventually(drained, "the store drained")
 
 
+async def test_a_scheduled_message_is_delivered_when_due_and_not_before(
+    sip: SipServer, msilo: MsiloWorker, client: httpx.AsyncClient
+) -> None:
+    bob = await sip.ua("bob", "tcp")
+    assert (await bob.register()).status == 200
+    due = datetime.now(UTC) + timedelta(seconds=2)
+    response = await send(client, to=BOB, sender="alice", body="later", deliver_at=due.isoformat())
+    assert response.status_code == 202, response.text
+    assert response.json()["outcome"] == "scheduled"
+    [stored] = await list_messages(sip.pool, BOB)
+    assert stored.id == response.json()["offline_id"]
+    # Registered and waiting, but not before its time: sent live now, "now" arrives first.
+    now = await send(client, to=BOB, sender="alice", body="now")
+    assert now.json()["outcome"] == "queued"
+    first = await bob.next_request()
+    assert first.body == b"now"
+    bob.answer(first, 200)
+    second = await bob.next_request()
+    assert datetime.now(UTC) >= due
+    assert PREFIX.sub(b"", second.body) == b"later"
+    bob.answer(second, 200)
+
+    async def drained() -> bool:
+        return await count_messages(sip.pool, BOB) == 0
+
+    await eventually(drained, "the scheduled message delivered and deleted")
+
+
+async def test_a_message_for_a_user_still_draining_is_stored_behind(
+    sip: SipServer, client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    # bob registered, but with a stored message msilo has not delivered yet (msilo is not
+    # running here): a new message must not overtake it.
+    early = await send(client, to=BOB, sender="alice", body="first")
+    assert early.json()["outcome"] == "stored"
+    bob = await sip.ua("bob")
+    assert (await bob.register()).status == 200
+    later = await send(client, to=BOB, sender="alice", body="second")
+    assert later.status_code == 202, later.text
+    assert later.json()["outcome"] == "stored"
+    assert [m.body for m in await list_messages(pool, BOB)] == [b"first", b"second"]
+    assert await pool.fetchval("SELECT count(*) FROM outbound_messages") == 0
+
+
 async def test_to_a_room_it_is_fanned_out_by_imc(
     client: httpx.AsyncClient, pool: asyncpg.Pool, settings: Settings, users: dict[str, str]
 ) -> None:
@@ -216,8 +261,24 @@ async def test_refusals_and_error_shapes(
         ({"to": "bob", "content_type": "text"}, 422, "invalid_input"),
         ({"to": "bob", "content_type": "application/im-iscomposing+xml"}, 422, "invalid_message"),
         ({"to": "bob", "body": "x" * 70_000}, 422, "invalid_message"),
-        # Scheduled delivery is not offered yet: refused, never silently sent now.
-        ({"to": "bob", "deliver_at": "2030-01-01T00:00:00Z"}, 422, "invalid_input"),
+        # Scheduled delivery: a time zone is needed, and rooms and typing indicators are
+        # only sent at once (refused, never silently sent now).
+        ({"to": "bob", "deliver_at": "2030-01-01T00:00:00"}, 422, "invalid_input"),
+        ({"to": "bob", "deliver_at": "soon"}, 422, "invalid_input"),
+        (
+            {"to": f"lobby@{CONF}", "sender": "alice", "deliver_at": "2030-01-01T00:00:00Z"},
+            422,
+            "invalid_message",
+        ),
+        (
+            {
+                "to": "bob",
+                "content_type": "application/im-iscomposing+xml",
+                "deliver_at": "2030-01-01T00:00:00Z",
+            },
+            422,
+            "invalid_message",
+        ),
     ]
     for body, status, code in cases:
         response = await send(client, **body)

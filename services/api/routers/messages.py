@@ -140,13 +140,16 @@ async def send_message(
             sender_display=body.sender_display,
             content_type=body.content_type,
             body=payload,
+            deliver_at=body.deliver_at,
         )
     return MessageSent(
         outcome=SendOutcome(sent.outcome.value),
         recipient=sent.recipient,
         sender=sent.sender,
         outbound_id=sent.id if sent.outcome is message_ops.Outcome.QUEUED else None,
-        offline_id=sent.id if sent.outcome is message_ops.Outcome.STORED else None,
+        offline_id=sent.id
+        if sent.outcome in (message_ops.Outcome.STORED, message_ops.Outcome.SCHEDULED)
+        else None,
         room_inbox_id=sent.id if sent.outcome is message_ops.Outcome.ROOM else None,
     )
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.api.schemas.users import AddressText, DisplayName
 from shared.db.offline import OfflineMessage, OfflineState
@@ -155,11 +155,20 @@ class MessageSend(BaseModel):
         description="The body: text (sent UTF-8 encoded), or base64 (see body_encoding).",
     )
     body_encoding: BodyEncoding = BodyEncoding.TEXT
+    deliver_at: AwareDatetime | None = Field(
+        None,
+        description="Scheduled delivery (to a user; not to a room): the message is stored and "
+        "delivered once this time has come and the recipient is registered, in order with "
+        "their other stored messages. It expires IMSTACK_MSILO_EXPIRE after this time. A "
+        "time already past means now.",
+        examples=["2030-01-01T09:00:00Z"],
+    )
 
 
 class SendOutcome(StrEnum):
     QUEUED = "queued"  # the recipient is registered: the relay sends it now
     STORED = "stored"  # not registered: msilo delivers it on registration
+    SCHEDULED = "scheduled"  # stored until deliver_at (and the recipient's registration)
     ROOM = "room"  # handed to the room worker, which fans it out to the members
 
 
@@ -169,10 +178,14 @@ class MessageSent(BaseModel):
     outcome: SendOutcome = Field(
         description="queued: the recipient is registered and the relay sends it now (if that "
         "fails it is stored offline); stored: kept in the offline store until the recipient "
-        "registers; room: queued for the room, whose worker fans it out to the members."
+        "registers (or, registered, behind their stored messages still being delivered); "
+        "scheduled: stored until deliver_at; room: queued for the room, whose worker fans "
+        "it out to the members."
     )
     recipient: str = Field(examples=["bob@example.com"])
     sender: str = Field(description="The From URI used.", examples=["sip:alice@example.com"])
     outbound_id: int | None = Field(None, description="The queued delivery (outcome queued).")
-    offline_id: int | None = Field(None, description="The stored message (outcome stored).")
+    offline_id: int | None = Field(
+        None, description="The stored message (outcome stored or scheduled)."
+    )
     room_inbox_id: int | None = Field(None, description="The queued room message (outcome room).")

@@ -21,7 +21,13 @@ import asyncpg
 
 from shared.config import Settings
 from shared.db.listen import notify
-from shared.db.offline import GENERATED_HEADER, NOTICE_SOURCE, STORED_CHANNEL, store_message
+from shared.db.offline import (
+    GENERATED_HEADER,
+    NOTICE_SOURCE,
+    STORED_CHANNEL,
+    drain_pending,
+    store_message,
+)
 from shared.db.outbound import queue_message
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.rooms import enqueue
@@ -105,18 +111,9 @@ async def behind_stored(pool: asyncpg.Pool, request: SipRequest, aor: str) -> bo
     if media_type in TRANSIENT_TYPES:
         return False
     try:
-        pending = await pool.fetchval(
-            """SELECT EXISTS (SELECT 1 FROM offline_messages
-                              WHERE recipient = $1 AND expires_at > now()
-                                AND (not_before IS NULL OR not_before <= now()))
-                      AND NOT EXISTS (SELECT 1 FROM offline_messages
-                                      WHERE recipient = $1 AND expires_at > now()
-                                        AND retry_at > now())""",
-            aor,
-        )
+        return await drain_pending(pool, aor)
     except DATABASE_ERRORS:
         return False
-    return bool(pending)
 
 
 async def store_offline(
