@@ -410,6 +410,13 @@ async def test_statistics_follow_delivery_fan_out_and_relaying_across_the_servic
             assert (await bob.register()).status == 200
             inbox = Inbox(bob)
             assert (await inbox.next_body()).endswith(b"] later")  # "[Offline message ...]"
+
+            async def drained() -> bool:
+                count = await pool.fetchval("SELECT count(*) FROM offline_messages")
+                return count == 0
+
+            # (Until msilo has deleted it, a new MESSAGE would be stored behind it.)
+            await eventually(drained, "the stored message deleted")
             # Relayed to registered bob; fanned out to him by the room.
             sending = asyncio.create_task(alice.message("sip:bob@example.test", b"now"))
             assert await inbox.next_body() == b"now"
