@@ -97,7 +97,6 @@ class Router:
             return self._cancel(txn)
         if self._loop(request):
             return make_response(request, 482)
-        strip_identity(request)
         if request.get("Proxy-Require") is not None:
             # §16.3 step 5: we support no extensions.
             unsupported = ", ".join(request.get_all("Proxy-Require"))
@@ -153,7 +152,6 @@ class Router:
             if isinstance(authenticated, SipResponse):
                 return authenticated
             sender = authenticated
-            self._assert_identity(txn.request, sender)
         return await self._forward(txn, [target], offline_aor=None, sender=sender)
 
     async def _forward_in_dialog(
@@ -175,9 +173,13 @@ class Router:
         return await self._forward(txn, [Target(txn.request.uri, flow)], offline_aor=None)
 
     def _assert_identity(self, request: SipRequest, sender: str | None) -> None:
-        """RFC 3325 §5: the identity we authenticated, asserted by us (or none)."""
-        if sender is not None:
-            request.headers.add("P-Asserted-Identity", f"<sip:{sender}@{self.settings.domain}>")
+        """RFC 3325 §5, before ``request`` is forwarded or stored: the identity we
+        authenticated, asserted by us (where the sender's PAI was), or none."""
+        if sender is None:
+            strip_identity(request)
+            return
+        request.headers.remove("P-Preferred-Identity")
+        request.headers.set("P-Asserted-Identity", f"<sip:{sender}@{self.settings.domain}>")
 
     def _to_server(self, request: SipRequest) -> SipResponse:
         if request.method == "OPTIONS":
@@ -236,7 +238,6 @@ class Router:
         sender = await self._authenticate(txn)
         if isinstance(sender, SipResponse):
             return sender
-        self._assert_identity(request, sender)
         assert uri.user is not None
         aor = f"{uri.user}@{self.settings.domain}"
         if await self.edge.credentials.get(Address(uri.user, self.settings.domain)) is None:
@@ -245,6 +246,7 @@ class Router:
         offline = aor if request.method == "MESSAGE" else None
         if not bindings:
             if offline is not None:
+                self._assert_identity(request, sender)
                 return await handover.store_offline(
                     self.edge.pool, self.settings, request, aor, authenticated_user=sender
                 )
@@ -263,6 +265,7 @@ class Router:
         request = txn.request
         if txn.final_sent:
             return None  # CANCELled while we were looking things up
+        self._assert_identity(request, sender)
         record_route = None
         if creates_dialog(request):
             record_route = partial(self.routes.record_route, txn.source, request)
