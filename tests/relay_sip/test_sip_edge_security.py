@@ -1,5 +1,5 @@
-"""Regression tests for the security review's gaps G1-G5 (docs/security.md), each an attack
-over real sockets against the running SIP edge."""
+"""Regression tests for the security review's gaps G1-G5 and G7 (docs/security.md), each
+an attack over real sockets against the running SIP edge."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import secrets
 import pytest
 
 from shared.db.offline import list_messages
+from shared.digest import Credentials, compute_response, ha1, parse_challenge
 from shared.sip.headers import make_response, parse_name_addr
-from shared.sip.message import SipRequest
+from shared.sip.message import SipRequest, SipResponse
 from tests.relay_sip.conftest import SipServer
 from tests.relay_sip.sip_ua import SipUA
 from tests.relay_sip.test_sip_edge_dialog import _branch, _in_dialog
@@ -243,3 +244,61 @@ async def test_g5_the_default_quota_stops_a_foreign_sender_filling_a_mailbox(
     refused = await foreign.send(message(foreign, BOB, "sip:mallory@elsewhere.test", b"more"))
     assert (refused.status, refused.reason) == (480, "Mailbox Full")
     assert len(await list_messages(sip.pool, "bob@example.test")) == 1000
+
+
+def credentials(
+    ua: SipUA, request: SipRequest, challenge: SipResponse, *, uri: str, qop: str | None
+) -> str:
+    """A Proxy-Authorization for ``challenge`` computed over ``uri`` (with or without qop)."""
+    parsed = parse_challenge(challenge.get("Proxy-Authenticate") or "")
+    nc, cnonce = ("00000001", secrets.token_hex(4)) if qop else (None, None)
+    digest = compute_response(
+        parsed.algorithm,
+        ha1(parsed.algorithm, ua.user, parsed.realm, ua.password),
+        request.method,
+        uri,
+        parsed.nonce,
+        qop=qop,
+        nc=nc,
+        cnonce=cnonce,
+    )
+    return Credentials(
+        username=ua.user,
+        realm=parsed.realm,
+        nonce=parsed.nonce,
+        uri=uri,
+        response=digest,
+        algorithm=parsed.algorithm,
+        qop=qop,
+        nc=nc,
+        cnonce=cnonce,
+    ).to_header()
+
+
+async def test_g7_credentials_for_another_uri_are_refused_with_400(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    request = message(alice, BOB, "sip:alice@example.test")
+    challenge = await alice.send(request)
+    assert challenge.status == 407
+    moved = message(alice, BOB, "sip:alice@example.test")
+    moved.headers.add(
+        "Proxy-Authorization",
+        credentials(alice, moved, challenge, uri="sip:carol@example.test", qop="auth"),
+    )
+    refused = await alice.send(moved)
+    assert (refused.status, refused.reason) == (400, "Digest URI Does Not Match Request-URI")
+    assert await list_messages(sip.pool, "bob@example.test") == []
+
+
+async def test_g7_credentials_without_qop_are_good_for_one_request(sip: SipServer) -> None:
+    alice = await sip.ua("alice")
+    challenge = await alice.send(message(alice, BOB, "sip:alice@example.test"))
+    first = message(alice, BOB, "sip:alice@example.test", b"mine")
+    header = credentials(alice, first, challenge, uri=BOB, qop=None)
+    first.headers.add("Proxy-Authorization", header)
+    assert (await alice.send(first)).status == 202
+    # Replayed (same source address, within the nonce's lifetime) with another body.
+    replay = message(alice, BOB, "sip:alice@example.test", b"forged")
+    replay.headers.add("Proxy-Authorization", header)
+    assert (await alice.send(replay)).status == 407
+    assert [m.body for m in await list_messages(sip.pool, "bob@example.test")] == [b"mine"]
