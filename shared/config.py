@@ -97,10 +97,11 @@ class Settings(BaseSettings):
         "Expires lowers it. Expired messages are deleted undelivered.",
     )
     msilo_max_messages: int = Field(
-        0,
+        1000,
         ge=0,
         description="Most offline messages stored per user; further ones are refused with "
-        "480 Mailbox Full. 0: unlimited.",
+        "480 Mailbox Full (senders from other domains need no password, so this bounds what "
+        "anyone can make a user's mailbox hold). 0: unlimited (not recommended).",
     )
     msilo_add_date: bool = Field(
         True,
@@ -301,6 +302,12 @@ class Settings(BaseSettings):
         description="Verify the certificates of relays and endpoints this relay connects to "
         "over msrps.",
     )
+    msrp_peer_relays: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host[:port] of the other MSRP relays this relay may "
+        "open connections to for a next hop that is not a session of its own (no port: any "
+        "port of that host). Unset: none; such SENDs get 403.",
+    )
     api_host: str = Field("0.0.0.0", description="Control API listen address.")
     api_port: Port = Field(8000, description="Control API port.")
     api_tokens: Annotated[list[str], NoDecode] = Field(
@@ -326,7 +333,7 @@ class Settings(BaseSettings):
         "them. An instance silent for 3 intervals + 5 s is left out.",
     )
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "msrp_peer_relays", mode="before")
     @classmethod
     def _split_tokens(cls, value: Any) -> Any:
         if isinstance(value, str):

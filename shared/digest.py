@@ -508,6 +508,10 @@ class AuthResult(Enum):
         return self is AuthResult.OK
 
 
+#: The nonce count recorded for a use without qop: no later use of that nonce is accepted.
+NO_QOP_NC = "ffffffff"
+
+
 def verify(
     credentials: Credentials,
     *,
@@ -530,6 +534,7 @@ def verify(
 
     The response is checked before the nonce's age so that STALE_NONCE is only
     reported to a client that knows the password (RFC 7616 §3.3, stale).
+    Credentials without ``qop`` (RFC 2069, MD5 only) are accepted once per nonce.
     """
     if credentials.realm != realm:
         return AuthResult.WRONG_REALM
@@ -560,5 +565,9 @@ def verify(
     if status is NonceStatus.STALE:
         return AuthResult.STALE_NONCE
     if credentials.nc is not None and not nonces.check_nc(credentials.nonce, credentials.nc):
+        return AuthResult.REPLAYED
+    if credentials.qop is None and not nonces.check_nc(credentials.nonce, NO_QOP_NC):
+        # RFC 2069 credentials carry no nonce count: their nonce is good for one use only
+        # (counted as the highest nc), so a captured header cannot be replayed.
         return AuthResult.REPLAYED
     return AuthResult.OK

@@ -314,3 +314,11 @@ def test_verify_legacy_rfc2069_md5_client() -> None:
     assert _verify(creds, nm) is AuthResult.OK
     sha = nm.challenge(100.0, "conn", "example.com", algorithm=Algorithm.SHA256)
     assert _verify(_client_credentials(sha, qop=None), nm) is AuthResult.BAD_RESPONSE
+
+
+def test_verify_legacy_rfc2069_credentials_are_single_use() -> None:
+    nm = NonceManager(SECRET)
+    ch = nm.challenge(100.0, "conn", "example.com", algorithm=Algorithm.MD5)
+    creds = _client_credentials(ch, qop=None)
+    assert _verify(creds, nm) is AuthResult.OK
+    assert _verify(creds, nm) is AuthResult.REPLAYED

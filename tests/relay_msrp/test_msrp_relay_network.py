@@ -72,8 +72,15 @@ async def test_two_relays_in_a_chain(
 ) -> None:
     """alice → relay A → relay B → bob: A opens a connection to B for the next hop."""
     async with (
-        running_relay(settings, pool) as relay_a,
-        running_relay(settings, pool, host="127.0.0.2", msrp_public_host="127.0.0.2") as relay_b,
+        # Each relay may connect to the other (IMSTACK_MSRP_PEER_RELAYS; ports are dynamic).
+        running_relay(settings, pool, msrp_peer_relays=["127.0.0.2"]) as relay_a,
+        running_relay(
+            settings,
+            pool,
+            host="127.0.0.2",
+            msrp_public_host="127.0.0.2",
+            msrp_peer_relays=["127.0.0.1"],
+        ) as relay_b,
     ):
         alice = await relay_a.authed("alice")
         bob = await relay_b.authed("bob")

@@ -133,6 +133,8 @@ class MsrpRelay:
         self.inbound: dict[MsrpConnection, Inbound] = {}
         self.local_hosts: set[object] = {_host_key(settings.msrp_host_name), "localhost"}
         self.local_ports: set[int] = {settings.msrp_port}
+        #: IMSTACK_MSRP_PEER_RELAYS: (host, port or None for any) this relay may connect to.
+        self.peer_relays = frozenset(_peer(entry) for entry in settings.msrp_peer_relays)
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
         self._progress = asyncio.Event()
@@ -427,7 +429,15 @@ class MsrpRelay:
             if self._is_self(to_path[0]) and to_path[0].session_id is not None:
                 came_from = None  # both ends on this relay: route on without a network hop
                 continue
+            if not self._is_peer(to_path[0]):
+                # Neither a session of ours nor a configured peer relay: never open a
+                # connection to wherever a client names (RFC 4975 403 Action-not-allowed).
+                raise Reject(403, "Next hop is not a peer relay")
             return to_path, from_path, self._connection_to(to_path[0])
+
+    def _is_peer(self, uri: MsrpUri) -> bool:
+        host = _host_key(uri.host_address)
+        return (host, None) in self.peer_relays or (host, uri.effective_port) in self.peer_relays
 
     def _connection_to(self, uri: MsrpUri) -> MsrpConnection:
         """A connection to another relay or an endpoint without a session here: reused per
@@ -610,6 +620,21 @@ class MsrpRelay:
 
     def session_list(self) -> list[RelaySession]:
         return list(self.sessions)
+
+
+def _peer(entry: str) -> tuple[object, int | None]:
+    """One IMSTACK_MSRP_PEER_RELAYS entry: ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    entry = entry.strip()
+    host, port = entry, None
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    elif entry.count(":") == 1:
+        name, _, number = entry.partition(":")
+        if number.isdigit():
+            host, port = name, int(number)
+    return _host_key(host), port
 
 
 @lru_cache(maxsize=4096)

@@ -4,7 +4,9 @@ The registrar challenges with 401 + WWW-Authenticate, the proxy with 407 +
 Proxy-Authenticate (§22.3). The realm is the served domain; HA1 comes from the users
 table through the credential cache (a digest that does not match a cached HA1 is checked
 again against the table, so a password change is honoured at once). Nonces are bound to
-the connection (TCP/TLS) or the source address (UDP).
+the connection (TCP/TLS) or the source address (UDP). The credentials' ``uri`` must be
+the Request-URI (RFC 2617 §3.2.2.5: else 400), so a captured header cannot be moved to
+another target; credentials without ``qop`` are good for one request per nonce.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from shared.digest import (
 )
 from shared.sip.headers import make_response
 from shared.sip.message import SipRequest, SipResponse
+from shared.sip.uri import SipUri, UriError, parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,11 @@ class DigestAuthenticator:
                 break
         if credentials is None:
             return self.challenge(request, flow, proxy=proxy)
+        if not _same_uri(credentials.uri, request.uri):
+            log.info(
+                "%s: %s digest uri %r is not the Request-URI", flow, request.method, credentials.uri
+            )
+            return make_response(request, 400, "Digest URI Does Not Match Request-URI")
         address = Address(credentials.username, self.settings.domain)
         held = self.credentials.peek(address)
         stored = held.value if held is not None else await self.credentials.get(address)
@@ -125,3 +133,15 @@ class DigestAuthenticator:
             binding=nonce_binding(flow),
             realm=self.settings.domain,
         )
+
+
+def _same_uri(digest_uri: str, request_uri: str) -> bool:
+    """RFC 2617 §3.2.2.5: the digest-uri names the Request-URI's resource (the same text,
+    or equivalent SIP URIs, RFC 3261 §19.1.4)."""
+    if digest_uri == request_uri:
+        return True
+    try:
+        a, b = parse_uri(digest_uri), parse_uri(request_uri)
+    except UriError:
+        return False
+    return isinstance(a, SipUri) and isinstance(b, SipUri) and a.equivalent_to(b)

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: dialog headers (the delivery gets new ones), and those the delivery writes itself (Date,
 #: Content-Type). Everything else is kept — P-Asserted-Identity, Privacy, Subject, extension
 #: and X- headers (Kamailio keeps the headers its parser does not know, plus PAI/PPI/Privacy).
+#: The router has removed any PAI/PPI the sender wrote; a PAI left is the relay's own
+#: assertion of an authenticated local sender (RFC 3325).
 #: Headers the relay writes itself on every MESSAGE it sends; a queued row's extra headers
 #: cannot override them.
 RELAY_WRITTEN_HEADERS = frozenset(
@@ -140,6 +142,11 @@ async def store_offline(
         return make_response(request, 400, "Bad From")
     if not sender.uri.lower().startswith(("sip:", "sips:")):
         return make_response(request, 480, "Offline Store Needs A SIP Sender")
+    # An authenticated local sender is stored under its canonical address, whatever
+    # spelling of our host its From used (sip:alice@<our address>, a trailing dot, ...).
+    sender_uri = sender.uri
+    if authenticated_user is not None:
+        sender_uri = f"sip:{authenticated_user}@{settings.domain}"
     lifetime = _lifetime(request, settings.msilo_expire)
     notice_to = (
         None
@@ -151,7 +158,7 @@ async def store_offline(
             stored = await store_message(
                 conn,
                 recipient=aor,
-                sender_uri=sender.uri,
+                sender_uri=sender_uri,
                 sender_display=sender.display_name,
                 call_id=request.get("Call-ID") or "",
                 content_type=content_type,

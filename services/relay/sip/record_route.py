@@ -8,26 +8,33 @@ dialog is not recorded: it creates no dialog (RFC 3428 §4), so there is no rout
 put us in. When the two sides use different transports, two entries are recorded, one per
 side (double Record-Route, RFC 5658 §4), so each UA reaches us the way it already does.
 
-Our entries carry ``dlg=<token>``, an HMAC of the Call-ID under a per-process key. A
-request whose Route names us with a valid token belongs to a dialog we record-routed: it
-may go on to its Request-URI (or the next Route) even when that is no registered Contact
-of ours, e.g. the callee's BYE to the caller. Without the token the relay forwards only to
-its own users and their bindings (no open relay).
+Our entries carry ``dlg=<token>``: the issue time and an HMAC (per-process key) of that
+time, the Call-ID, the caller's From-tag and the dialog's two ends (the flow the INVITE
+came from and the flow the branch went to). A request whose Route names us with a token
+belongs to a dialog we record-routed only when the token checks out for its Call-ID, one
+of its tags, the flow it came from and the flow it goes to (:meth:`LooseRouter.admits`),
+and is younger than :data:`TOKEN_LIFETIME`: then it may go on to its Request-URI (or the
+next Route) even when that is no registered Contact of ours, e.g. the callee's BYE to the
+caller. So a token only ever carries requests between the two parties of its dialog; any
+other use is 403. Without the token the relay forwards only to its own users and their
+bindings (no open relay).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from services.relay.sip.transport import DEFAULT_SIP_PORT, DEFAULT_SIPS_PORT, Flow, same_host
-from shared.sip.headers import make_response, parse_name_addr
+from shared.sip.headers import make_response, parse_name_addr, to_tag
 from shared.sip.message import SipRequest, SipResponse
 from shared.sip.uri import SipUri, UriError, parse_sip_uri, parse_uri
 
@@ -38,6 +45,10 @@ if TYPE_CHECKING:
 DIALOG_CREATING_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 TOKEN_PARAM = "dlg"
 TOKEN_BYTES = 8  # 64 bits of HMAC: enough that guessing one is hopeless
+TIME_DIGITS = 8  # the issue time, hex seconds, in front of the HMAC
+#: Seconds a dialog token is honoured after the INVITE that got it (a call longer than
+#: this can no longer be ended through the relay by the party that is not registered).
+TOKEN_LIFETIME = 24 * 3600
 
 
 def creates_dialog(request: SipRequest) -> bool:
@@ -54,11 +65,13 @@ def creates_dialog(request: SipRequest) -> bool:
 class RouteCheck:
     """What the Route header said, once our own entries are removed (§16.4)."""
 
-    #: A Route entry of ours carried a valid token for this Call-ID: the request is in a
-    #: dialog we record-routed.
+    #: A Route entry of ours carried a dialog token: the request claims to be in a dialog
+    #: we record-routed (:meth:`LooseRouter.admits` decides once the target flow is known).
     dialog: bool = False
     #: The Route entry now on top (another proxy of the dialog's route set), or None.
     next_hop: str | None = None
+    #: The token of our (first) Route entry that carried one.
+    token: str | None = None
 
 
 class LooseRouter:
@@ -68,9 +81,36 @@ class LooseRouter:
 
     # -- Record-Route -------------------------------------------------------------------
 
-    def token(self, call_id: str) -> str:
-        digest = hmac.new(self._key, call_id.encode(), hashlib.sha256).digest()
-        return digest[:TOKEN_BYTES].hex()
+    def token(self, issued: int, call_id: str, tag: str, end_a: Flow, end_b: Flow) -> str:
+        ends = sorted((_end(end_a), _end(end_b)))
+        data = "\n".join((str(issued), call_id, tag, *ends)).encode()
+        digest = hmac.new(self._key, data, hashlib.sha256).digest()
+        return f"{issued:0{TIME_DIGITS}x}" + digest[:TOKEN_BYTES].hex()
+
+    def admits(self, request: SipRequest, token: str | None, source: Flow, target: Flow) -> bool:
+        """``request`` (from ``source``, going to ``target``) is a request of the dialog
+        ``token`` was issued for: same Call-ID, the caller's tag as its From- or To-tag, a
+        To-tag (it is in the dialog), between the dialog's two ends, not expired."""
+        if token is None or len(token) != TIME_DIGITS + 2 * TOKEN_BYTES:
+            return False
+        try:
+            issued = int(token[:TIME_DIGITS], 16)
+        except ValueError:
+            return False
+        if not 0 <= time.time() - issued <= TOKEN_LIFETIME:
+            return False
+        try:
+            tags = (parse_name_addr(request.get("From") or "").tag, to_tag(request))
+        except ValueError:
+            return False
+        if tags[1] is None:
+            return False
+        call_id = request.get("Call-ID") or ""
+        return any(
+            tag is not None
+            and hmac.compare_digest(token, self.token(issued, call_id, tag, source, target))
+            for tag in tags
+        )
 
     def uri(self, flow: Flow, token: str) -> str:
         s = self.edge.settings
@@ -80,10 +120,15 @@ class LooseRouter:
         transport = "" if flow.transport == "udp" else f";transport={flow.transport}"
         return f"sip:{host}:{port}{transport};{TOKEN_PARAM}={token};lr"
 
-    def record_route(self, inbound: Flow, call_id: str, outbound: Flow) -> list[str]:
+    def record_route(self, inbound: Flow, request: SipRequest, outbound: Flow) -> list[str]:
         """Record-Route values for one branch, in the order to prepend them (§16.6 step 4:
         ours go above every other; the entry facing the callee ends up on top)."""
-        token = self.token(call_id)
+        try:
+            tag = parse_name_addr(request.get("From") or "").tag or ""
+        except ValueError:
+            tag = ""
+        call_id = request.get("Call-ID") or ""
+        token = self.token(int(time.time()), call_id, tag, inbound, outbound)
         values = [f"<{self.uri(inbound, token)}>"]
         if outbound.transport != inbound.transport:
             values.append(f"<{self.uri(outbound, token)}>")
@@ -95,15 +140,10 @@ class LooseRouter:
         port = uri.port or DEFAULT_SIP_PORT
         return self.edge.is_local(uri.host) and (uri.port is None or port in self.edge.local_ports)
 
-    def _valid_token(self, uri: SipUri, call_id: str) -> bool:
-        token = uri.param(TOKEN_PARAM)
-        return token is not None and hmac.compare_digest(token, self.token(call_id))
-
     def process(self, request: SipRequest) -> RouteCheck | SipResponse:
         """§16.4: restore a strict router's Request-URI, then remove the Route entries that
         name us. A response to send instead (400, 403) when the Route is unusable."""
-        call_id = request.get("Call-ID") or ""
-        dialog = False
+        token: str | None = None
         routes = request.get_all("Route")
         try:
             request_uri = parse_uri(request.uri)
@@ -113,7 +153,7 @@ class LooseRouter:
             routes
             and isinstance(request_uri, SipUri)
             and self.is_ours(request_uri)
-            and self._valid_token(request_uri, call_id)
+            and request_uri.param(TOKEN_PARAM) is not None
         ):
             # The previous hop is a strict router (RFC 2543): it put our Record-Route URI
             # in the Request-URI and the real target last in Route.
@@ -122,19 +162,19 @@ class LooseRouter:
             except ValueError:
                 return make_response(request, 400, "Bad Route")
             _remove_last_route(request)
-            dialog = True
+            token = request_uri.param(TOKEN_PARAM)
         while (route := request.get("Route")) is not None:
             try:
                 route_uri = parse_uri(parse_name_addr(route).uri)
             except ValueError:
                 return make_response(request, 400, "Bad Route")
             if not isinstance(route_uri, SipUri) or not self.is_ours(route_uri):
-                if not dialog:
+                if token is None:
                     return make_response(request, 403, "Relaying Forbidden")
-                return RouteCheck(dialog=True, next_hop=parse_name_addr(route).uri)
-            dialog = dialog or self._valid_token(route_uri, call_id)
+                return RouteCheck(dialog=True, next_hop=parse_name_addr(route).uri, token=token)
+            token = token or route_uri.param(TOKEN_PARAM)
             request.headers.pop_first_value("Route")
-        return RouteCheck(dialog=dialog)
+        return RouteCheck(dialog=token is not None, token=token)
 
     async def flow_to(self, uri_text: str) -> Flow | None:
         """Where a request for ``uri_text`` goes when it is no registered Contact (§16.6
@@ -168,6 +208,14 @@ class LooseRouter:
             if flow.transport == transport and flow.port == port and same_host(flow.host, host):
                 return flow
         return None
+
+
+def _end(flow: Flow) -> str:
+    """One end of a dialog as the token binds it: transport, address and port."""
+    host = flow.host.strip("[]").lower()
+    with contextlib.suppress(ValueError):
+        host = ipaddress.ip_address(host).compressed
+    return f"{flow.transport}:{host}:{flow.port}"
 
 
 def _remove_last_route(request: SipRequest) -> None:

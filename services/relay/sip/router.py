@@ -7,9 +7,18 @@ Checks in the order of §16.3 (Max-Forwards, loops, Proxy-Require), then by targ
 * the conference domain → :func:`handover.deliver_to_room`;
 * a user of our domain → digest-authenticate local senders (407), 404 for unknown users,
   fork to the bindings; a MESSAGE nobody could take → :func:`handover.store_offline`;
-* a registered Contact (in-dialog requests of UAs that use us as outbound proxy) → that UA;
-* in a dialog we record-routed (:mod:`record_route`) → the next Route, or the Request-URI;
+* a registered Contact (in-dialog requests of UAs that use us as outbound proxy) → that UA,
+  once a local sender has authenticated (unless the request is in a dialog we
+  record-routed between those two ends);
+* in a dialog we record-routed (:mod:`record_route`) → the next Route, or the Request-URI,
+  only between the dialog's two ends;
 * anything else → 403 (no open relay).
+
+A sender is local, and must authenticate, when its From host is one this relay serves in
+any spelling (:meth:`SipEdge.is_local`: the domain, our name and addresses, any case, a
+trailing dot; and the room domain). P-Asserted-Identity and P-Preferred-Identity (RFC 3325)
+are removed from every request; an authenticated local sender's request gets its own
+``P-Asserted-Identity: <sip:user@domain>`` (the trust domain is this relay alone).
 """
 
 from __future__ import annotations
@@ -37,8 +46,16 @@ log = logging.getLogger(__name__)
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER"
 FORWARDED_METHODS = frozenset({"MESSAGE", "OPTIONS", "INVITE"})
-#: Methods inside a dialog, forwarded to a registered Contact without authentication.
+#: Methods inside a dialog, forwarded to a registered Contact (RFC 3261 §12.2).
 IN_DIALOG_METHODS = frozenset({"BYE", "INVITE", "MESSAGE", "INFO", "UPDATE", "NOTIFY", "REFER"})
+#: Identity headers only this relay may assert (RFC 3325 §5: trust domain = this relay).
+IDENTITY_HEADERS = ("P-Asserted-Identity", "P-Preferred-Identity")
+
+
+def strip_identity(request: SipRequest) -> None:
+    """Remove the RFC 3325 identity headers a sender put in (we trust no sender's)."""
+    for name in IDENTITY_HEADERS:
+        request.headers.remove(name)
 
 
 class Router:
@@ -93,7 +110,7 @@ class Router:
         if routed.next_hop is not None:
             if int(request.get("Max-Forwards") or "70") == 0:
                 return make_response(request, 483)
-            return await self._forward_in_dialog(txn, routed.next_hop)
+            return await self._forward_in_dialog(txn, routed, routed.next_hop)
         try:
             uri = parse_uri(request.uri)
         except UnsupportedUriScheme:
@@ -117,18 +134,53 @@ class Router:
         if request.method in IN_DIALOG_METHODS:
             binding = await find_by_contact(self.edge.pool, request.uri)
             if binding is not None:
-                return await self._forward(txn, [Target.of(self.edge, binding)], offline_aor=None)
+                return await self._to_contact(txn, routed, Target.of(self.edge, binding))
             if routed.dialog and to_tag(request) is not None:
-                return await self._forward_in_dialog(txn, request.uri)
+                return await self._forward_in_dialog(txn, routed, request.uri)
         return make_response(request, 403, "Relaying Forbidden")
 
-    async def _forward_in_dialog(self, txn: ServerTxn, next_hop: str) -> SipResponse | None:
+    async def _to_contact(
+        self, txn: ServerTxn, routed: RouteCheck, target: Target
+    ) -> SipResponse | None:
+        """A request for a registered Contact: in a dialog we record-routed between the
+        sender and that contact it goes on; otherwise a local sender must authenticate,
+        as for requests to the user's AoR."""
+        sender: str | None = None
+        if target.flow is None or not self.routes.admits(
+            txn.request, routed.token, txn.source, target.flow
+        ):
+            authenticated = await self._authenticate(txn)
+            if isinstance(authenticated, SipResponse):
+                return authenticated
+            sender = authenticated
+        return await self._forward(txn, [target], offline_aor=None, sender=sender)
+
+    async def _forward_in_dialog(
+        self, txn: ServerTxn, routed: RouteCheck, next_hop: str
+    ) -> SipResponse | None:
         """§16.12: a request of a dialog we record-routed, on to ``next_hop`` (the next
-        proxy of the route set, or the Request-URI when we are the last)."""
+        proxy of the route set, or the Request-URI when we are the last), only between the
+        two ends the dialog's token was issued for."""
         flow = await self.routes.flow_to(next_hop)
         if flow is None:
             return make_response(txn.request, 480)
+        if not self.routes.admits(txn.request, routed.token, txn.source, flow):
+            log.info(
+                "%s from %s refused: not a request of the dialog its Route token is for",
+                txn.request.method,
+                txn.source,
+            )
+            return make_response(txn.request, 403, "Relaying Forbidden")
         return await self._forward(txn, [Target(txn.request.uri, flow)], offline_aor=None)
+
+    def _assert_identity(self, request: SipRequest, sender: str | None) -> None:
+        """RFC 3325 §5, before ``request`` is forwarded or stored: the identity we
+        authenticated, asserted by us (where the sender's PAI was), or none."""
+        if sender is None:
+            strip_identity(request)
+            return
+        request.headers.remove("P-Preferred-Identity")
+        request.headers.set("P-Asserted-Identity", f"<sip:{sender}@{self.settings.domain}>")
 
     def _to_server(self, request: SipRequest) -> SipResponse:
         if request.method == "OPTIONS":
@@ -153,13 +205,18 @@ class Router:
             from_uri = parse_uri(parse_name_addr(request.get("From") or "").uri)
         except ValueError:
             return make_response(request, 400, "Bad From")
-        if not isinstance(from_uri, SipUri) or from_uri.host.lower() != self.settings.domain:
+        if not isinstance(from_uri, SipUri):
             return None
+        host = from_uri.host.lower().rstrip(".")
+        room = host == self.settings.conference_domain
+        if not room and not self.edge.is_local(host):
+            return None
+        # Any spelling of a host of ours (our address, a trailing dot, another case) is us.
         result = await self.edge.auth.authenticate(request, txn.source, proxy=True)
         if isinstance(result, SipResponse):
             return result
         assert isinstance(result, Authenticated)
-        if result.username != from_uri.user:
+        if room or result.username != from_uri.user:
             return make_response(request, 403, "From Does Not Match Credentials")
         return result.username
 
@@ -193,6 +250,7 @@ class Router:
         offline = aor if request.method == "MESSAGE" else None
         if not bindings:
             if offline is not None:
+                self._assert_identity(request, sender)
                 return await handover.store_offline(
                     self.edge.pool, self.settings, request, aor, authenticated_user=sender
                 )
@@ -220,11 +278,10 @@ class Router:
         request = txn.request
         if txn.final_sent:
             return None  # CANCELled while we were looking things up
+        self._assert_identity(request, sender)
         record_route = None
         if creates_dialog(request):
-            record_route = partial(
-                self.routes.record_route, txn.source, request.get("Call-ID") or ""
-            )
+            record_route = partial(self.routes.record_route, txn.source, request)
         fork = Fork(self.edge, request, record_route)
         txn.on_cancel = fork.cancel
 
@@ -261,13 +318,14 @@ class Router:
     def stray_ack(self, request: SipRequest, flow: Flow) -> None:
         """An ACK for a 2xx (end to end, §16.7): forward it statelessly along the dialog's
         route set, or to the registered Contact it is addressed to."""
-        self.edge.spawn(self._forward_ack(request), name="sip-ack")
+        self.edge.spawn(self._forward_ack(request, flow), name="sip-ack")
 
-    async def _forward_ack(self, request: SipRequest) -> None:
+    async def _forward_ack(self, request: SipRequest, source: Flow) -> None:
+        strip_identity(request)
         routed = self.routes.process(request)
         if isinstance(routed, SipResponse):
             return  # an ACK gets no response (§17.2.3): drop it
-        flow = await self._ack_flow(request, routed)
+        flow = await self._ack_flow(request, routed, source)
         if flow is None:
             return
         ack = branch_request(
@@ -279,13 +337,17 @@ class Router:
         )
         self.edge.transports.send(flow, ack.to_bytes())
 
-    async def _ack_flow(self, request: SipRequest, routed: RouteCheck) -> Flow | None:
+    async def _ack_flow(self, request: SipRequest, routed: RouteCheck, source: Flow) -> Flow | None:
         if routed.next_hop is not None:
-            return await self.routes.flow_to(routed.next_hop)
-        try:
-            binding = await find_by_contact(self.edge.pool, request.uri)
-        except DATABASE_ERRORS:
+            flow = await self.routes.flow_to(routed.next_hop)
+        else:
+            try:
+                binding = await find_by_contact(self.edge.pool, request.uri)
+            except DATABASE_ERRORS:
+                return None
+            if binding is not None:
+                return self.edge.flow_for(binding)
+            flow = await self.routes.flow_to(request.uri) if routed.dialog else None
+        if flow is None or not self.routes.admits(request, routed.token, source, flow):
             return None
-        if binding is not None:
-            return self.edge.flow_for(binding)
-        return await self.routes.flow_to(request.uri) if routed.dialog else None
+        return flow
