@@ -245,9 +245,12 @@ class Settings(BaseSettings):
         "on the same port.",
     )
     tls_cert: Path | None = Field(
-        None, description="TLS certificate (PEM). Unset: TLS listeners are off."
+        None,
+        description="TLS certificate chain (PEM). Unset or empty: TLS listeners are off.",
     )
-    tls_key: Path | None = Field(None, description="TLS private key (PEM).")
+    tls_key: Path | None = Field(
+        None, description="TLS private key (PEM, unencrypted). Set both or neither."
+    )
     msrp_allow_insecure_auth: bool = Field(
         False,
         description="Allow MSRP AUTH over plain TCP (RFC 4976 wants TLS). "
@@ -338,6 +341,14 @@ class Settings(BaseSettings):
     def _split_tokens(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [token.strip() for token in value.split(",") if token.strip()]
+        return value
+
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        # ``IMSTACK_TLS_KEY=`` (compose's ``${VAR:-}``) means unset, not the current folder.
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
     @field_validator("log_level")

@@ -55,6 +55,24 @@ class ServiceFailed(Exception):
     """A service ended by itself or raised; the process exits non-zero."""
 
 
+class StartupError(Exception):
+    """A service cannot start for a reason the operator must fix (a port in use, a certificate
+    that cannot be read). The message says what in one line; it is logged without a traceback
+    and ends up in the CLI's ``imstack: service failed: <service>: <message>``."""
+
+
+def startup_failure(exc: BaseException) -> str | None:
+    """The one-line reason when ``exc`` is a ``StartupError``, or a group (a service's
+    TaskGroup) of nothing but them; None for anything else (a bug: log the traceback)."""
+    if isinstance(exc, StartupError):
+        return str(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        reasons = [startup_failure(inner) for inner in exc.exceptions]
+        if reasons and all(reasons):
+            return "; ".join(dict.fromkeys(r for r in reasons if r))
+    return None
+
+
 async def prepare_database(settings: Settings, database_url: str) -> asyncpg.Pool:
     """Connect (retrying while the server comes up) and apply pending migrations."""
     pool = await create_pool(
@@ -111,9 +129,14 @@ async def run_services(
                 "%s: aborted after the %.0fs shutdown timeout", name, settings.shutdown_timeout
             )
             return
-        except Exception:
-            log.exception("%s: failed", name)
-            failed.append(name)
+        except Exception as exc:
+            reason = startup_failure(exc)
+            if reason is None:
+                log.exception("%s: failed", name)
+                failed.append(name)
+            else:
+                log.error("%s: %s", name, reason)
+                failed.append(f"{name}: {reason}")
             stop.set()
             return
         if not stop.is_set():
@@ -142,5 +165,5 @@ async def run_services(
             loop.remove_signal_handler(signum)
         await pool.close()
     if failed:
-        raise ServiceFailed(", ".join(failed))
+        raise ServiceFailed("; ".join(failed))
     log.info("stopped cleanly")

@@ -9,8 +9,14 @@ from datetime import UTC, datetime
 
 from shared.config import LogFormat
 
-# Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged too.
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged too,
+# except uvicorn's ``color_message`` (its message again, with ANSI colour escapes).
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -161,6 +162,23 @@ def test_invalid_setting_exits_2_with_one_line_naming_the_variable(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"imstack: invalid setting {variable}={value!r}")
+
+
+@pytest.mark.parametrize("command", [["user", "list"], ["serve"]])
+def test_a_data_dir_that_cannot_be_created_is_one_line_and_exit_2(
+    tmp_path: Path, command: list[str]
+) -> None:
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder")
+    data = in_the_way / "imstack-data"
+    result = run_imstack(*command, env=imstack_env(IMSTACK_DATA_DIR=str(data)))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"imstack: cannot create the data folder {data.resolve()} (IMSTACK_DATA_DIR): "
+        "Not a directory"
+    ], result.stderr
 
 
 def test_unknown_service_is_refused() -> None:

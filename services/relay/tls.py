@@ -8,27 +8,73 @@ import ssl
 from pathlib import Path
 
 from shared.config import Settings
+from shared.lifecycle import StartupError
 
 
-class TlsConfigError(Exception):
-    """The configured certificate or key cannot be used; the message says why."""
+class TlsConfigError(StartupError):
+    """The configured certificate or key cannot be used; the message names the file and says
+    why in one line (the relay stops with it, no traceback)."""
 
 
 def server_context(settings: Settings) -> ssl.SSLContext | None:
     """The server context, or None when no certificate is configured (TLS listeners off)."""
-    if settings.tls_cert is None and settings.tls_key is None:
+    cert, key = settings.tls_cert, settings.tls_key
+    if cert is None and key is None:
         return None
-    if settings.tls_cert is None or settings.tls_key is None:
+    if cert is None or key is None:
         raise TlsConfigError("IMSTACK_TLS_CERT and IMSTACK_TLS_KEY must be set together")
+    _check_files(cert, key)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    except (OSError, ssl.SSLError) as exc:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        why = "the key does not belong to it" if "MISMATCH" in str(exc) else str(exc)
         raise TlsConfigError(
-            f"cannot load the TLS certificate {settings.tls_cert} / key {settings.tls_key}: {exc}"
+            f"cannot use the TLS certificate {cert} (IMSTACK_TLS_CERT) with the key {key} "
+            f"(IMSTACK_TLS_KEY): {why}"
+        ) from None
+    except OSError as exc:
+        raise TlsConfigError(
+            f"cannot read the TLS certificate {cert} or key {key}: {exc}"
         ) from None
     return context
+
+
+def _check_files(cert: Path, key: Path) -> None:
+    """Each file readable and in PEM form, so that the error names the file at fault (OpenSSL's
+    own errors, such as ``[SSL] PEM lib``, name neither)."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    data = _read(cert, "certificate", "IMSTACK_TLS_CERT")
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise TlsConfigError(
+            f"the TLS certificate {cert} (IMSTACK_TLS_CERT) is not a PEM certificate"
+        ) from None
+    data = _read(key, "key", "IMSTACK_TLS_KEY")
+    try:
+        serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # encrypted
+        raise TlsConfigError(
+            f"the TLS key {key} (IMSTACK_TLS_KEY) is encrypted; the relay needs it unencrypted"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TlsConfigError(
+            f"the TLS key {key} (IMSTACK_TLS_KEY) is not a PEM private key"
+        ) from None
+
+
+def _read(path: Path, what: str, variable: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TlsConfigError(
+            f"cannot read the TLS {what} {path} ({variable}): {exc.strerror or exc}"
+        ) from None
 
 
 def client_context(settings: Settings) -> ssl.SSLContext:

