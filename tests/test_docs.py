@@ -55,20 +55,44 @@ def test_every_setting_named_is_a_real_setting(doc: Path) -> None:
     assert unknown == set()
 
 
-async def test_every_metric_named_is_exported(settings: Settings, pool: asyncpg.Pool) -> None:
+async def _exported_families(settings: Settings, pool: asyncpg.Pool) -> dict[str, set[str]]:
+    """Every metric family ``/metrics`` exports → the names it may be written as (the family,
+    its samples, and ``<name>_total`` for a counter that has no sample yet)."""
     token = await new_token(pool)
     async with client_for(settings, pool, token=token) as client:
         assert (await client.get("/api/v1/users")).status_code == 200  # a labelled series
         exposition = (await client.get("/metrics")).text
-    exported: set[str] = set()
+    families: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(exposition):
-        exported.add(family.name)
-        exported.update(sample.name for sample in family.samples)
+        names = families.setdefault(family.name, {family.name})
+        names.update(sample.name for sample in family.samples)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+    return families
+
+
+def _metrics_named() -> set[str]:
     named = set()
     for doc in DOCS:
         named.update(re.findall(r"\bimstack_[a-z0-9_]*[a-z0-9]", text(doc)))
+    return named
+
+
+async def test_every_metric_named_is_exported(settings: Settings, pool: asyncpg.Pool) -> None:
+    families = await _exported_families(settings, pool)
+    named = _metrics_named()
     assert named, "no metrics named at all?"
+    exported = set().union(*families.values())
     assert named - exported == set()
+
+
+async def test_every_metric_exported_is_documented(settings: Settings, pool: asyncpg.Pool) -> None:
+    """The reverse: a new metric family must get its line in docs/operations.md's table."""
+    families = await _exported_families(settings, pool)
+    assert len(families) > 20, sorted(families)  # the statistics families are there too
+    named = set(re.findall(r"\bimstack_[a-z0-9_]*[a-z0-9]", text(ROOT / "docs/operations.md")))
+    undocumented = {family for family, names in families.items() if not names & named}
+    assert undocumented == set()
 
 
 def _command(words: list[str]) -> Any:
