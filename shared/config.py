@@ -315,6 +315,12 @@ class Settings(BaseSettings):
         description="Comma-separated API bearer tokens accepted in addition to those "
         "made with `imstack token create`. Unset: only those.",
     )
+    api_metrics_public: bool = Field(
+        True,
+        description="Serve the control API's /metrics without a token (Prometheus scrapers "
+        "often have none; it shows aggregate counts and latencies only). false: /metrics "
+        "needs a bearer token, read-only scope suffices (401 without one).",
+    )
     log_format: LogFormat = Field(
         LogFormat.TEXT, description="Log format: text (human-readable) or json (JSON lines)."
     )
