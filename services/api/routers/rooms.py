@@ -113,18 +113,18 @@ async def create_room(
     config = _config(settings)
     key = room_ops.room_key(config, body.name)
     owner = room_ops.user_address(config, body.owner)
-    async with pool.acquire() as conn, conn.transaction():
-        await room_ops.create_room(
-            conn,
-            key,
-            owner=owner,
-            private=body.private,
-            topic=body.topic,
-            limits={f: getattr(body, f) for f in rooms_db.LIMITS if f in body.model_fields_set},
-        )
-        room = await _summary(conn, key)
+    # One statement, one round trip (room_ops.create_room's rows, as #create makes them).
+    summary = await room_ops.create_room_summary(
+        pool,
+        key,
+        owner=owner,
+        private=body.private,
+        topic=body.topic,
+        member_limit=body.member_limit,
+        history_length=body.history_length,
+    )
     response.headers["Location"] = str(request.url_for("get_room", room=key))
-    return room
+    return RoomPublic.of(summary)
 
 
 @router.get("")
