@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
+from starlette.datastructures import URLPath
 
 from services.api import room_ops
 from services.api.deps import AdminDep, PoolDep, SettingsDep
@@ -123,7 +124,10 @@ async def create_room(
         member_limit=body.member_limit,
         history_length=body.history_length,
     )
-    response.headers["Location"] = str(request.url_for("get_room", room=key))
+    # What request.url_for("get_room", room=key) gives, without searching the routes for it.
+    response.headers["Location"] = str(
+        URLPath(f"/api/v1/rooms/{key}").make_absolute_url(request.base_url)
+    )
     return RoomPublic.of(summary)
 
 
