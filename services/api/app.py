@@ -14,7 +14,7 @@ from importlib.metadata import version
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI
 
-from services.api.deps import require_token
+from services.api.deps import TokenCache, require_token
 from services.api.errors import ERROR_RESPONSES, install_error_handlers
 from services.api.metrics import ApiMetrics, MetricsMiddleware, metrics_router
 from services.api.routers import health, messages, registrations, rooms, sessions, statistics, users
@@ -52,6 +52,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = ApiMetrics.create()
+    app.state.token_cache = TokenCache(settings.api_token_cache_seconds)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
