@@ -357,7 +357,7 @@ def token_list() -> None:
 
 @token_app.command("revoke")
 def token_revoke(name: TokenNameArg) -> None:
-    """Revoke a token: it stops working at once."""
+    """Revoke a token: a running API refuses it within IMSTACK_API_TOKEN_CACHE_SECONDS."""
     settings = settings_or_exit()
     with database(settings) as url:
         run_async(with_connection(settings, url, lambda c: tokens_db.revoke_token(c, name)))

@@ -318,6 +318,20 @@ class Settings(BaseSettings):
         description="Comma-separated API bearer tokens accepted in addition to those "
         "made with `imstack token create`. Unset: only those.",
     )
+    api_token_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="Seconds the control API keeps a token made with `imstack token create` "
+        "it has checked, instead of looking it up in the database on each request: a revoked "
+        "token keeps working for at most this long in a running API. 0: looked up each time.",
+    )
+    api_metrics_public: bool = Field(
+        True,
+        description="Serve the control API's /metrics without a token (Prometheus scrapers "
+        "often have none; it shows aggregate counts and latencies only). false: /metrics "
+        "needs a bearer token, read-only scope suffices (401 without one).",
+    )
     log_format: LogFormat = Field(
         LogFormat.TEXT, description="Log format: text (human-readable) or json (JSON lines)."
     )

@@ -1,7 +1,8 @@
 """The control API: a FastAPI app factory. The full API grows router by router.
 
-``/healthz``, ``/readyz`` and ``/metrics`` are open; everything under ``/api/v1`` needs a bearer
-token (the v1 router's dependency), and changes need an admin one (``AdminDep``).
+``/healthz``, ``/readyz`` and (unless IMSTACK_API_METRICS_PUBLIC is false) ``/metrics`` are
+open; everything under ``/api/v1`` needs a bearer token (the v1 router's dependency), and
+changes need an admin one (``AdminDep``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from importlib.metadata import version
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI
 
-from services.api.deps import require_token
+from services.api.deps import TokenCache, require_token
 from services.api.errors import ERROR_RESPONSES, install_error_handlers
-from services.api.metrics import ApiMetrics, MetricsMiddleware
-from services.api.metrics import router as metrics_router
+from services.api.metrics import ApiMetrics, MetricsMiddleware, metrics_router
 from services.api.routers import health, messages, registrations, rooms, sessions, statistics, users
 from shared.config import Settings
 from shared.db.pool import create_pool
@@ -52,10 +52,11 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = ApiMetrics.create()
+    app.state.token_cache = TokenCache(settings.api_token_cache_seconds)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(metrics_router)
+    app.include_router(metrics_router(settings.api_metrics_public))
     app.include_router(api_v1_router())
     return app
 

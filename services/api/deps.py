@@ -2,11 +2,14 @@
 
 Every ``/api/v1`` route requires a bearer token (``ReaderDep`` on the v1 router); routes that
 change something also take ``AdminDep``. Tokens are those made with ``imstack token create``
-(stored hashed, with a scope) and those in ``IMSTACK_API_TOKENS`` (admin scope).
+(stored hashed, with a scope; an accepted one is remembered for IMSTACK_API_TOKEN_CACHE_SECONDS,
+see :class:`TokenCache`) and those in ``IMSTACK_API_TOKENS`` (admin scope).
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass
 from typing import Annotated, cast
 
@@ -51,7 +54,37 @@ class Principal:
     scope: Scope
 
 
+class TokenCache:
+    """Database tokens checked in the last ``ttl`` seconds (IMSTACK_API_TOKEN_CACHE_SECONDS),
+    by the SHA-256 of the secret: a request with one of them skips the lookup. Only accepted
+    tokens are kept (a new token works at once); a revoked one is refused once its entry is
+    ``ttl`` old. ``ttl`` 0 keeps nothing. At most :attr:`MAX_ENTRIES` at once."""
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[bytes, tuple[float, Principal]] = {}
+
+    def get(self, key: bytes) -> Principal | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: bytes, principal: Principal) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + self.ttl, principal)
+
+
 async def require_token(
+    request: Request,
     pool: PoolDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -65,6 +98,11 @@ async def require_token(
     secret = credentials.credentials
     if settings.api_tokens and tokens_db.check_configured(secret, settings.api_tokens):
         return Principal("configured", Scope.ADMIN)
+    cache: TokenCache = request.app.state.token_cache
+    key = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
     token = await tokens_db.authenticate(pool, secret)
     if token is None:
         raise Unauthorized(
@@ -72,7 +110,9 @@ async def require_token(
             code="invalid_token",
             headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
         )
-    return Principal(token.name, token.scope)
+    principal = Principal(token.name, token.scope)
+    cache.put(key, principal)
+    return principal
 
 
 ReaderDep = Annotated[Principal, Depends(require_token)]

@@ -9,9 +9,11 @@ each scrape and exposed as ``imstack_*`` gauges and counters. Event counters are
 over the live service instances: they drop when an instance restarts, which Prometheus's
 ``rate()`` treats as a counter reset.
 
-``/metrics`` needs no token: Prometheus scrapers are usually set up without one, and what it
-shows is aggregate counts and latencies, no names or contents. Keep the API port off the
-public network (or filter ``/metrics`` at the proxy) where even counts are private.
+``/metrics`` needs no token by default (IMSTACK_API_METRICS_PUBLIC=true): Prometheus scrapers
+are usually set up without one, and what it shows is aggregate counts and latencies, no names
+or contents. Where even counts are private, set IMSTACK_API_METRICS_PUBLIC=false: then it
+needs a bearer token like ``/api/v1`` (a read-only one suffices; 401 without a valid one) —
+Prometheus sends one with ``authorization: {credentials: <token>}`` in the scrape config.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.api.deps import PoolDep
+from services.api.deps import PoolDep, require_token
+from services.api.errors import ErrorBody
 from services.api.routers.statistics import collect_statistics
 from services.api.schemas.statistics import StatisticsPublic
 from shared.db import users as users_db
@@ -204,16 +208,32 @@ def route_template(scope: Scope) -> str:
     return "/".join(segments[: head + 1]) + template if head > 0 else template
 
 
-router = APIRouter(tags=["metrics"])
+def metrics_router(public: bool) -> APIRouter:
+    """The ``/metrics`` route: open when ``public`` (IMSTACK_API_METRICS_PUBLIC), else behind
+    the token dependency of ``/api/v1`` (any scope), which the OpenAPI schema then shows."""
+    router = APIRouter(tags=["metrics"], dependencies=[] if public else [Depends(require_token)])
+    router.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        response_class=Response,
+        responses=_RESPONSES if public else {**_RESPONSES, 401: _UNAUTHORIZED},
+    )
+    return router
 
 
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
-)
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}
+}
+_UNAUTHORIZED: dict[str, Any] = {
+    "model": ErrorBody,
+    "description": "IMSTACK_API_METRICS_PUBLIC is false and no valid token was given.",
+}
+
+
 async def metrics(request: Request, pool: PoolDep) -> Response:
-    """Prometheus metrics (text format 0.0.4). Open, like /healthz: see the module docstring."""
+    """Prometheus metrics (text format 0.0.4). Open like /healthz unless
+    IMSTACK_API_METRICS_PUBLIC is false: then a token (read-only suffices) is required."""
     registry_metrics: ApiMetrics = request.app.state.metrics
     try:
         async with (

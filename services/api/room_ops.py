@@ -147,6 +147,44 @@ async def create_room(
     return room_id
 
 
+#: ``#create`` in one statement: the room's lock (as :func:`rooms_db.lock_room` takes it, so
+#: imc's ``#create`` of the same name is serialised with it), the room with its options, the
+#: owner's membership; a name taken already (committed before, or while the lock was awaited)
+#: inserts nothing (``ON CONFLICT``), and no row comes back.
+_CREATE_ROOM = """
+WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended($1, 6))),
+room AS (
+    INSERT INTO rooms (name, domain, owner, private, topic, member_limit, history_length)
+    SELECT $2, $3, $4, $5, $6, $7, $8 FROM locked
+    ON CONFLICT (name, domain) DO NOTHING
+    RETURNING id, name, domain, owner, private, topic, member_limit, history_length, created_at
+), membership AS (
+    INSERT INTO room_members (room_id, member, role) SELECT id, owner, 'owner' FROM room
+)
+SELECT room.*, 1 AS member_count, 0 AS invited_count FROM room"""
+
+
+async def create_room_summary(
+    conn: Executor,
+    key: str,
+    *,
+    owner: str,
+    private: bool,
+    topic: str | None = None,
+    member_limit: int | None = None,
+    history_length: int | None = None,
+) -> rooms_db.RoomSummary:
+    """``#create`` as :func:`create_room` does it, in one statement and round trip (atomic
+    on its own: no transaction needed); the new room as listed."""
+    name, domain = rooms_db.split_key(key)
+    row = await conn.fetchrow(
+        _CREATE_ROOM, key.lower(), name, domain, owner, private, topic, member_limit, history_length
+    )
+    if row is None:
+        raise RoomExists(f"the room exists already: {key}")
+    return rooms_db.RoomSummary(**dict(row))
+
+
 async def update_room(
     conn: Executor,
     key: str,

@@ -38,7 +38,8 @@ async def run(ctx: ServiceContext) -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
-        access_log=False,
+        access_log=False,  # a log record per request costs more than a room creation's SQL
+        http="httptools",  # the C parser: h11 (pure Python) costs ~0.3 ms CPU per request
         timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
     )
     server = _Server(config)

@@ -106,7 +106,8 @@ async def list_tokens(conn: Executor) -> list[ApiToken]:
 
 
 async def revoke_token(conn: Executor, name: str) -> None:
-    """Revoke the active token named ``name``; it stops working at once."""
+    """Revoke the active token named ``name`` (a running API refuses it within
+    IMSTACK_API_TOKEN_CACHE_SECONDS)."""
     status = await conn.execute(
         "UPDATE api_tokens SET revoked = true WHERE name = $1 AND NOT revoked", name
     )

@@ -5,6 +5,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.api.metrics import route_template
 from shared.config import Settings
+from shared.db.tokens import Scope
 from shared.db.users import Address, create_user, set_disabled
 from tests.api.api_client import client_for, new_token
 
@@ -93,3 +94,26 @@ def test_route_templates_come_out_whole_whether_routes_know_their_prefix_or_not(
         )
     assert route_template({"path": "/healthz", "route": Route("/healthz")}) == "/healthz"
     assert route_template({"path": "/nothing"}) == "<unmatched>"
+
+
+async def test_metrics_need_a_token_when_not_public(settings: Settings, pool: asyncpg.Pool) -> None:
+    private = settings.model_copy(update={"api_metrics_public": False})
+    reader = await new_token(pool, "scraper", Scope.READ)
+    async with client_for(private, pool) as client:
+        missing = await client.get("/metrics")
+        wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
+        read = await client.get("/metrics", headers={"Authorization": f"Bearer {reader}"})
+        health = await client.get("/healthz")
+        schema = (await client.get("/openapi.json")).json()
+    assert missing.status_code == 401
+    assert missing.json()["code"] == "unauthorized"
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "imstack_api_requests" not in missing.text
+    assert wrong.status_code == 401
+    assert wrong.json()["code"] == "invalid_token"
+    assert read.status_code == 200  # a read-only token is enough
+    assert "# TYPE imstack_api_requests_total counter" in read.text
+    assert health.status_code == 200  # /healthz stays open
+    # The schema tells: /metrics takes the bearer token, like /api/v1.
+    assert schema["paths"]["/metrics"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "401" in schema["paths"]["/metrics"]["get"]["responses"]

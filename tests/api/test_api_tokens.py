@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 
 import asyncpg
 import pytest
@@ -41,13 +43,48 @@ async def test_an_unknown_token_is_401_invalid_token(
 async def test_a_created_token_works_until_revoked_and_records_its_last_use(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
+    uncached = settings.model_copy(update={"api_token_cache_seconds": 0.0})
     token = await new_token(pool, "ops")
     assert await pool.fetchval("SELECT last_used_at FROM api_tokens") is None
-    async with client_for(settings, pool, token=token) as client:
+    async with client_for(uncached, pool, token=token) as client:
         assert (await client.get(USERS)).status_code == 200
         assert await pool.fetchval("SELECT last_used_at FROM api_tokens") is not None
         await revoke_token(pool, "ops")
         assert (await client.get(USERS)).status_code == 401
+
+
+async def test_a_revoked_token_stops_working_within_the_cache_time(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    ttl = 1.0
+    cached = settings.model_copy(update={"api_token_cache_seconds": ttl})
+    token = await new_token(pool, "ops")
+    async with client_for(cached, pool, token=token) as client:
+        assert (await client.get(USERS)).status_code == 200
+        accepted_at = time.monotonic()
+        await revoke_token(pool, "ops")
+        # Within IMSTACK_API_TOKEN_CACHE_SECONDS the API may still take it (remembered) ...
+        await asyncio.sleep(max(0.0, accepted_at + ttl + 0.2 - time.monotonic()))
+        # ... never after: the bound the setting documents.
+        response = await client.get(USERS)
+        assert response.status_code == 401
+        assert response.json()["code"] == "invalid_token"
+        # A new token works at once (refusals are not remembered).
+        again = await new_token(pool, "ops")
+        response = await client.get(USERS, headers={"Authorization": f"Bearer {again}"})
+        assert response.status_code == 200
+
+
+async def test_an_unknown_token_is_refused_until_created(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    async with client_for(settings, pool, token="imst_not-yet") as client:
+        assert (await client.get(USERS)).status_code == 401
+        await pool.execute(
+            "INSERT INTO api_tokens (name, token_sha256, scope) VALUES ('late', $1, 'read')",
+            hashlib.sha256(b"imst_not-yet").hexdigest(),
+        )
+        assert (await client.get(USERS)).status_code == 200
 
 
 async def test_only_the_hash_of_a_token_is_stored(pool: asyncpg.Pool) -> None:
