@@ -126,7 +126,9 @@ def test_serve_exits_nonzero_when_the_api_port_is_taken(database_url: str) -> No
         proc = start(env, "api")
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1
-    assert "could not listen on 127.0.0.1:" in out
+    assert "Traceback" not in out, out
+    reason = f"the API cannot listen on 127.0.0.1:{port} (IMSTACK_API_PORT)"
+    assert out.strip().splitlines()[-1] == f"imstack: service failed: api: {reason}"
 
 
 def test_embedded_database_serves_persists_and_stops(tmp_path: Path) -> None:

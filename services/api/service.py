@@ -10,7 +10,7 @@ from collections.abc import Generator
 import uvicorn
 
 from services.api.app import create_app
-from shared.lifecycle import ServiceContext
+from shared.lifecycle import ServiceContext, StartupError
 from shared.stats import StatsPublisher
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ async def _serve(server: uvicorn.Server, where: str) -> None:
     try:
         await server.serve()
     except SystemExit:  # uvicorn exits the process when it cannot bind
-        raise RuntimeError(f"the API could not listen on {where}") from None
+        raise StartupError(f"the API cannot listen on {where} (IMSTACK_API_PORT)") from None
 
 
 async def run(ctx: ServiceContext) -> None:
