@@ -137,6 +137,8 @@ async def tell_sender(
     not a local sender, a notice itself, or their mailbox is full)."""
     if not settings.msilo_expiry_notice or message.notice:
         return None
+    if message.sender_uri == system_address(settings):
+        return None  # the server's own message: nobody to tell
     sender = await local_sender(conn, settings, message.sender_uri)
     if sender is None:
         return None

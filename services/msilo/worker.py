@@ -22,6 +22,11 @@ loses nothing (see ``migrations/0005_offline_messages.sql`` and
 Scheduled messages (``not_before``) are left out of windows until they are due; the worker
 sleeps until the earliest send time (re-read when a scheduled message is stored, on the
 ``offline_scheduled`` NOTIFY), then sweeps: no busy polling.
+
+Messages that will not be delivered (:mod:`services.msilo.notices`,
+``migrations/0012_msilo_policies.sql``): the purge tells a local sender that their message
+expired; a message the client refused for good IMSTACK_MSILO_MAX_ATTEMPTS times is deleted
+(its sender told) and the ones behind it are offered at once (:meth:`_refused_for_good`).
 """
 
 from __future__ import annotations
@@ -236,7 +241,7 @@ class MsiloWorker:
             await offline.restore(conn, rest, failed=None, status=None, reason=None, retry_in=0)
         self.stats.undeliverable += 1
         log.warning(
-            "msilo: message %d for %s given up after %d refusals (last %s %s)",
+            "msilo: message %d for %s given up after %d refusal(s) (last %s %s)",
             failed.id,
             recipient,
             refusals,

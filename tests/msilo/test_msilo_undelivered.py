@@ -4,6 +4,7 @@ refusals so that the messages behind it are delivered (services/msilo/notices.py
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from services.msilo.notices import excerpt, is_permanent
+from services.msilo.service import run as run_msilo
 from services.msilo.worker import MsiloWorker
 from shared.db.offline import (
     GENERATED_HEADER,
@@ -21,6 +23,9 @@ from shared.db.offline import (
     list_messages,
     store_message,
 )
+from shared.db.tokens import Scope
+from shared.lifecycle import ServiceContext
+from tests.api.api_client import client_for, new_token
 from tests.relay_sip.conftest import SipServer, eventually
 from tests.relay_sip.sip_ua import SipUA
 
@@ -143,7 +148,7 @@ async def test_no_expiry_notice_to_senders_of_other_domains(
     sip: SipServer, msilo: MsiloWorker
 ) -> None:
     async with sip.pool.acquire() as conn, conn.transaction():
-        for sender in ("sip:eve@elsewhere.test", "sip:nobody@example.test"):
+        for sender in ("sip:eve@elsewhere.test", "sip:nobody@example.test", "sip:example.test"):
             await store_message(
                 conn,
                 recipient=BOB,
@@ -156,7 +161,7 @@ async def test_no_expiry_notice_to_senders_of_other_domains(
                 lifetime=60,
             )
     await expire_all(sip, BOB)
-    assert await msilo.purge() == 2
+    assert await msilo.purge() == 3
     assert await sip.pool.fetchval("SELECT count(*) FROM offline_messages") == 0
     assert await notices_queued(sip) == 0
 
@@ -217,6 +222,38 @@ async def test_a_message_refused_for_good_is_given_up_and_the_ones_behind_it_arr
     await eventually(drained, "m2 and m3 delivered")
     assert msilo.stats.undeliverable == 1 and msilo.stats.delivered == 2
     assert msilo.stats.notices == 1
+
+
+@pytest.mark.parametrize("msilo_overrides", [{"msilo_max_attempts": 1}])
+async def test_a_refusal_in_the_middle_of_a_drain_lets_the_rest_through_once_in_order(
+    sip: SipServer, msilo: MsiloWorker
+) -> None:
+    alice = await sip.ua("alice", "tcp")
+    bodies = [f"n{n}".encode() for n in range(6)]
+    for body in bodies:
+        await store(alice, body, "text/x-chat")  # not prefixed: the bodies as sent
+    bob = await sip.ua("bob", "tcp")
+    assert (await bob.register()).status == 200
+    received = []
+    while len(received) < 5:
+        request = await bob.next_request()
+        received.append(request.body)
+        bob.answer(request, 606 if request.body == b"n2" else 200)
+    assert received == [b"n0", b"n1", b"n2", b"n3", b"n4"]
+    last = await bob.next_request()
+    assert last.body == b"n5"
+    bob.answer(last, 200)
+
+    async def drained() -> bool:
+        return await count_messages(sip.pool, BOB) == 0
+
+    await eventually(drained, "all but n2 delivered")
+    assert bob.requests.empty()
+    assert msilo.stats.delivered == 5 and msilo.stats.undeliverable == 1
+    # alice is offline: her notice waits for her.
+    (notice,) = await list_messages(sip.pool, ALICE)
+    assert "(refused once, last: 606 " in notice.body.decode()
+    assert notice.body.endswith(b': "n2"')
 
 
 @pytest.mark.parametrize("status", [408, 480, 503])
@@ -328,3 +365,49 @@ def test_the_excerpt_is_the_first_words_of_text() -> None:
     assert excerpt(_undelivered("text/plain", b"short words and more", head=11)) == (
         '"short words..."'
     )
+
+
+# -- what the control API shows --------------------------------------------------------------
+
+
+async def test_the_statistics_count_expired_and_undeliverable_messages(
+    sip: SipServer, database_url: str
+) -> None:
+    """msilo running as its service (publishing its counters); the API reads them."""
+    alice = await sip.ua("alice")  # offline: both notices are stored for her
+    await store(alice, b"refused")
+    await store(alice, b"too late")
+    _, late = await list_messages(sip.pool, BOB)
+    await sip.pool.execute(
+        "UPDATE offline_messages SET expires_at = now() - interval '1 second' WHERE id = $1",
+        late.id,
+    )
+    stop = asyncio.Event()
+    configured = sip.settings.model_copy(update={"stats_interval": 0.2, "msilo_max_attempts": 1})
+    service = asyncio.create_task(
+        run_msilo(ServiceContext(configured, database_url, sip.pool, stop))
+    )
+    token = await new_token(sip.pool, "reader", Scope.READ)
+    try:
+        bob = await sip.ua("bob")
+        assert (await bob.register()).status == 200
+        refused = await bob.next_request()
+        assert refused.body.endswith(b"refused")
+        bob.answer(refused, 488)
+        async with client_for(configured, sip.pool, token=token) as http:
+
+            async def counted() -> bool:
+                assert not service.done()
+                stats = (await http.get("/api/v1/statistics")).json()["messages"]
+                return stats["expired"] == 1 and stats["undeliverable"] == 1
+
+            await eventually(counted, "expired and undeliverable counted")
+        notices = [m.body.decode() for m in await list_messages(sip.pool, ALICE)]
+        assert len(notices) == 2
+        assert notices[0].endswith('expired undelivered: "too late"')
+        assert "could not be delivered (refused once, last: 488 " in notices[1], notices[1]
+        assert notices[1].endswith('): "refused"')
+        assert await count_messages(sip.pool, BOB) == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(service, 10)
