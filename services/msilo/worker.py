@@ -239,6 +239,7 @@ class MsiloWorker:
         rest = [i for i in back if i != failed.id]
         if rest:
             await offline.restore(conn, rest, failed=None, status=None, reason=None, retry_in=0)
+        self.stats.failed += 1  # a failed attempt, as any refusal
         self.stats.undeliverable += 1
         log.warning(
             "msilo: message %d for %s given up after %d refusal(s) (last %s %s)",
