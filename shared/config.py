@@ -135,6 +135,21 @@ class Settings(BaseSettings):
         min_length=1,
         description="Text of the offline notice; {recipient} is replaced by the address.",
     )
+    msilo_expiry_notice: bool = Field(
+        True,
+        description="Tell a local sender, by a MESSAGE from IMSTACK_MSILO_NOTICE_FROM (else "
+        "sip:<domain>) naming the recipient, the time stored and the first words, when their "
+        "offline message expired undelivered or was given up (IMSTACK_MSILO_MAX_ATTEMPTS). "
+        "Stored for them once when they are offline; a notice never causes another notice.",
+    )
+    msilo_max_attempts: int = Field(
+        5,
+        ge=0,
+        description="Permanent refusals of an offline message by the recipient's client (a "
+        "final 4xx-6xx other than 408, 429, 480, 486, 491, 500, 503, 504, 600; timeouts "
+        "never count) after which msilo deletes it undelivered, tells the sender "
+        "(IMSTACK_MSILO_EXPIRY_NOTICE) and delivers the messages behind it. 0: never.",
+    )
     smtp_host: str | None = Field(
         None, description="SMTP server for e-mail notices of stored messages. Unset: no e-mail."
     )

@@ -26,7 +26,8 @@ What each service publishes (``GET /api/v1/statistics`` → ``totals``):
   {status}, ...; gauges ``msrp_connections_open``, ``msrp_sessions``. Its live sessions go
   to ``msrp_sessions`` (``services/relay/msrp/session_publisher.py``).
 * msilo — from ``MsiloStats``: ``queued``, ``delivered``, ``failed``, ``expired``,
-  ``registrations``; ``emails_sent``, ``emails_failed``.
+  ``registrations``, ``undeliverable`` (given up after permanent refusals), ``notices``
+  (senders told of an expired or given-up message); ``emails_sent``, ``emails_failed``.
 * imc — from ``ImcStats``: ``handled``, ``commands`` {command}, ``fanned_out``,
   ``stored_offline``, ``replayed``, ``invitations_failed``.
 * api — ``requests`` {status}.

@@ -22,6 +22,11 @@ loses nothing (see ``migrations/0005_offline_messages.sql`` and
 Scheduled messages (``not_before``) are left out of windows until they are due; the worker
 sleeps until the earliest send time (re-read when a scheduled message is stored, on the
 ``offline_scheduled`` NOTIFY), then sweeps: no busy polling.
+
+Messages that will not be delivered (:mod:`services.msilo.notices`,
+``migrations/0012_msilo_policies.sql``): the purge tells a local sender that their message
+expired; a message the client refused for good IMSTACK_MSILO_MAX_ATTEMPTS times is deleted
+(its sender told) and the ones behind it are offered at once (:meth:`_refused_for_good`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from services.msilo.delivered_message import delivery_for
+from services.msilo.notices import expiry_text, is_permanent, refusal_text, tell_sender
 from shared.config import Settings
 from shared.db import offline
 from shared.db.listen import Listener, Notification
@@ -47,6 +53,7 @@ from shared.db.outbound import (
 )
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
+from shared.db.types import Executor
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ WINDOW = 64  # a recipient's messages in flight at most
 REFILL = WINDOW // 2  # top the window up when no more than this many are still in flight
 ERROR_BACKOFF = 1.0  # seconds before retrying after a database error, doubling...
 MAX_ERROR_BACKOFF = 30.0  # ...up to this
+PURGE_BATCH = 500  # expired messages removed (and their senders told) per transaction
 
 
 @dataclass
@@ -67,6 +75,8 @@ class MsiloStats:
     failed: int = 0
     expired: int = 0
     registrations: int = 0  # `registered` notifications fully handled
+    undeliverable: int = 0  # given up after IMSTACK_MSILO_MAX_ATTEMPTS permanent refusals
+    notices: int = 0  # senders told that a message expired or was given up
 
 
 class MsiloWorker:
@@ -194,11 +204,56 @@ class MsiloWorker:
             await self.pump(recipient)
 
     async def purge(self) -> int:
-        removed = await offline.purge_expired(self.pool)
+        """Delete expired messages (never delivered), telling their local senders; how many."""
+        removed = 0
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                expired = await offline.take_expired(conn, limit=PURGE_BATCH)
+                told = 0
+                for message in expired:
+                    if await tell_sender(conn, self.settings, message, expiry_text(message)):
+                        told += 1
+            removed += len(expired)
+            self.stats.expired += len(expired)
+            self.stats.notices += told
+            if len(expired) < PURGE_BATCH:
+                break
         if removed:
-            self.stats.expired += removed
             log.info("msilo: purged %d expired offline message(s)", removed)
         return removed
+
+    async def _refused_for_good(
+        self, conn: Executor, recipient: str, failed: offline.InFlight, back: list[int]
+    ) -> bool:
+        """The policy for a message the client refuses (``failed``, first of ``back``): a
+        permanent refusal counts; at IMSTACK_MSILO_MAX_ATTEMPTS of them the message is
+        deleted, its sender told, and the rest of ``back`` (not sent behind it) goes back
+        to 'stored' to be offered at once. True when it was given up."""
+        if failed.outbound_status is None or not is_permanent(failed.last_status):
+            return False
+        refusals = await offline.count_refusal(conn, failed.id)
+        limit = self.settings.msilo_max_attempts
+        if limit == 0 or refusals < limit:
+            return False
+        message = await offline.give_up(conn, failed.id)
+        rest = [i for i in back if i != failed.id]
+        if rest:
+            await offline.restore(conn, rest, failed=None, status=None, reason=None, retry_in=0)
+        self.stats.failed += 1  # a failed attempt, as any refusal
+        self.stats.undeliverable += 1
+        log.warning(
+            "msilo: message %d for %s given up after %d refusal(s) (last %s %s)",
+            failed.id,
+            recipient,
+            refusals,
+            failed.last_status,
+            failed.last_reason,
+        )
+        if message is not None:
+            text = refusal_text(message, failed.last_status, failed.last_reason)
+            if await tell_sender(conn, self.settings, message, text):
+                self.stats.notices += 1
+        return True
 
     # -- one recipient ----------------------------------------------------------------
 
@@ -234,6 +289,10 @@ class MsiloWorker:
                 await offline.delete_messages(conn, delivered)
                 self.stats.delivered += len(delivered)
                 log.debug("msilo: %d message(s) delivered to %s", len(delivered), recipient)
+            if failed is not None and await self._refused_for_good(conn, recipient, failed, back):
+                if still:
+                    return  # rows behind it are still being ended: their outcome tops up
+                failed = None
             if failed is not None:
                 lost = failed.outbound_status is None
                 await offline.restore(

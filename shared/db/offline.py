@@ -338,10 +338,114 @@ async def recipients_needing_work(conn: Executor, *, limit: int) -> list[str]:
     return [row["recipient"] for row in rows]
 
 
-async def purge_expired(conn: Executor) -> int:
-    """Delete expired messages (never delivered); how many."""
-    result = await conn.execute("DELETE FROM offline_messages WHERE expires_at <= now()")
-    return int(result.split()[-1])
+# -- messages that cannot be delivered (migrations/0012_msilo_policies.sql) ----------------
+
+#: Bytes of a body read for a notice's excerpt.
+EXCERPT_BYTES = 512
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    """A message msilo removed undelivered (expired, or refused for good): what a notice to
+    its sender tells."""
+
+    id: int
+    recipient: str
+    sender_uri: str
+    received_at: datetime
+    content_type: str
+    head: bytes  # the first EXCERPT_BYTES of the body
+    size: int  # of the whole body
+    notice: bool  # msilo's own notice: never noticed itself
+    refusals: int
+
+
+_UNDELIVERED = f"""id, recipient, sender_uri, received_at, content_type,
+    substring(body FROM 1 FOR {EXCERPT_BYTES}) AS head, octet_length(body) AS size,
+    notice, refusals"""
+
+
+def _undelivered(row: asyncpg.Record) -> Undelivered:
+    return Undelivered(
+        id=row["id"],
+        recipient=row["recipient"],
+        sender_uri=row["sender_uri"],
+        received_at=row["received_at"],
+        content_type=row["content_type"],
+        head=bytes(row["head"]),
+        size=int(row["size"]),
+        notice=bool(row["notice"]),
+        refusals=int(row["refusals"]),
+    )
+
+
+async def take_expired(conn: Executor, *, limit: int) -> list[Undelivered]:
+    """Delete up to ``limit`` expired messages not in flight (one in flight is taken once
+    its outcome is applied: delivered after all, it is no longer undelivered); what they
+    were. Call inside a transaction with whatever tells their senders."""
+    rows = await conn.fetch(
+        f"""DELETE FROM offline_messages WHERE id IN (
+                SELECT id FROM offline_messages
+                WHERE expires_at <= now() AND state = 'stored'
+                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+            RETURNING {_UNDELIVERED}""",
+        limit,
+    )
+    return [_undelivered(row) for row in rows]
+
+
+async def count_refusal(conn: Executor, message_id: int) -> int:
+    """The recipient's client refused message ``message_id`` for good once more; how many
+    times now."""
+    value = await conn.fetchval(
+        "UPDATE offline_messages SET refusals = refusals + 1 WHERE id = $1 RETURNING refusals",
+        message_id,
+    )
+    return 0 if value is None else int(value)
+
+
+async def give_up(conn: Executor, message_id: int) -> Undelivered | None:
+    """Delete message ``message_id`` undelivered (refused too often); what it was."""
+    row = await conn.fetchrow(
+        f"DELETE FROM offline_messages WHERE id = $1 RETURNING {_UNDELIVERED}", message_id
+    )
+    return None if row is None else _undelivered(row)
+
+
+async def store_notice(
+    conn: Executor,
+    *,
+    recipient: str,
+    sender_uri: str,
+    body: bytes,
+    lifetime: int,
+    max_messages: int,
+) -> int | None:
+    """Store msilo's notice for ``recipient`` (offline) like a message (quota included);
+    marked so that its own expiry or refusal is never noticed. Its id, or None (mailbox
+    full)."""
+    stored = await store_message(
+        conn,
+        recipient=recipient,
+        sender_uri=sender_uri,
+        sender_display=None,
+        call_id="",
+        content_type="text/plain;charset=UTF-8",
+        body=body,
+        extra_headers=[],
+        lifetime=lifetime,
+        max_messages=max_messages,
+    )
+    if stored is not None:
+        await conn.execute("UPDATE offline_messages SET notice = true WHERE id = $1", stored)
+    return stored
+
+
+async def is_registered(conn: Executor, aor: str) -> bool:
+    value = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM locations WHERE aor = $1 AND expires_at > now())", aor
+    )
+    return bool(value)
 
 
 # -- the control API (additive: the relay and msilo do not use these) -----------------------

@@ -76,6 +76,7 @@ async def collect_statistics(conn: Executor) -> StatisticsPublic:
             delivered=n("msilo", "delivered"),
             delivery_failed=n("msilo", "failed"),
             expired=n("msilo", "expired"),
+            undeliverable=n("msilo", "undeliverable"),
             outbound_pending=tables.outbound_pending,
         ),
         rooms=RoomStatistics(

@@ -35,6 +35,10 @@ class MessageStatistics(BaseModel):
     delivered: int = Field(description="Stored messages delivered by msilo.")
     delivery_failed: int = Field(description="Failed delivery attempts of stored messages.")
     expired: int = Field(description="Stored messages that expired undelivered.")
+    undeliverable: int = Field(
+        description="Stored messages given up undelivered after IMSTACK_MSILO_MAX_ATTEMPTS "
+        "permanent refusals by the recipient's client.",
+    )
     outbound_pending: int = Field(
         description="MESSAGEs queued for the relays to send (deliveries, fan-out, notices) "
         "and not sent yet, now."
