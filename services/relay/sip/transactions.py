@@ -136,6 +136,9 @@ class ClientTxn(_Txn):
         self.key = key
         self.on_provisional = on_provisional
         self.final: asyncio.Future[SipResponse] = layer.loop.create_future()
+        #: The top Via we wrote, as sent: a response carrying it back verbatim is matched
+        #: without parsing it (None: matched the general way only).
+        self.via: str | None = None
 
     def _resolve(self, response: SipResponse) -> None:
         if not self.final.done():
@@ -148,16 +151,23 @@ class ClientTxn(_Txn):
         else:
             self._resolve(response)
 
+    def _fail(self, status: int) -> None:
+        if not self.final.done():  # (the usual end: answered long ago, nothing to make)
+            self.final.set_result(make_response(self.tx.request, status))
+
     def on_timeout(self) -> None:
-        self._resolve(make_response(self.tx.request, 408))
+        self._fail(408)
 
     def on_transport_failed(self) -> None:
-        self._resolve(make_response(self.tx.request, 503))
+        self._fail(503)
 
     def on_terminated(self) -> None:
-        if self.layer.client.get(self.key) is self:
-            del self.layer.client[self.key]
-        self._resolve(make_response(self.tx.request, 408))
+        layer = self.layer
+        if layer.client.get(self.key) is self:
+            del layer.client[self.key]
+        if self.via is not None and layer.client_vias.get(self.via) is self:
+            del layer.client_vias[self.via]
+        self._fail(408)
 
 
 RequestHandler = Callable[[ServerTxn], None]
@@ -174,6 +184,8 @@ class TransactionLayer:
         self.on_stray_ack = on_stray_ack
         self.server: dict[ServerKey, ServerTxn] = {}
         self.client: dict[tuple[str, str], ClientTxn] = {}
+        #: Client transactions by the top Via text they sent (see ClientTxn.via).
+        self.client_vias: dict[str, ClientTxn] = {}
         self.accepting = True
 
     # -- incoming -----------------------------------------------------------------------
@@ -207,6 +219,15 @@ class TransactionLayer:
         self.on_request(txn)
 
     def _response(self, response: SipResponse, flow: Flow) -> None:
+        # §17.1.3 matching: branch and CSeq method. A response whose top Via is, to the
+        # letter, one we sent has that branch; only its CSeq method is left to compare.
+        via = response.headers.first("Via")
+        txn = self.client_vias.get(via) if via is not None else None
+        if txn is not None:
+            cseq = (response.get("CSeq") or "").split()
+            if len(cseq) == 2 and cseq[1] == txn.key[1]:
+                self.drive(txn, txn.tx.receive_response(response, self.loop.time()))
+                return
         key = client_key(response)
         txn = self.client.get(key) if key is not None else None
         if txn is None:
@@ -226,11 +247,20 @@ class TransactionLayer:
         request: SipRequest,
         flow: Flow,
         on_provisional: Callable[[SipResponse], None] | None = None,
+        *,
+        branch: str | None = None,
     ) -> ClientTxn:
+        """Send ``request`` on ``flow`` in a new client transaction (``branch``: the one in
+        its top Via, when the caller just wrote it, saves parsing that Via again)."""
         tx = ClientTransaction(request, now=self.loop.time(), reliable=flow.reliable)
-        key = client_key_for(request)
+        key = (branch, request.method) if branch is not None else client_key_for(request)
         txn = ClientTxn(self, tx, flow, key, on_provisional)
         self.client[key] = txn
+        if branch is not None:
+            via = request.headers.first("Via")
+            if via is not None and "," not in via and via not in self.client_vias:
+                txn.via = via
+                self.client_vias[via] = txn
         self.drive(txn, tx.start())
         return txn
 
