@@ -273,16 +273,16 @@ class TransactionLayer:
 
     def drive(self, txn: _Txn, events: list[TransactionEvent]) -> None:
         for event in events:
-            if isinstance(event, SendBytes):
+            if type(event) is SendBytes:  # final event classes: identity, not isinstance
                 if not self.transports.send(txn.flow, event.data):
                     self._transport_error(txn)
-            elif isinstance(event, ResponseReceived):
+            elif type(event) is ResponseReceived:
                 txn.on_response(event.response)
-            elif isinstance(event, TimedOut):
+            elif type(event) is TimedOut:
                 txn.on_timeout()
-            elif isinstance(event, TransportFailed):
+            elif type(event) is TransportFailed:
                 txn.on_transport_failed()
-            elif isinstance(event, Terminated):
+            elif type(event) is Terminated:
                 if txn.timer is not None:
                     txn.timer.cancel()
                     txn.timer = None
