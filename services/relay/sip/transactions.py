@@ -8,7 +8,11 @@ flow, and turns their outcome into a future for the code waiting on it.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import math
+import time
 from collections.abc import Callable
 
 from services.relay.sip.transport import Flow, TransportLayer, response_flow
@@ -31,6 +35,9 @@ from shared.sip.transaction import (
 log = logging.getLogger(__name__)
 
 ServerKey = tuple[str, ...]
+
+#: The monotonic clock's resolution: asyncio runs a timer that is due within it.
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 def _server_key(request: SipRequest) -> ServerKey:
@@ -61,8 +68,9 @@ class _Txn:
     def __init__(self, layer: TransactionLayer, flow: Flow) -> None:
         self.layer = layer
         self.flow = flow
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_when = 0.0  # when ``timer`` fires
+        #: When the transaction's timer is due (None: no timer armed); its entry in the
+        #: layer's timer heap with another time is stale and skipped.
+        self.timer_when: float | None = None
 
     def on_response(self, response: SipResponse) -> None:
         pass
@@ -187,6 +195,10 @@ class TransactionLayer:
         #: Client transactions by the top Via text they sent (see ClientTxn.via).
         self.client_vias: dict[str, ClientTxn] = {}
         self.accepting = True
+        self._timers: list[tuple[float, int, _Txn]] = []
+        self._timer_seq = itertools.count()
+        self._wakeup: asyncio.TimerHandle | None = None
+        self._wakeup_when = math.inf
 
     # -- incoming -----------------------------------------------------------------------
 
@@ -283,9 +295,7 @@ class TransactionLayer:
             elif type(event) is TransportFailed:
                 txn.on_transport_failed()
             elif type(event) is Terminated:
-                if txn.timer is not None:
-                    txn.timer.cancel()
-                    txn.timer = None
+                txn.timer_when = None
                 txn.on_terminated()
         self._rearm(txn)
 
@@ -296,20 +306,41 @@ class TransactionLayer:
             return  # the state has no transport-error edge: the timers will end it
         self.drive(txn, events)
 
+    # One heap of (due time, sequence, transaction) and one loop timer for its earliest
+    # entry, instead of a loop timer per transaction: tuple comparisons are done in C, the
+    # loop's timer handles compare in Python, and over UDP thousands of transactions sit in
+    # Timer K at once. A transaction re-armed or ended leaves its old entry behind, stale.
+
     def _rearm(self, txn: _Txn) -> None:
         when = txn.tx.get_timer() if txn.tx.state != "terminated" else None
-        if txn.timer is not None:
-            if when == txn.timer_when:
-                return  # the timer already set is the right one
-            txn.timer.cancel()
-            txn.timer = None
+        if when == txn.timer_when:
+            return  # the timer already set is the right one
+        txn.timer_when = when
         if when is not None:
-            txn.timer = self.loop.call_at(when, self._fire, txn, when)
-            txn.timer_when = when
+            heapq.heappush(self._timers, (when, next(self._timer_seq), txn))
+            if when < self._wakeup_when:
+                self._schedule(when)
 
-    def _fire(self, txn: _Txn, when: float) -> None:
-        txn.timer = None
-        self.drive(txn, txn.tx.handle_timer(max(self.loop.time(), when)))
+    def _schedule(self, when: float) -> None:
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+        self._wakeup = self.loop.call_at(when, self._run_timers)
+        self._wakeup_when = when
+
+    def _run_timers(self) -> None:
+        self._wakeup = None
+        self._wakeup_when = math.inf
+        now = self.loop.time()
+        limit = now + _CLOCK_RESOLUTION  # what the loop itself counts as due
+        timers = self._timers
+        while timers and timers[0][0] <= limit:
+            when, _, txn = heapq.heappop(timers)
+            if txn.timer_when != when:
+                continue  # stale: re-armed since, or ended
+            txn.timer_when = None
+            self.drive(txn, txn.tx.handle_timer(max(now, when)))
+        if timers:
+            self._schedule(timers[0][0])
 
     @property
     def pending(self) -> int:
@@ -319,9 +350,13 @@ class TransactionLayer:
         )
 
     def close(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+        self._wakeup_when = math.inf
+        self._timers.clear()
         for txn in [*self.server.values(), *self.client.values()]:
-            if txn.timer is not None:
-                txn.timer.cancel()
+            txn.timer_when = None
 
 
 def client_key_for(request: SipRequest) -> tuple[str, str]:
