@@ -307,6 +307,7 @@ def main() -> None:
     parser.add_argument(
         "--db-cpu", default="1", help="CPU for the embedded PostgreSQL, or 'none' (unpinned)"
     )
+    parser.add_argument("--profile", help="run imstack under cProfile, statistics to this file")
     args = parser.parse_args()
     sizes = [int(m) for m in args.members.split(",") if m.strip()]
     users = max(sizes)
@@ -328,7 +329,8 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
-        server = Imstack(workdir, database.url, ("relay", "imc", "msilo"), extra_env)
+        profile = str(Path(args.profile).resolve()) if args.profile else None
+        server = Imstack(workdir, database.url, ("relay", "imc", "msilo"), extra_env, profile)
         server.start()
         on_cpu(1)
         gen = RoomLoad(load_args(server.target, users, args.timeout))

@@ -367,7 +367,7 @@ class Via:
 #: parameters and a valueless rport at the end (what nearly every UA sends).
 _PLAIN_VIA_RE = re.compile(
     r"SIP/2\.0/([A-Z]+) ([A-Za-z0-9.\-]+)(?::(\d{1,5}))?"
-    rf"((?:;{_TOKEN}={_TOKEN})*);rport"
+    rf"((?:;(?!\+){_TOKEN}={_TOKEN})*);rport"  # a +feature value str(Via) would quote
 )
 
 

@@ -186,6 +186,15 @@ class Headers:
             self._items.append((canonical, v))
             self._keys.append(key)
 
+    @classmethod
+    def with_keys(cls, items: list[tuple[str, str]], keys: Iterable[str]) -> Headers:
+        """Headers from canonically named ``items`` and their lower-case names ``keys``
+        (a sender's own, constant lines: no name lookups). ``items`` is taken over."""
+        new = cls.__new__(cls)
+        new._items = items
+        new._keys = list(keys)
+        return new
+
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
 
@@ -359,23 +368,33 @@ class SipMessage:
     def to_bytes(self) -> bytes:
         """Serialise; Content-Length is always written (in place), computed from the body."""
         start = self.start_line()
-        if "\r" in start or "\n" in start:
-            raise LocalProtocolError("line break in start line")
         lines = [start]
+        append = lines.append
+        good = _GOOD_NAMES
         length_written = False
-        for name, value in self.headers:
+        for name, value in self.headers._items:
             if name == "Content-Length":
                 # Keep its position; the value always comes from the body.
                 if not length_written:
-                    lines.append(f"Content-Length: {len(self.body)}")
+                    append(f"Content-Length: {len(self.body)}")
                     length_written = True
                 continue
-            _check_header(name, value)
-            lines.append(f"{name}: {value}")
+            if name not in good:
+                _check_header(name, value)
+            append(f"{name}: {value}")
         if not length_written:
-            lines.append(f"Content-Length: {len(self.body)}")
-        head = "\r\n".join(lines) + "\r\n\r\n"
-        return head.encode("utf-8", "surrogateescape") + self.body
+            append(f"Content-Length: {len(self.body)}")
+        head = "\r\n".join(lines)
+        # One scan for line breaks injected by a start line or a value (CRLF injection):
+        # the head holds exactly the separators joined in, and nothing else.
+        breaks = len(lines) - 1
+        if head.count("\n") != breaks or head.count("\r") != breaks:
+            if "\r" in start or "\n" in start:
+                raise LocalProtocolError("line break in start line")
+            for name, value in self.headers._items:
+                if name != "Content-Length":
+                    _check_header(name, value)
+        return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + self.body
 
 
 @dataclass(eq=True, kw_only=True)

@@ -102,6 +102,29 @@ def test_serialization_refuses_header_injection() -> None:
         SipResponse(status=99, reason="x").to_bytes()
 
 
+@pytest.mark.parametrize(
+    ("uri", "name", "value"),
+    [
+        ("sip:a@b", "Subject", "x\rVia: y"),  # a bare CR
+        ("sip:a@b", "Subject", "x\nVia: y"),  # a bare LF
+        ("sip:a@b", "Sub\rject", "x"),
+        ("sip:a@b", "Sub:ject", "x"),
+        ("sip:a@b\r\nVia:y", "Subject", "x"),
+        ("sip:a@b\n", "Subject", "x"),
+    ],
+)
+def test_serialization_refuses_any_line_break_it_did_not_write(
+    uri: str, name: str, value: str
+) -> None:
+    headers = Headers([("Call-ID", "c"), (name, value), ("CSeq", "1 MESSAGE")])
+    with pytest.raises(LocalProtocolError):
+        SipRequest(method="MESSAGE", uri=uri, headers=headers, body=b"a\r\nb").to_bytes()
+    # A body may hold anything; a Content-Length value is never written as given.
+    ok = Headers([("Call-ID", "c"), ("Content-Length", "9\r\nX: y")])
+    data = SipRequest(method="MESSAGE", uri="sip:a@b", headers=ok, body=b"a\r\nb").to_bytes()
+    assert data.endswith(b"Content-Length: 4\r\n\r\na\r\nb")
+
+
 def test_serialization_sets_content_length_from_body() -> None:
     body = "héllo".encode()
     request = SipRequest(

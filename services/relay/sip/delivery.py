@@ -71,17 +71,26 @@ RETRY_BACKOFF = 0.2
 MAX_RETRY_BACKOFF = 5.0
 
 
+#: The lines build_request writes itself, and their lookup keys (Headers.with_keys).
+_OWN_KEYS = ("max-forwards", "from", "to", "call-id", "cseq", "content-type")
+
+
 def build_request(edge: SipEdge, message: OutboundMessage) -> SipRequest:
     """The MESSAGE for one row (LocalProtocolError / ValueError when a field is unusable)."""
     to_uri = f"sip:{message.to_aor}"
-    headers = Headers()
-    headers.add("Max-Forwards", "70")
-    sender = NameAddr(message.from_uri, message.from_display, (("tag", secrets.token_hex(8)),))
-    headers.add("From", str(sender))
-    headers.add("To", str(NameAddr(to_uri)))
-    headers.add("Call-ID", f"{secrets.token_hex(12)}@{format_host(edge.public_host)}")
-    headers.add("CSeq", "1 MESSAGE")
-    headers.add("Content-Type", message.content_type)
+    token = secrets.token_hex(20)  # From tag (16 hex digits) and Call-ID (24): one read
+    sender = NameAddr(message.from_uri, message.from_display, (("tag", token[:16]),))
+    headers = Headers.with_keys(
+        [
+            ("Max-Forwards", "70"),
+            ("From", str(sender)),
+            ("To", f"<{to_uri}>"),  # str(NameAddr(to_uri))
+            ("Call-ID", f"{token[16:]}@{format_host(edge.public_host)}"),
+            ("CSeq", "1 MESSAGE"),
+            ("Content-Type", message.content_type),
+        ],
+        _OWN_KEYS,
+    )
     for name, value in message.extra_headers:
         if canonical_name(name).lower() not in RELAY_WRITTEN_HEADERS:
             headers.add(name, value)
@@ -89,15 +98,27 @@ def build_request(edge: SipEdge, message: OutboundMessage) -> SipRequest:
     return SipRequest(method="MESSAGE", uri=to_uri, headers=headers, body=message.body)
 
 
+_GOOD_NAMES: set[str] = set()  # extra header names already checked (they repeat)
+
+
 def _check_fields(message: OutboundMessage) -> None:
     """LocalProtocolError when a row's field would inject header lines (CR/LF) or a header
     name is not one: what serialising the request would find, without serialising it."""
-    for value in (message.from_uri, message.from_display or "", message.content_type):
+    values = [message.from_uri, message.from_display or "", message.content_type]
+    for name, value in message.extra_headers:
+        if name not in _GOOD_NAMES:
+            if not name or any(c in name for c in " \t\r\n:"):
+                raise LocalProtocolError(f"invalid header name {name!r}")
+            if len(_GOOD_NAMES) < 1024:
+                _GOOD_NAMES.add(name)
+        values.append(value)
+    joined = "".join(values)  # one scan for line breaks, then say which field had one
+    if "\r" not in joined and "\n" not in joined:
+        return
+    for value in values[:3]:
         if "\r" in value or "\n" in value:
             raise LocalProtocolError("line break in a header field")
     for name, value in message.extra_headers:
-        if not name or any(c in name for c in " \t\r\n:"):
-            raise LocalProtocolError(f"invalid header name {name!r}")
         if "\r" in value or "\n" in value:
             raise LocalProtocolError(f"invalid characters in header {name!r}")
 

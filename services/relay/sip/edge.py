@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import itertools
 import logging
 import secrets
 import socket
@@ -35,6 +36,8 @@ RELAY_STATS = for_service("relay")
 
 #: Our branch IDs start with this, so that loop detection recognises our own Via (§16.3).
 BRANCH_PREFIX = MAGIC_COOKIE + "-ims-"
+_BRANCH_BASE = f"{BRANCH_PREFIX}{secrets.token_hex(6)}."
+_BRANCH_IDS = itertools.count(1)
 
 
 def _is_wildcard(host: str) -> bool:
@@ -124,7 +127,9 @@ class SipEdge:
         return self._address_cache[address]
 
     def new_branch(self) -> str:
-        return BRANCH_PREFIX + secrets.token_hex(8)
+        # §8.1.1.7: unique across space and time, not secret: a random salt per process
+        # and a counter (no read of the system's random source per request).
+        return f"{_BRANCH_BASE}{next(_BRANCH_IDS):x}"
 
     def via(self, flow: Flow, branch: str) -> str:
         port = self.settings.sip_tls_port if flow.transport == "tls" else self.settings.sip_port

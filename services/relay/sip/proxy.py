@@ -80,12 +80,15 @@ def branch_request(
 ) -> SipRequest:
     """The copy of ``request`` sent to one target (§16.6 steps 1-8)."""
     realm = edge.settings.domain
-    headers = Headers(
-        (name, value)
-        for name, value in request.headers
-        # §22.3: credentials for our realm are consumed here, not forwarded.
-        if not (name == "Proxy-Authorization" and _our_credentials(value, realm))
-    )
+    if "Proxy-Authorization" in request.headers:
+        headers = Headers(
+            (name, value)
+            for name, value in request.headers
+            # §22.3: credentials for our realm are consumed here, not forwarded.
+            if not (name == "Proxy-Authorization" and _our_credentials(value, realm))
+        )
+    else:
+        headers = request.headers.copy()
     if decrement:
         hops = int(headers.get("Max-Forwards") or "70")
         headers.set("Max-Forwards", str(max(hops - 1, 0)))
@@ -122,15 +125,18 @@ class Fork:
             if flow is None:
                 statuses.append(503)  # its connection is gone (or held by another relay)
                 continue
+            branch_id = edge.new_branch()
             branch = branch_request(
                 edge,
                 self.request,
                 target.uri,
-                edge.via(flow, edge.new_branch()),
+                edge.via(flow, branch_id),
                 decrement=decrement,
                 record_route=self.record_route(flow) if self.record_route is not None else (),
             )
-            self.branches.append(edge.transactions.send_request(branch, flow, on_provisional))
+            self.branches.append(
+                edge.transactions.send_request(branch, flow, on_provisional, branch=branch_id)
+            )
         if len(self.branches) == 1 and not statuses:  # one binding: nothing to race
             response = await self.branches[0].final
             return ForkResult(response, (response.status,))

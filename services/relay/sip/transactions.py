@@ -8,7 +8,11 @@ flow, and turns their outcome into a future for the code waiting on it.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import math
+import time
 from collections.abc import Callable
 
 from services.relay.sip.transport import Flow, TransportLayer, response_flow
@@ -31,6 +35,9 @@ from shared.sip.transaction import (
 log = logging.getLogger(__name__)
 
 ServerKey = tuple[str, ...]
+
+#: The monotonic clock's resolution: asyncio runs a timer that is due within it.
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 def _server_key(request: SipRequest) -> ServerKey:
@@ -61,8 +68,9 @@ class _Txn:
     def __init__(self, layer: TransactionLayer, flow: Flow) -> None:
         self.layer = layer
         self.flow = flow
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_when = 0.0  # when ``timer`` fires
+        #: When the transaction's timer is due (None: no timer armed); its entry in the
+        #: layer's timer heap with another time is stale and skipped.
+        self.timer_when: float | None = None
 
     def on_response(self, response: SipResponse) -> None:
         pass
@@ -136,6 +144,9 @@ class ClientTxn(_Txn):
         self.key = key
         self.on_provisional = on_provisional
         self.final: asyncio.Future[SipResponse] = layer.loop.create_future()
+        #: The top Via we wrote, as sent: a response carrying it back verbatim is matched
+        #: without parsing it (None: matched the general way only).
+        self.via: str | None = None
 
     def _resolve(self, response: SipResponse) -> None:
         if not self.final.done():
@@ -148,16 +159,23 @@ class ClientTxn(_Txn):
         else:
             self._resolve(response)
 
+    def _fail(self, status: int) -> None:
+        if not self.final.done():  # (the usual end: answered long ago, nothing to make)
+            self.final.set_result(make_response(self.tx.request, status))
+
     def on_timeout(self) -> None:
-        self._resolve(make_response(self.tx.request, 408))
+        self._fail(408)
 
     def on_transport_failed(self) -> None:
-        self._resolve(make_response(self.tx.request, 503))
+        self._fail(503)
 
     def on_terminated(self) -> None:
-        if self.layer.client.get(self.key) is self:
-            del self.layer.client[self.key]
-        self._resolve(make_response(self.tx.request, 408))
+        layer = self.layer
+        if layer.client.get(self.key) is self:
+            del layer.client[self.key]
+        if self.via is not None and layer.client_vias.get(self.via) is self:
+            del layer.client_vias[self.via]
+        self._fail(408)
 
 
 RequestHandler = Callable[[ServerTxn], None]
@@ -174,7 +192,13 @@ class TransactionLayer:
         self.on_stray_ack = on_stray_ack
         self.server: dict[ServerKey, ServerTxn] = {}
         self.client: dict[tuple[str, str], ClientTxn] = {}
+        #: Client transactions by the top Via text they sent (see ClientTxn.via).
+        self.client_vias: dict[str, ClientTxn] = {}
         self.accepting = True
+        self._timers: list[tuple[float, int, _Txn]] = []
+        self._timer_seq = itertools.count()
+        self._wakeup: asyncio.TimerHandle | None = None
+        self._wakeup_when = math.inf
 
     # -- incoming -----------------------------------------------------------------------
 
@@ -207,6 +231,15 @@ class TransactionLayer:
         self.on_request(txn)
 
     def _response(self, response: SipResponse, flow: Flow) -> None:
+        # §17.1.3 matching: branch and CSeq method. A response whose top Via is, to the
+        # letter, one we sent has that branch; only its CSeq method is left to compare.
+        via = response.headers.first("Via")
+        txn = self.client_vias.get(via) if via is not None else None
+        if txn is not None:
+            cseq = (response.get("CSeq") or "").split()
+            if len(cseq) == 2 and cseq[1] == txn.key[1]:
+                self.drive(txn, txn.tx.receive_response(response, self.loop.time()))
+                return
         key = client_key(response)
         txn = self.client.get(key) if key is not None else None
         if txn is None:
@@ -226,11 +259,20 @@ class TransactionLayer:
         request: SipRequest,
         flow: Flow,
         on_provisional: Callable[[SipResponse], None] | None = None,
+        *,
+        branch: str | None = None,
     ) -> ClientTxn:
+        """Send ``request`` on ``flow`` in a new client transaction (``branch``: the one in
+        its top Via, when the caller just wrote it, saves parsing that Via again)."""
         tx = ClientTransaction(request, now=self.loop.time(), reliable=flow.reliable)
-        key = client_key_for(request)
+        key = (branch, request.method) if branch is not None else client_key_for(request)
         txn = ClientTxn(self, tx, flow, key, on_provisional)
         self.client[key] = txn
+        if branch is not None:
+            via = request.headers.first("Via")
+            if via is not None and "," not in via and via not in self.client_vias:
+                txn.via = via
+                self.client_vias[via] = txn
         self.drive(txn, tx.start())
         return txn
 
@@ -243,19 +285,17 @@ class TransactionLayer:
 
     def drive(self, txn: _Txn, events: list[TransactionEvent]) -> None:
         for event in events:
-            if isinstance(event, SendBytes):
+            if type(event) is SendBytes:  # final event classes: identity, not isinstance
                 if not self.transports.send(txn.flow, event.data):
                     self._transport_error(txn)
-            elif isinstance(event, ResponseReceived):
+            elif type(event) is ResponseReceived:
                 txn.on_response(event.response)
-            elif isinstance(event, TimedOut):
+            elif type(event) is TimedOut:
                 txn.on_timeout()
-            elif isinstance(event, TransportFailed):
+            elif type(event) is TransportFailed:
                 txn.on_transport_failed()
-            elif isinstance(event, Terminated):
-                if txn.timer is not None:
-                    txn.timer.cancel()
-                    txn.timer = None
+            elif type(event) is Terminated:
+                txn.timer_when = None
                 txn.on_terminated()
         self._rearm(txn)
 
@@ -266,20 +306,41 @@ class TransactionLayer:
             return  # the state has no transport-error edge: the timers will end it
         self.drive(txn, events)
 
+    # One heap of (due time, sequence, transaction) and one loop timer for its earliest
+    # entry, instead of a loop timer per transaction: tuple comparisons are done in C, the
+    # loop's timer handles compare in Python, and over UDP thousands of transactions sit in
+    # Timer K at once. A transaction re-armed or ended leaves its old entry behind, stale.
+
     def _rearm(self, txn: _Txn) -> None:
         when = txn.tx.get_timer() if txn.tx.state != "terminated" else None
-        if txn.timer is not None:
-            if when == txn.timer_when:
-                return  # the timer already set is the right one
-            txn.timer.cancel()
-            txn.timer = None
+        if when == txn.timer_when:
+            return  # the timer already set is the right one
+        txn.timer_when = when
         if when is not None:
-            txn.timer = self.loop.call_at(when, self._fire, txn, when)
-            txn.timer_when = when
+            heapq.heappush(self._timers, (when, next(self._timer_seq), txn))
+            if when < self._wakeup_when:
+                self._schedule(when)
 
-    def _fire(self, txn: _Txn, when: float) -> None:
-        txn.timer = None
-        self.drive(txn, txn.tx.handle_timer(max(self.loop.time(), when)))
+    def _schedule(self, when: float) -> None:
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+        self._wakeup = self.loop.call_at(when, self._run_timers)
+        self._wakeup_when = when
+
+    def _run_timers(self) -> None:
+        self._wakeup = None
+        self._wakeup_when = math.inf
+        now = self.loop.time()
+        limit = now + _CLOCK_RESOLUTION  # what the loop itself counts as due
+        timers = self._timers
+        while timers and timers[0][0] <= limit:
+            when, _, txn = heapq.heappop(timers)
+            if txn.timer_when != when:
+                continue  # stale: re-armed since, or ended
+            txn.timer_when = None
+            self.drive(txn, txn.tx.handle_timer(max(now, when)))
+        if timers:
+            self._schedule(timers[0][0])
 
     @property
     def pending(self) -> int:
@@ -289,9 +350,13 @@ class TransactionLayer:
         )
 
     def close(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+        self._wakeup_when = math.inf
+        self._timers.clear()
         for txn in [*self.server.values(), *self.client.values()]:
-            if txn.timer is not None:
-                txn.timer.cancel()
+            txn.timer_when = None
 
 
 def client_key_for(request: SipRequest) -> tuple[str, str]:
