@@ -5,6 +5,8 @@ The contract (statuses, NOTIFY channels, lease) is documented in
 ``migrations/0009_scheduled_messages.sql``. Workers call :func:`queue_message` (one row) or
 :func:`queue_messages` (many rows, one statement, one NOTIFY); the relay calls
 :func:`claim_batch`, then :func:`finish_many` (or :func:`finish`) and :func:`cancel_chain`.
+A relay starting calls :func:`release_previous_runs` first: the rows its killed predecessor
+(same ``relay_instance``) left 'sending' are sent again at once rather than after the lease.
 
 NOTIFY payloads on ``outbound_done`` are ``{"type": "delivered" | "failed", "id": <id>}`` for
 one row, and ``{"type": "finished", "id": <first id>, "ids": [<id>, ...]}`` for a batch
@@ -217,6 +219,23 @@ async def claim_batch(
         claimed_by,
     )
     return sorted((_message(row) for row in rows), key=lambda m: m.id)
+
+
+async def release_previous_runs(conn: Executor, relay_instance: str, claimed_by: str) -> int:
+    """Put back to 'queued' the rows an earlier run of relay ``relay_instance`` left
+    'sending' (it was killed): ``claimed_by`` is ``<relay_instance>/<run>``, and this run
+    is ``claimed_by``. They are sent again at once instead of after the lease (at least
+    once: a row the killed relay had sent but not recorded arrives twice, the crash window
+    of ``migrations/0003_outbound_messages.sql``). Rows of other relay instances are not
+    touched. How many rows."""
+    prefix = f"{relay_instance}/"
+    status = await conn.execute(
+        """UPDATE outbound_messages SET status = 'queued', claimed_by = NULL, updated_at = now()
+           WHERE status = 'sending' AND left(claimed_by, length($1)) = $1 AND claimed_by <> $2""",
+        prefix,
+        claimed_by,
+    )
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def finish(

@@ -13,6 +13,7 @@ from shared.db.outbound import (
     claim_batch,
     get_message,
     queue_messages,
+    release_previous_runs,
 )
 
 KEY = "msilo:bob@example.test"
@@ -79,3 +80,22 @@ async def test_cancel_chain_finishes_the_rest_unsent(pool: asyncpg.Pool) -> None
         assert row.last_status is None and row.last_reason == NOT_SENT_REASON
     head = await get_message(pool, ids[0])
     assert head is not None and head.status is OutboundStatus.SENDING
+
+
+async def test_a_restarted_relay_takes_back_what_its_killed_run_left_sending(
+    pool: asyncpg.Pool,
+) -> None:
+    others = await chain(pool, 3, key=None)
+    owners = ["host:50600/x", "otherhost:5060/y", "host:5060/new"]  # not a run of host:5060
+    for row_id, who in zip(others, owners, strict=True):
+        assert await claim(pool, who, limit=1) == [row_id]
+    ids = await chain(pool, 4)
+    assert await claim(pool, "host:5060/old", limit=2) == ids[:2]  # then SIGKILLed
+    assert await claim(pool, "host:5060/new") == []  # the chain waits for its head
+    # The new run of host:5060 puts back only its predecessors' rows, at once.
+    async with pool.acquire() as conn, conn.transaction():
+        assert await release_previous_runs(conn, "host:5060", "host:5060/new") == 2
+    assert await claim(pool, "host:5060/new") == ids
+    for row_id, who in zip(others, owners, strict=True):
+        row = await get_message(pool, row_id)
+        assert row is not None and row.status is OutboundStatus.SENDING and row.claimed_by == who

@@ -12,6 +12,19 @@ other: the next only after the previous got a 2xx. When one fails, the rest of t
 is finished as failed without being sent, so nothing overtakes it. Other rows (room
 fan-out, notices) are sent concurrently, each by a task of its own.
 
+Pipelining: when the recipient has a single binding on a reliable, ordered transport (a
+TCP or TLS connection this relay holds), up to :data:`PIPELINE` rows of a chain are in
+flight at once on that connection, written in order (the stream keeps that order; each
+is its own transaction). Outcomes are recorded in chain order. When row k fails while
+k+1.. are in flight, nothing more is sent; the rows in flight are waited for, and each is
+recorded as it ended: those answered 2xx are delivered (the UA has them), k and every later
+one not delivered are failed, and the rest of the chain is finished unsent. msilo deletes
+the delivered ones and keeps k and the other undelivered ones stored, in order, for the
+next attempt (a UA that refused k yet accepted k+1 has shown k+1 first: the price of not
+waiting a round trip per message; Kamailio's msilo m_dump sends all stored messages
+without waiting at all). With several bindings or over UDP (which may reorder or lose), a
+chain is sent one row at a time as above.
+
 Outcomes are written by one writer task: everything finished while the previous write was
 in progress goes into the next one (one UPDATE, one NOTIFY per batch), so a burst costs a
 few transactions instead of one per message, and a single delivery is still written at once.
@@ -19,6 +32,11 @@ When the database is unavailable (a restart), looking up the recipient before se
 writing outcomes are retried with a backoff rather than given up: a row left 'sending'
 would hold back its chain for the whole lease, and one already delivered would be sent
 twice.
+
+A relay that starts puts back to 'queued' the rows a previous run of the same
+``relay_instance`` (host:sip_port) left 'sending' when it was killed: they are sent again
+at once rather than after the lease (at least once, as after the lease: one the killed
+relay had sent but not recorded arrives twice).
 
 A failed row queued by the control API (source ``STORE_ON_FAILURE_SOURCE``) is stored in
 the offline store in the same transaction as its outcome, for msilo to deliver later.
@@ -51,6 +69,7 @@ from shared.db.outbound import (
     finish_many,
     notify_finished,
     purge_finished,
+    release_previous_runs,
 )
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
@@ -69,6 +88,8 @@ GATHER = 0.005  # seconds the outcome writer pauses after a write
 #: Seconds before retrying a database step of a delivery, doubling up to the maximum.
 RETRY_BACKOFF = 0.2
 MAX_RETRY_BACKOFF = 5.0
+#: Rows of a chain in flight at once on a single reliable, ordered binding (TCP/TLS).
+PIPELINE = 16
 
 
 #: The lines build_request writes itself, and their lookup keys (Headers.with_keys).
@@ -269,6 +290,8 @@ class DeliveryWorker:
         #: Who claimed a row: this run of this relay (a restarted relay is someone else, so
         #: it never sends a chain's later rows while the earlier ones wait for their lease).
         self.claimed_by = f"{edge.relay_instance}/{secrets.token_hex(6)}"
+        #: Whether the rows a previous run of this relay left 'sending' were put back.
+        self.released = False
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = Listener(
@@ -296,12 +319,25 @@ class DeliveryWorker:
         async with self.claiming:
             try:
                 async with self.edge.pool.acquire() as conn, conn.transaction():
+                    released = 0
+                    if not self.released:
+                        released = await release_previous_runs(
+                            conn, self.edge.relay_instance, self.claimed_by
+                        )
                     messages = await claim_batch(
                         conn, limit=BATCH, lease=LEASE, claimed_by=self.claimed_by
                     )
             except DATABASE_ERRORS as exc:
                 log.warning("cannot claim outbound messages: %s", exc)
                 return 0
+            if not self.released:
+                self.released = True
+                if released:
+                    log.warning(
+                        "%d outbound message(s) left 'sending' by a previous run of this "
+                        "relay are sent again",
+                        released,
+                    )
             for message in messages:
                 self._dispatch(message)
         return len(messages)
@@ -336,29 +372,91 @@ class DeliveryWorker:
         )
 
     async def _run_chain(self, chain: _Chain) -> None:
-        """Send the chain's rows one after the other; stop at the first failure."""
+        """Send the chain's rows in order, each after the previous got a 2xx, or pipelined
+        on a single reliable binding; stop at the first failure."""
         try:
             while chain.rows:
-                message = chain.rows.popleft()
-                status, reason = await self._send_logged(message)
-                delivered = 200 <= status < 300
-                self.writer.add(Outcome(message.id, delivered, status, reason))
-                if not delivered:
-                    self.failed_chains[chain.key] = message.id
-                    chain.rows.clear()
-                    self.writer.cancel(chain.key, message.id)
+                head = chain.rows[0]
+                targets = await self._targets_logged(head)
+                flow = targets[0].flow if len(targets) == 1 else None
+                if flow is not None and flow.reliable and flow.connection_id is not None:
+                    if not await self._pipeline(chain, targets, flow.connection_id):
+                        return
+                    continue
+                chain.rows.popleft()
+                status, reason = await self._fork(head, targets)
+                self._log_outcome(head, status, reason)
+                if not self._chain_outcome(chain, head, status, reason):
+                    self._end_chain(chain, head.id)
                     return
         finally:
             del self.chains[chain.key]
             self.wakeup.wake()  # later rows of the chain may wait for this one to end
 
-    async def _send_logged(self, message: OutboundMessage) -> tuple[int, str]:
+    async def _pipeline(self, chain: _Chain, targets: list[Target], connection_id: str) -> bool:
+        """Send the chain's rows for the same AoR on one TCP/TLS connection, up to
+        :data:`PIPELINE` in flight, written in order; record the outcomes in order.
+        False when one failed (the chain is ended), True when the rows for this binding
+        are done (more may follow another way)."""
+        to_aor = chain.rows[0].to_aor
+        transports = self.edge.transports
+        window: deque[tuple[OutboundMessage, asyncio.Task[tuple[int, str]]]] = deque()
+        failed: int | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                while (
+                    failed is None
+                    and chain.rows
+                    and len(window) < PIPELINE
+                    and chain.rows[0].to_aor == to_aor
+                    and transports.has_connection(connection_id)
+                ):
+                    message = chain.rows.popleft()
+                    # Tasks start in creation order, each writes its request before its
+                    # first wait: the rows go on the connection in chain order.
+                    window.append((message, loop.create_task(self._fork(message, targets))))
+                if not window:
+                    break
+                message, task = window[0]
+                status, reason = await task
+                window.popleft()
+                self._log_outcome(message, status, reason)
+                if not self._chain_outcome(chain, message, status, reason) and failed is None:
+                    failed = message.id  # send no more; record those in flight as they end
+        finally:
+            for _message, task in window:  # cancelled (shutdown): they end with us
+                task.cancel()
+        if failed is not None:
+            self._end_chain(chain, failed)
+            return False
+        return True
+
+    def _chain_outcome(
+        self, chain: _Chain, message: OutboundMessage, status: int, reason: str
+    ) -> bool:
+        """Record a chain row's outcome; whether it was delivered. A failure holds back the
+        chain's later rows claimed from now on."""
+        delivered = 200 <= status < 300
+        self.writer.add(Outcome(message.id, delivered, status, reason))
+        if not delivered and chain.key not in self.failed_chains:
+            self.failed_chains[chain.key] = message.id
+        return delivered
+
+    def _end_chain(self, chain: _Chain, failed: int) -> None:
+        """Row ``failed`` of the chain failed: finish its later rows unsent."""
+        self.failed_chains[chain.key] = failed
+        chain.rows.clear()
+        self.writer.cancel(chain.key, failed)
+
+    async def _targets_logged(self, message: OutboundMessage) -> list[Target]:
+        """Where ``message`` goes (its AoR's bindings), retrying while the database is
+        unavailable (nothing sent yet)."""
         backoff = RETRY_BACKOFF
         while True:
             try:
-                status, reason = await self._send(message)
-                break
-            except DATABASE_ERRORS as exc:  # looking up the bindings: nothing sent yet
+                return await self._targets(message.to_aor)
+            except DATABASE_ERRORS as exc:
                 log.warning(
                     "outbound message %d: database unavailable (%s); retrying in %.1fs",
                     message.id,
@@ -367,6 +465,14 @@ class DeliveryWorker:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_RETRY_BACKOFF)
+
+    async def _send_logged(self, message: OutboundMessage) -> tuple[int, str]:
+        targets = await self._targets_logged(message)
+        status, reason = await self._fork(message, targets)
+        self._log_outcome(message, status, reason)
+        return status, reason
+
+    def _log_outcome(self, message: OutboundMessage, status: int, reason: str) -> None:
         log.debug(
             "outbound message %d to %s: %s %d %s",
             message.id,
@@ -375,17 +481,19 @@ class DeliveryWorker:
             status,
             reason,
         )
-        return status, reason
 
-    async def _send(self, message: OutboundMessage) -> tuple[int, str]:
+    async def _targets(self, to_aor: str) -> list[Target]:
+        bindings = await self.edge.bindings.get(to_aor)
+        return [Target.of(self.edge, binding) for binding in bindings]
+
+    async def _fork(self, message: OutboundMessage, targets: list[Target]) -> tuple[int, str]:
+        """Send ``message`` to ``targets`` (written before the first wait); its outcome."""
         try:
             request = build_request(self.edge, message)
         except (LocalProtocolError, ValueError) as exc:
             return 500, f"Unusable message: {exc}"[:200]
-        bindings = await self.edge.bindings.get(message.to_aor)
-        if not bindings:
+        if not targets:
             return 480, "Not Registered"
-        targets = [Target.of(self.edge, binding) for binding in bindings]
         result = await Fork(self.edge, request).run(targets, decrement=False)
         return result.response.status, result.response.reason
 
