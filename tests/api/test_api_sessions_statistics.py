@@ -137,8 +137,11 @@ async def test_an_msrp_session_is_listed_with_its_user_and_peer_counts_bytes_and
     assert 3500 < session["expires"] <= 3600
     before = session["bytes_in"]
 
-    everyone = (await client.get(SESSIONS)).json()
-    assert everyone["count"] == 2
+    async def both() -> dict[str, Any] | None:
+        listed: dict[str, Any] = (await client.get(SESSIONS)).json()
+        return listed if listed["count"] == 2 else None
+
+    everyone = await eventually(both, "bob's session in the API too")
     assert {s["user"] for s in everyone["data"]} == {"alice@example.test", "bob@example.test"}
     page = (await client.get(SESSIONS, params={"limit": 1, "offset": 1})).json()
     assert (page["count"], len(page["data"]), page["limit"], page["offset"]) == (2, 1, 1, 1)

@@ -307,16 +307,21 @@ class Auditor:
 
     def out_of_order(self) -> int:
         """Messages delivered from the offline store before an earlier stored one (per
-        sender and recipient)."""
+        sender and recipient). A copy received again (a duplicate of the crash window,
+        counted as such) is not a reordering: only first receipts count."""
         bad = 0
         by_sender = {sent.seq: sent.sender for sent in self.load.sent}
         for aor, peer in self.peers.items():
             last: dict[str, int] = defaultdict(lambda: -1)
+            seen: set[int] = set()
             for body in peer.bodies():
                 if not body.startswith(b"[Offline message"):
                     continue
                 for match in self.pattern.finditer(body):
                     seq = int(match.group(1))
+                    if seq in seen:
+                        continue
+                    seen.add(seq)
                     key = by_sender[seq]
                     if seq < last[key]:
                         bad += 1
