@@ -86,6 +86,8 @@ class Api:
             "IMSTACK_API_HOST": "127.0.0.1",
             "IMSTACK_API_PORT": str(self.port),
             "IMSTACK_API_TOKENS": self.token,
+            # send-stored piles thousands of messages on one user: no mailbox quota here.
+            "IMSTACK_MSILO_MAX_MESSAGES": "0",
             "IMSTACK_LOG_LEVEL": "WARNING",
         }
         self.proc: subprocess.Popen[bytes] | None = None
