@@ -1,38 +1,51 @@
 """Offline store benchmark: store rate to an offline user, drain time on registration.
 
     python bench/msilo.py                        # 1,000 and 5,000, then 5,000 after a restart
-    python bench/msilo.py --counts 1000,5000,10000 --window 8 --restart-count 5000
+    python bench/msilo.py --counts 1000,5000,10000 --transport tcp --split
+    python bench/msilo.py --counts 5000 --restart-count 0 --split --profile /tmp/prof
 
 Run by hand, never from the test suite. Like bench/sip_relay.py (whose set-up it reuses) it
 starts an embedded PostgreSQL off CPU 0 (``--db-cpu``), creates the users over one
-connection, and runs ``imstack serve relay msilo`` pinned to CPU 0; the load generator (this
-process, with bench/sip_load.py's raw UDP UA that computes the digest itself) moves to
-CPU 1. Each round uses a recipient of its own (``user0``, ``user1``...), never registered
-before:
+connection, and runs ``imstack serve relay msilo`` pinned to CPU 0 (with ``--split``: two
+processes, ``serve relay`` and ``serve msilo``, both on CPU 0, so the CPU each uses is
+reported apart, as they run in production); the load generator (this process, with
+bench/sip_load.py's raw UDP UA that computes the digest itself) moves to CPU 1. No mailbox
+quota (IMSTACK_MSILO_MAX_MESSAGES=0). Each round uses a recipient of its own (``user0``,
+``user1``...), never registered before:
 
-* **store**: ``--window`` MESSAGEs in flight (one per sender) until ``count`` were answered;
-  each must get ``202 Accepted`` (sent after the row is committed). The rate is answered
-  202 per second.
+* **store**: ``--window`` MESSAGEs in flight (one per sender, over UDP) until ``count`` were
+  answered; each must get ``202 Accepted`` (sent after the row is committed). The rate is
+  answered 202 per second.
 * **drain**: the stored bodies in storage order (id order, read from the database) are the
-  expectation; then the recipient REGISTERs from a fresh UDP socket that answers every
-  MESSAGE 200 at once. The drain time runs from the first REGISTER sent (its 401 included)
-  to the last expected message received. Checked: order (the first delivery of each message
-  in storage order), lost (never delivered), duplicates (a message delivered in more than
-  one transaction; UDP retransmissions of one transaction are not duplicates), and that
-  every message answered 202 was stored.
-* **restart**: ``--restart-count`` messages are stored, the whole bundle is stopped
-  (SIGTERM) and started again, and the recipient registers at once.
+  expectation; then the recipient REGISTERs from a fresh socket — UDP, or with
+  ``--transport tcp`` a TCP connection the relay delivers over (its Contact says
+  ``transport=tcp``) — and answers every MESSAGE 200 at once. The drain time runs from the
+  first REGISTER sent (its 401 included) to the last expected message received. Checked:
+  order (the first delivery of each message in storage order), lost (never delivered),
+  duplicates (a message delivered in more than one transaction; UDP retransmissions of
+  one transaction are not duplicates), what is left stored, and that every message
+  answered 202 was stored. CPU per delivered message: of each imstack process and of
+  PostgreSQL (all its processes), from /proc, over the drain.
+* **restart**: ``--restart-count`` messages are stored, then the whole bundle is restarted —
+  the imstack process(es) stopped (SIGTERM), PostgreSQL stopped, PostgreSQL started
+  again on the same data, imstack started again — and the recipient registers at once
+  (``--restart-imstack-only`` keeps PostgreSQL running).
 
-Prints one JSON object per round and a summary table.
+``--profile DIR`` runs each imstack process under cProfile (slower), statistics in
+``DIR/<services>.prof`` when it stops. Prints one JSON object per round and a summary table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import os
 import re
+import select
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -45,8 +58,8 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.proc_cpu import CpuMeter  # noqa: E402
-from bench.sip_load import Generator, Pending  # noqa: E402
+from bench.proc_cpu import cpu_seconds, postmaster_pid, tree_cpu_seconds  # noqa: E402
+from bench.sip_load import Generator, Pending, md5  # noqa: E402
 from bench.sip_relay import PASSWORD, REALM, Database, Imstack, on_cpu  # noqa: E402
 
 SENDER_BASE = 100  # senders are user100, user101...; recipients user0, user1...
@@ -73,6 +86,8 @@ class OfflineLoad(Generator):
         super().__init__(args)
         self.accepted: list[str] = []
         self.arrived: list[tuple[bytes, bytes]] = []
+        self.times: list[float] = []  # of each arrival
+        self.answered: list[float] = []  # when its 200 was sent
         self.last_arrival = 0.0
 
     def _finish(self, pending: Pending, status: int) -> None:
@@ -81,12 +96,151 @@ class OfflineLoad(Generator):
         super()._finish(pending, status)
 
     def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
+        received = time.perf_counter()
         super()._answer(data, addr)
         if data.startswith(b"MESSAGE "):
             head, _, body = data.partition(b"\r\n\r\n")
             m = _CALL_ID_RE.search(head)
             self.arrived.append((m.group(1) if m else b"", _PREFIX_RE.sub(b"", body)))
-            self.last_arrival = time.perf_counter()
+            self.last_arrival = received
+            self.times.append(received)
+            self.answered.append(time.perf_counter())
+
+
+class Meter:
+    """CPU used by each imstack process and by PostgreSQL (all its processes) between
+    :meth:`reset` and :meth:`per_item`."""
+
+    def __init__(self, processes: dict[str, int | None], pgdata: Path) -> None:
+        self.processes = processes
+        self.pg_pid = postmaster_pid(pgdata)
+        self.start = self._read()
+
+    def reset(self) -> None:
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        cpu = {
+            name: 0.0 if pid is None else cpu_seconds(pid) for name, pid in self.processes.items()
+        }
+        cpu["postgres"] = 0.0 if self.pg_pid is None else tree_cpu_seconds(self.pg_pid)
+        return cpu
+
+    def per_item(self, items: int) -> dict[str, float | None]:
+        """CPU seconds and milliseconds per item of each, since :meth:`reset`."""
+        end = self._read()
+        result: dict[str, float | None] = {}
+        for name, value in end.items():
+            used = value - self.start[name]
+            result[f"{name}_cpu_s"] = round(used, 2)
+            result[f"{name}_cpu_ms_per"] = round(used * 1e3 / items, 3) if items > 0 else None
+        return result
+
+
+class TcpRecipient:
+    """The recipient over TCP: one connection to the relay, REGISTERed with a
+    ``transport=tcp`` Contact (so the relay delivers over this connection); every MESSAGE
+    is answered 200 at once. Remembers (Call-ID, body) of what arrived, like OfflineLoad."""
+
+    def __init__(self, target: str, user: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.local = "{}:{}".format(*self.sock.getsockname())
+        self.user = user
+        self.buffer = bytearray()
+        self.arrived: list[tuple[bytes, bytes]] = []
+        self.times: list[float] = []  # of each arrival
+        self.answered: list[float] = []  # when its 200 was sent
+        self.last_arrival = 0.0
+        self.registered = False
+        self.cseq = 0
+        self.run_id = os.urandom(4).hex()
+
+    def register(self, challenge: bytes | None = None) -> None:
+        self.cseq += 1
+        uri = f"sip:{REALM}"
+        auth = ""
+        if challenge is not None:
+            nonce = re.search(rb'nonce="([^"]+)"', challenge)
+            opaque = re.search(rb'opaque="([^"]*)"', challenge)
+            assert nonce is not None, challenge
+            ha1 = md5(f"{self.user}:{REALM}:{PASSWORD}")
+            ha2 = md5(f"REGISTER:{uri}")
+            cnonce = self.run_id
+            response = md5(f"{ha1}:{nonce.group(1).decode()}:00000001:{cnonce}:auth:{ha2}")
+            extra = f', opaque="{opaque.group(1).decode()}"' if opaque else ""
+            auth = (
+                f'Authorization: Digest username="{self.user}", realm="{REALM}", '
+                f'nonce="{nonce.group(1).decode()}", uri="{uri}", response="{response}", '
+                f'algorithm=MD5, qop=auth, nc=00000001, cnonce="{cnonce}"{extra}\r\n'
+            )
+        data = (
+            f"REGISTER {uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/TCP {self.local};branch=z9hG4bK{self.run_id}{self.cseq};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:{self.user}@{REALM}>;tag={self.run_id}\r\n"
+            f"To: <sip:{self.user}@{REALM}>\r\n"
+            f"Call-ID: reg-{self.run_id}\r\n"
+            f"CSeq: {self.cseq} REGISTER\r\n"
+            f"Contact: <sip:{self.user}@{self.local};transport=tcp>\r\n"
+            "Expires: 3600\r\n"
+            f"{auth}Content-Length: 0\r\n\r\n"
+        )
+        self.sock.sendall(data.encode())
+
+    def poll(self, timeout: float) -> None:
+        if not select.select([self.sock], [], [], timeout)[0]:
+            return
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise SystemExit("the relay closed the TCP connection")
+        self.buffer += data
+        out: list[bytes] = []
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = bytes(self.buffer[:end])
+            length = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)", head)
+            size = int(length.group(1)) if length else 0
+            if len(self.buffer) < end + 4 + size:
+                break
+            body = bytes(self.buffer[end + 4 : end + 4 + size])
+            del self.buffer[: end + 4 + size]
+            if head.startswith(b"SIP/2.0 "):
+                status = int(head[8:11])
+                if status == 401:
+                    self.register(head)
+                elif status == 200:
+                    self.registered = True
+                elif status >= 300:
+                    raise SystemExit(f"REGISTER failed: {head[:40]!r}")
+            elif head.startswith(b"MESSAGE "):
+                m = _CALL_ID_RE.search(head)
+                self.arrived.append((m.group(1) if m else b"", _PREFIX_RE.sub(b"", body)))
+                self.last_arrival = time.perf_counter()
+                self.times.append(self.last_arrival)
+                out.append(_ok(head))
+        if out:
+            self.sock.sendall(b"".join(out))
+            self.answered += [time.perf_counter()] * len(out)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _ok(head: bytes) -> bytes:
+    """The 200 for a request's head."""
+    lines = [b"SIP/2.0 200 OK"]
+    for line in head.split(b"\r\n")[1:]:
+        name = line.split(b":", 1)[0].strip().lower()
+        if name in (b"via", b"v", b"from", b"f", b"call-id", b"i", b"cseq"):
+            lines.append(line)
+        elif name in (b"to", b"t"):
+            lines.append(line + b";tag=bench")
+    lines.append(b"Content-Length: 0\r\n\r\n")
+    return b"\r\n".join(lines)
 
 
 @dataclass
@@ -99,7 +253,7 @@ class Round:
 
 
 def store(
-    target: str, recipient: int, count: int, window: int, tag: str, meter: CpuMeter
+    target: str, recipient: int, count: int, window: int, tag: str, meter: Meter
 ) -> dict[str, object]:
     """``count`` MESSAGEs to user{recipient} (offline), ``window`` in flight."""
     senders = list(range(SENDER_BASE, SENDER_BASE + window))
@@ -163,23 +317,41 @@ async def stored_bodies(url: str, aor: str) -> list[bytes]:
 
 
 def drain(
-    target: str, url: str, recipient: int, idle_timeout: float, meter: CpuMeter
+    target: str,
+    url: str,
+    recipient: int,
+    transport: str,
+    idle_timeout: float,
+    meter: Meter,
+    pg_stats: bool = False,
 ) -> dict[str, object]:
     """Register user{recipient} and take its stored messages; checks and times the drain."""
     aor = f"user{recipient}@{REALM}"
     expected = asyncio.run(stored_bodies(url, aor))
-    ua = OfflineLoad(load_args(target, 1, user_format=f"user{recipient}"))
+    udp: OfflineLoad | None = None
+    tcp: TcpRecipient | None = None
+    if transport == "tcp":
+        tcp = TcpRecipient(target, f"user{recipient}")
+        ua: OfflineLoad | TcpRecipient = tcp
+    else:
+        udp = ua = OfflineLoad(load_args(target, 1, user_format=f"user{recipient}"))
     want = set(expected)
+    if pg_stats:
+        asyncio.run(pg_statements(url, reset=True))
     meter.reset()
     started = time.perf_counter()
-    ua.send("REGISTER", 0)
+    if tcp is not None:
+        tcp.register()
+    else:
+        assert udp is not None
+        udp.send("REGISTER", 0)
     seen: set[bytes] = set()
     looked = 0
     done_at: float | None = None
     registered_at: float | None = None
     while True:
         ua.poll(0.05)
-        if registered_at is None and ua.stats.ok:
+        if registered_at is None and (tcp.registered if tcp else udp and udp.stats.ok):
             registered_at = time.perf_counter()
         for _, body in ua.arrived[looked:]:
             seen.add(body)
@@ -191,8 +363,12 @@ def drain(
         if time.perf_counter() - last > idle_timeout:
             break
     cpu = meter.per_item(len(expected))  # CPU of the drain, per stored message
-    time.sleep(0.5)  # anything arriving late (duplicates) counts too
-    ua.poll(0.0)
+    statements = asyncio.run(pg_statements(url)) if pg_stats else None
+    late = time.perf_counter() + 0.5  # anything arriving late (duplicates) counts too
+    while (now := time.perf_counter()) < late:
+        ua.poll(late - now)
+    if tcp is not None:
+        tcp.close()
 
     first_call: dict[bytes, bytes] = {}
     duplicates = 0
@@ -202,8 +378,20 @@ def drain(
         elif first_call[body] != call_id:
             duplicates += 1
     order = [body for body in first_call if body in want]
+    # Where the wall time went: the first delivery after the REGISTER, and pauses (gaps of
+    # 5 ms or more between two deliveries: the relay waiting for work rather than the UA).
+    times = ua.times[: len(expected)]
+    gaps = [b - a for a, b in itertools.pairwise(times) if b - a >= 0.005]
+    if os.environ.get("MSILO_BENCH_TIMES"):  # where the pauses are, for a closer look
+        Path(os.environ["MSILO_BENCH_TIMES"]).write_text(
+            "\n".join(f"{t - started:.6f}" for t in times)
+        )
+    # The relay's turnaround: from a 200 sent to the next MESSAGE received (one at a time
+    # over UDP, this is the relay's part of each step; pipelined, it can be negative).
+    turns = sorted(b - a for a, b in zip(ua.answered, times[1:], strict=False))
     left = asyncio.run(stored_bodies(url, aor))
     return {
+        "transport": transport,
         "expected": len(expected),
         "delivered": len(first_call),
         "lost": len(want - set(first_call)),
@@ -216,9 +404,53 @@ def drain(
         if done_at is None or not expected
         else round((done_at - started) * 1e3 / len(expected), 3),
         "left_stored": len(left),
+        "first_ms": round((times[0] - started) * 1e3, 1) if times else None,
+        "pauses": len(gaps),
+        "paused_s": round(sum(gaps), 3),
+        "turnaround_p50_ms": round(turns[len(turns) // 2] * 1e3, 3) if turns else None,
         **cpu,
+        **({} if statements is None else {"statements": statements}),
         "expected_bodies": expected,
     }
+
+
+async def pg_statements(url: str, *, reset: bool = False) -> list[str]:
+    """``--pg-stats``: the statements of the drain (pg_stat_statements), most time first:
+    calls (= round trips), total and mean milliseconds, rows, the start of the query."""
+    conn = await asyncpg.connect(url)
+    try:
+        if reset:
+            await conn.execute("SELECT pg_stat_statements_reset()")
+            return []
+        rows = await conn.fetch(
+            """SELECT calls, total_exec_time, mean_exec_time, rows, query
+               FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'
+               ORDER BY total_exec_time DESC LIMIT 15"""
+        )
+    finally:
+        await conn.close()
+    return [
+        f"{r['calls']:>6} calls {r['total_exec_time']:>8.1f} ms "
+        f"({r['mean_exec_time']:.3f} each) {r['rows']:>6} rows  "
+        + " ".join(r["query"].split())[:110]
+        for r in rows
+    ]
+
+
+async def enable_pg_stats(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    finally:
+        await conn.close()
+
+
+async def create_pg_stats(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    finally:
+        await conn.close()
 
 
 def check_stored(result: Round) -> None:
@@ -227,10 +459,84 @@ def check_stored(result: Round) -> None:
     result.drain["accepted_not_stored"] = len(accepted - expected)
 
 
+class Bundle:
+    """The imstack process(es) of the bench: one ``serve relay msilo``, or (``split``) one
+    ``serve relay`` and one ``serve msilo``."""
+
+    ENV = {"IMSTACK_MSILO_MAX_MESSAGES": "0"}  # thousands of messages on one user
+
+    def __init__(self, workdir: Path, url: str, split: bool, profile: Path | None) -> None:
+        groups = [("relay",), ("msilo",)] if split else [("relay", "msilo")]
+        self.processes = [
+            Imstack(
+                workdir,
+                url,
+                services,
+                self.ENV,
+                None if profile is None else str(profile / f"{'-'.join(services)}.prof"),
+            )
+            for services in groups
+        ]
+        self.relay = self.processes[0]
+        if split:  # the msilo process listens on nothing: share the relay's ports
+            self.processes[1].env.update(
+                {k: v for k, v in self.relay.env.items() if k.endswith("_PORT")}
+            )
+            self.processes[1].port = self.relay.port
+
+    @property
+    def target(self) -> str:
+        return self.relay.target
+
+    def pids(self) -> dict[str, int | None]:
+        return {"-".join(p.services): p.pid for p in self.processes}
+
+    def start(self, url: str | None = None) -> None:
+        for process in self.processes:
+            if url is not None:
+                process.env["IMSTACK_DATABASE_URL"] = url
+            process.start()  # waits for the relay's SIP port (the msilo one: already open)
+        asyncio.run(msilo_listening(self.relay.env["IMSTACK_DATABASE_URL"]))
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+async def msilo_listening(url: str, patience: float = 60.0) -> None:
+    """Wait until msilo LISTENs (its last channel is ``offline_stored``): it is ready."""
+    conn = await asyncpg.connect(url)
+    try:
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            if await conn.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                  WHERE query LIKE 'LISTEN %offline_stored%')"""
+            ):
+                return
+            await asyncio.sleep(0.05)
+        raise SystemExit(f"msilo not listening after {patience:g} s")
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counts", default="1000,5000", help="messages per store+drain round")
     parser.add_argument("--restart-count", type=int, default=5000, help="0: no restart round")
+    parser.add_argument(
+        "--restart-imstack-only",
+        action="store_true",
+        help="the restart round restarts imstack but not PostgreSQL",
+    )
+    parser.add_argument("--transport", choices=["udp", "tcp"], default="udp", help="of the drain")
+    parser.add_argument("--split", action="store_true", help="relay and msilo in two processes")
+    parser.add_argument("--profile", type=Path, help="cProfile imstack, statistics to this dir")
+    parser.add_argument(
+        "--pg-stats",
+        action="store_true",
+        help="print the drain's statements (pg_stat_statements: calls, time) per round",
+    )
     parser.add_argument("--window", type=int, default=8, help="MESSAGEs in flight when storing")
     parser.add_argument("--idle-timeout", type=float, default=30.0)
     parser.add_argument(
@@ -238,53 +544,87 @@ def main() -> None:
     )
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
+    if args.profile is not None:
+        args.profile = args.profile.resolve()
+        args.profile.mkdir(parents=True, exist_ok=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="imstack-msilo-bench-"))
     database = Database(workdir, None if args.db_cpu == "none" else int(args.db_cpu))
-    server: Imstack | None = None
+    bundle: Bundle | None = None
     results: list[Round] = []
     try:
         database.start(SENDER_BASE + args.window)
-        server = Imstack(workdir, database.url, ("relay", "msilo"))
-        server.start()
+        if args.pg_stats:  # a library loaded at start: restart PostgreSQL once
+            asyncio.run(enable_pg_stats(database.url))
+            database.embedded.stop()
+            asyncio.run(create_pg_stats(restart_database(database)))
+        bundle = Bundle(workdir, database.url, args.split, args.profile)
+        bundle.start()
         on_cpu(1)  # the load generator: off the server's CPU
         plan = [(f"{n} stored", n, False) for n in counts]
         if args.restart_count:
             plan.append((f"{args.restart_count} stored, restart", args.restart_count, True))
         for recipient, (name, count, restart) in enumerate(plan):
-            result = Round(name, count, args.window)
-            meter = CpuMeter(server.proc and server.proc.pid, database.embedded.pgdata)
+            result = Round(f"{name} ({args.transport})", count, args.window)
+            meter = Meter(bundle.pids(), database.embedded.pgdata)
             result.store = store(
-                server.target, recipient, count, args.window, f"r{recipient}", meter
+                bundle.target, recipient, count, args.window, f"r{recipient}", meter
             )
             if restart:
-                server.stop()
-                server.start()
-                meter = CpuMeter(server.proc and server.proc.pid, database.embedded.pgdata)
-            result.drain = drain(server.target, database.url, recipient, args.idle_timeout, meter)
+                bundle.stop()
+                url = None
+                if not args.restart_imstack_only:
+                    database.embedded.stop()
+                    url = restart_database(database)
+                bundle.start(url)
+                meter = Meter(bundle.pids(), database.embedded.pgdata)
+            result.drain = drain(
+                bundle.target,
+                database.url,
+                recipient,
+                args.transport,
+                args.idle_timeout,
+                meter,
+                args.pg_stats,
+            )
             check_stored(result)
+            statements = result.drain.pop("statements", None)
             print(
-                json.dumps({"round": name, "store": result.store, "drain": result.drain}),
+                json.dumps({"round": result.name, "store": result.store, "drain": result.drain}),
                 flush=True,
             )
+            for line in statements or []:  # type: ignore[attr-defined]
+                print("   ", line, flush=True)
             results.append(result)
     finally:
-        if server is not None:
-            server.stop()
+        if bundle is not None:
+            bundle.stop()
         database.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    names = [*bundle.pids(), "postgres"] if bundle is not None else ["postgres"]
     print(
-        f"\n{'round':<26} {'202/s':>8} {'p99 ms':>7} {'drain s':>8} {'ms/msg':>7} "
-        f"{'lost':>5} {'dup':>4} {'order':>6} {'left':>5} {'cpu ms/msg imstack+pg':>22}"
+        f"\n{'round':<32} {'202/s':>7} {'drain s':>8} {'ms/msg':>7} {'lost':>5} {'dup':>4} "
+        f"{'order':>6} {'left':>5}  drain cpu ms/msg " + " ".join(names)
     )
     for r in results:
         s, d = r.store, r.drain
+        cpu = " ".join(str(d.get(f"{n}_cpu_ms_per")) for n in names)
         print(
-            f"{r.name:<26} {s['rate']!s:>8} {s['p99_ms']!s:>7} {d['drain_s']!s:>8} "
+            f"{r.name:<32} {s['rate']!s:>7} {d['drain_s']!s:>8} "
             f"{d['per_message_ms']!s:>7} {d['lost']!s:>5} {d['duplicates']!s:>4} "
-            f"{d['in_order']!s:>6} {d['left_stored']!s:>5} "
-            f"{d.get('imstack_cpu_ms_per')!s:>10}+{d.get('postgres_cpu_ms_per')!s:<10}"
+            f"{d['in_order']!s:>6} {d['left_stored']!s:>5}  {cpu}"
         )
+
+
+def restart_database(database: Database) -> str:
+    """Start the stopped embedded PostgreSQL again on its data (off CPU 0); its URL."""
+    previous = on_cpu(database.cpu)
+    try:
+        database.url = database.embedded.start()
+    finally:
+        if previous is not None:
+            os.sched_setaffinity(0, previous)
+    return database.url
 
 
 if __name__ == "__main__":

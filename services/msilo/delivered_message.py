@@ -55,12 +55,24 @@ def may_prefix(content_type: str) -> bool:
     return True
 
 
+#: The header msilo adds to every delivery after the stored ones.
+GENERATED = (GENERATED_HEADER, "offline-delivery")
+
+
+def body_prefix(received_at: datetime, content_type: str, *, add_date: bool) -> bytes:
+    """What goes before the stored body (b"" for anything but prefixable text)."""
+    if add_date and may_prefix(content_type):
+        return f"[Offline message - {ctime(received_at)}] ".encode()
+    return b""
+
+
 def delivery_for(message: OfflineMessage, *, add_date: bool) -> Delivery:
-    body = message.body
-    if add_date and may_prefix(message.content_type):
-        body = f"[Offline message - {ctime(message.received_at)}] ".encode() + body
-    headers = [("Date", http_date(message.received_at)), *message.extra_headers]
-    headers.append((GENERATED_HEADER, "offline-delivery"))
+    """The whole delivery of ``message`` (msilo queues the same without reading the body:
+    :func:`body_prefix` and :func:`http_date` per message, the rest copied in the database
+    by ``shared.db.offline.queue_window``)."""
+    prefix = body_prefix(message.received_at, message.content_type, add_date=add_date)
+    headers = [("Date", http_date(message.received_at)), *message.extra_headers, GENERATED]
+    body = prefix + message.body
     return Delivery(
         from_uri=message.sender_uri,
         from_display=message.sender_display,

@@ -6,13 +6,19 @@ at once) and ``outbound_done`` (the relay reports a delivery: delete the message
 users with pending messages and over messages in flight (covers NOTIFYs lost while the
 LISTEN connection was down, and due retries), and the purge of expired messages.
 
-Per recipient a window of up to :data:`WINDOW` messages is in flight: they are queued at
-once as one ordered chain (``order_key``), which the relay sends strictly in storage order,
-each after the previous one was answered 2xx; the first failure stops the chain, and that
-message and every later one of the window go back to 'stored' (in order, nothing lost,
-nothing sent twice) to be offered again after the retry interval or at the next
-registration. Delivered messages are deleted in batches as their outcomes arrive, and the
-window is topped up once half of it is done, so the relay never runs dry during a drain.
+Per recipient a window of up to :data:`WINDOW` messages is in flight: they are queued as
+one ordered chain (``order_key``), which the relay sends strictly in storage order, each
+after the previous one was answered 2xx (pipelined on one TCP/TLS connection); the first
+failure stops the chain, and that message and every later one of the window go back to
+'stored' (in order, nothing lost, nothing sent twice) to be offered again after the retry
+interval or at the next registration. A window is queued inside the database
+(``shared.db.offline.queue_window``: the bodies are copied from table to table, msilo only
+formats the prefix and the Date header per message), first :data:`FIRST_STEP` messages so
+that the first delivery goes out at once, then the rest in one statement. Delivered
+messages are deleted as their outcomes arrive (``outbound_done``, gathered for
+:data:`DONE_GATHER`), one statement for all of them (``apply_delivered``) — no look at the
+rest of the window; the window is topped up once only REFILL of it are left (the worker
+remembers which outcome that is), so the relay never runs dry during a drain.
 
 Every step is one short transaction under a per-recipient advisory lock: replicas share the
 work and never both queue one message; all state is in the database, so a worker that dies
@@ -38,18 +44,18 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from services.msilo.delivered_message import delivery_for
+from services.msilo.delivered_message import GENERATED, body_prefix, http_date
 from services.msilo.notices import expiry_text, is_permanent, refusal_text, tell_sender
 from shared.config import Settings
 from shared.db import offline
-from shared.db.listen import Listener, Notification
-from shared.db.offline import DELIVERY_SOURCE, SCHEDULED_CHANNEL, STORED_CHANNEL, order_key
+from shared.db.listen import Listener, Notification, notify
+from shared.db.offline import SCHEDULED_CHANNEL, STORED_CHANNEL, order_key
 from shared.db.outbound import (
     DONE_CHANNEL,
-    NewOutbound,
+    NOTIFY_IDS,
+    QUEUED_CHANNEL,
     cancel_queued,
     notified_ids,
-    queue_messages,
 )
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.queue import WakeReason, Wakeup
@@ -59,8 +65,17 @@ log = logging.getLogger(__name__)
 
 REGISTERED_CHANNEL = "registered"  # the registrar NOTIFYs it with the AoR
 SWEEP_BATCH = 1000  # recipients looked at per sweep query
-WINDOW = 64  # a recipient's messages in flight at most
+WINDOW = 2000  # a recipient's messages in flight at most
 REFILL = WINDOW // 2  # top the window up when no more than this many are still in flight
+#: Messages queued by the first step when none are in flight: the first delivery goes out
+#: while the rest of the window is queued...
+FIRST_STEP = 50
+#: ...each step stopping once the bodies reach this many bytes (the relay holds the rows
+#: it sends: large messages make a smaller window).
+STEP_BYTES = 4 << 20
+#: Seconds outcomes reported by the relay are gathered before they are applied: one
+#: statement for the outcomes of a busy drain's last few milliseconds, not one per report.
+DONE_GATHER = 0.02
 ERROR_BACKOFF = 1.0  # seconds before retrying after a database error, doubling...
 MAX_ERROR_BACKOFF = 30.0  # ...up to this
 PURGE_BATCH = 500  # expired messages removed (and their senders told) per transaction
@@ -93,6 +108,11 @@ class MsiloWorker:
         self.stats = MsiloStats()
         self._registered: set[str] = set()
         self._done: set[int] = set()
+        self._done_at = 0.0  # (loop time) apply the outcomes in _done from then on
+        self._pending: set[str] = set()  # recipients whose outcomes need the locked step
+        #: recipient -> the outbound row after whose outcome their window wants topping up
+        #: (REFILL rows then in flight) or, near the end of the backlog, is done.
+        self._refill_at: dict[str, int] = {}
         self._stored: set[str] = set()  # registered recipients a message was stored for
         self._sweep_now = True
         self._reschedule = True  # read the next scheduled send time
@@ -109,6 +129,8 @@ class MsiloWorker:
             ids = notified_ids(notification.raw)
             if not ids:
                 return
+            if not self._done:
+                self._done_at = asyncio.get_running_loop().time() + DONE_GATHER
             self._done.update(ids)
         elif notification.channel == SCHEDULED_CHANNEL:
             self._reschedule = True
@@ -151,11 +173,14 @@ class MsiloWorker:
                     log.warning("msilo: database unavailable (%s); retry in %.0fs", exc, backoff)
                     # The sweep after the pause redoes whatever this pass did not finish.
                     next_sweep = now + backoff
+                    self._done_at = max(self._done_at, next_sweep)  # no retry before that
                     next_purge = max(next_purge, next_sweep)
                     backoff = min(backoff * 2, MAX_ERROR_BACKOFF)
                 wake_at = min(next_sweep, next_purge)
                 if self._next_scheduled is not None:
                     wake_at = min(wake_at, self._next_scheduled)
+                if self._done:
+                    wake_at = min(wake_at, self._done_at)
                 timeout = max(0.0, wake_at - loop.time())
                 if await self.wakeup.wait(timeout, stop) is WakeReason.STOP:
                     break
@@ -163,14 +188,23 @@ class MsiloWorker:
             await listening
 
     async def _handle_notifications(self) -> None:
-        while self._done or self._registered or self._stored:
-            if self._done:
+        loop = asyncio.get_running_loop()
+        while self._pending or self._registered or self._stored or self._done_due(loop):
+            if self._done_due(loop):
                 ids = sorted(self._done)
-                async with self.pool.acquire() as conn:
-                    recipients = await offline.recipients_of_outbound(conn, ids)
-                for recipient in recipients:
-                    await self.pump(recipient)
+                async with self.pool.acquire() as conn, conn.transaction():
+                    outcomes = await offline.apply_delivered(conn, ids)
+                    # Counted before the deletions are seen (and at most once: DELETE).
+                    self.stats.delivered += sum(o.delivered for o in outcomes)
                 self._done.difference_update(ids)
+                for outcome in outcomes:
+                    mark = self._refill_at.get(outcome.recipient)
+                    if outcome.failed or mark is None or outcome.last >= mark:
+                        self._pending.add(outcome.recipient)
+            if self._pending:
+                recipient = next(iter(self._pending))
+                await self.pump(recipient)
+                self._pending.discard(recipient)
             if self._stored:
                 aor = next(iter(self._stored))
                 await self.pump(aor)
@@ -179,6 +213,10 @@ class MsiloWorker:
                 aor = next(iter(self._registered))
                 await self.registered(aor)
                 self._registered.discard(aor)
+
+    def _done_due(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Outcomes to apply, gathered for DONE_GATHER (or plenty of them already)."""
+        return bool(self._done) and (len(self._done) >= NOTIFY_IDS or loop.time() >= self._done_at)
 
     async def _read_schedule(self) -> None:
         """When the next scheduled message falls due (as a time of the event loop)."""
@@ -259,7 +297,76 @@ class MsiloWorker:
 
     async def pump(self, recipient: str) -> None:
         """Apply the outcomes of ``recipient``'s messages in flight, then top the window up
-        (if registered): one transaction."""
+        (if registered): one transaction, and more (each one statement under the lock)
+        while the window has room — a first small step when nothing was in flight, so
+        that the first delivery goes out while the rest is queued."""
+        room = await self._pump_step(recipient)
+        while room > 0:
+            room = await self._fill(recipient, room)
+
+    async def _fill(self, recipient: str, room: int) -> int:
+        """Queue up to ``room`` more of ``recipient``'s messages; the room left, if worth
+        another step (0 when the backlog or the byte budget ran out)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await offline.lock_delivery(conn, recipient)
+            # A replica may have queued meanwhile: never more than WINDOW in flight.
+            room = min(room, WINDOW - await offline.count_in_flight(conn, recipient))
+            if room <= 0:
+                return 0
+            queued = await self._queue(conn, recipient, room)
+        if len(queued) > REFILL or recipient not in self._refill_at:
+            # (Otherwise the mark is earlier, among the rows queued before: a look too
+            # early costs one read, never a delivery.)
+            self._mark_refill(recipient, [], queued)
+        return room - len(queued) if len(queued) == room else 0
+
+    async def _queue(self, conn: Executor, recipient: str, limit: int) -> list[int]:
+        """Queue up to ``limit`` of ``recipient``'s messages (one statement) and wake the
+        relay; their outbound ids."""
+        heads = await offline.next_window_heads(conn, recipient, limit=limit, max_bytes=STEP_BYTES)
+        add_date = self.settings.msilo_add_date
+        parts: dict[tuple[datetime, str], tuple[bytes, str]] = {}  # bursts share a second
+        for head in heads:
+            key = (head.received_at.replace(microsecond=0), head.content_type)
+            if key not in parts:
+                prefix = body_prefix(head.received_at, head.content_type, add_date=add_date)
+                parts[key] = (prefix, http_date(head.received_at))
+        formatted = [parts[(h.received_at.replace(microsecond=0), h.content_type)] for h in heads]
+        queued = await offline.queue_window(
+            conn,
+            [h.id for h in heads],
+            prefixes=[f[0] for f in formatted],
+            dates=[f[1] for f in formatted],
+            headers=[GENERATED],
+            order=order_key(recipient),
+        )
+        if queued:
+            await notify(conn, QUEUED_CHANNEL, "queued", queued[0])
+            self.stats.queued += len(queued)
+        return queued
+
+    def _mark_refill(
+        self, recipient: str, flying: list[offline.InFlight], queued: list[int]
+    ) -> None:
+        """Remember after which outcome ``recipient``'s window needs the next look: when
+        REFILL of its rows in flight are left (with fewer in flight, half of them: the
+        backlog ends, or large bodies make a small window)."""
+        rows = [
+            r.outbound_id
+            for r in flying
+            if r.outbound_id is not None and r.outbound_status in ("queued", "sending")
+        ]
+        rows += queued
+        if not rows:
+            self._refill_at.pop(recipient, None)
+        elif len(rows) > REFILL:
+            self._refill_at[recipient] = rows[len(rows) - REFILL - 1]
+        else:
+            self._refill_at[recipient] = rows[(len(rows) - 1) // 2]
+
+    async def _pump_step(self, recipient: str) -> int:
+        """The first step of :meth:`pump`: apply the outcomes, then queue messages when no
+        more than REFILL are in flight; the room left in the window for :meth:`_fill`."""
         async with self.pool.acquire() as conn, conn.transaction():
             await offline.lock_delivery(conn, recipient)
             flying = await offline.in_flight(conn, recipient)
@@ -286,12 +393,11 @@ class MsiloWorker:
                 still += len(cancel) - len(withdrawn)
                 back.sort()
             if delivered:
-                await offline.delete_messages(conn, delivered)
-                self.stats.delivered += len(delivered)
+                self.stats.delivered += await offline.delete_messages(conn, delivered)
                 log.debug("msilo: %d message(s) delivered to %s", len(delivered), recipient)
             if failed is not None and await self._refused_for_good(conn, recipient, failed, back):
                 if still:
-                    return  # rows behind it are still being ended: their outcome tops up
+                    return 0  # rows behind it are still being ended: their outcome tops up
                 failed = None
             if failed is not None:
                 lost = failed.outbound_status is None
@@ -313,28 +419,13 @@ class MsiloWorker:
                     len(back) - 1,
                 )
                 if not lost:
-                    return
+                    return 0
             if still > REFILL or (failed is not None and still):
-                return
-            window = await offline.next_window(conn, recipient, limit=WINDOW - still)
-            if not window:
-                return
-            deliveries = []
-            for message in window:
-                delivery = delivery_for(message, add_date=self.settings.msilo_add_date)
-                deliveries.append(
-                    NewOutbound(
-                        from_uri=delivery.from_uri,
-                        from_display=delivery.from_display,
-                        to_aor=delivery.to_aor,
-                        body=delivery.body,
-                        content_type=delivery.content_type,
-                        extra_headers=delivery.extra_headers,
-                        source=DELIVERY_SOURCE,
-                        source_id=message.id,
-                        order_key=order_key(recipient),
-                    )
-                )
-            outbound_ids = await queue_messages(conn, deliveries)
-            await offline.mark_sending_many(conn, [m.id for m in window], outbound_ids)
-            self.stats.queued += len(window)
+                self._mark_refill(recipient, flying, [])
+                return 0
+            limit = WINDOW - still if still else min(FIRST_STEP, WINDOW)
+            queued = await self._queue(conn, recipient, limit)
+            self._mark_refill(recipient, flying, queued)
+            if len(queued) < limit:
+                return 0  # the backlog (or the byte budget) ran out
+            return WINDOW - still - len(queued)

@@ -4,8 +4,10 @@ The contract (ordering key, states) is documented in ``migrations/0005_offline_m
 scheduled messages (``not_before``) and delivery windows in
 ``migrations/0009_scheduled_messages.sql``. The relay calls :func:`store_message`; the msilo
 worker, holding :func:`lock_delivery` for a recipient, reads :func:`in_flight`, applies
-outcomes (:func:`delete_messages`, :func:`restore`) and takes the next window
-(:func:`next_window`, :func:`mark_sending_many`), one short transaction per step.
+outcomes (:func:`delete_messages`, :func:`restore`) and queues the next window
+(:func:`next_window_heads`, then :func:`queue_window`, which copies the bodies into
+``outbound_messages`` inside the database), one short transaction per step; delivered
+outcomes are applied without the lock by :func:`apply_delivered`, one statement per batch.
 """
 
 from __future__ import annotations
@@ -217,10 +219,22 @@ async def in_flight(conn: Executor, recipient: str) -> list[InFlight]:
     ]
 
 
-async def next_window(conn: Executor, recipient: str, *, limit: int) -> list[OfflineMessage]:
+async def count_in_flight(conn: Executor, recipient: str) -> int:
+    """How many of ``recipient``'s messages are queued for delivery."""
+    count = await conn.fetchval(
+        "SELECT count(*) FROM offline_messages WHERE recipient = $1 AND state = 'sending'",
+        recipient,
+    )
+    return int(count)
+
+
+async def next_window(
+    conn: Executor, recipient: str, *, limit: int, max_bytes: int | None = None
+) -> list[OfflineMessage]:
     """Up to ``limit`` of ``recipient``'s stored messages that may be queued now, in storage
-    order; none when they are not registered. Expired and not yet scheduled messages are
-    left out; the window ends before the first message waiting for its retry time (order)."""
+    order, stopping once their bodies reach ``max_bytes`` (the first always comes); none
+    when they are not registered. Expired and not yet scheduled messages are left out; the
+    window ends before the first message waiting for its retry time (order)."""
     registered = await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM locations WHERE aor = $1 AND expires_at > now())",
         recipient,
@@ -228,13 +242,19 @@ async def next_window(conn: Executor, recipient: str, *, limit: int) -> list[Off
     if not registered:
         return []
     rows = await conn.fetch(
-        f"""SELECT {_COLUMNS}, (retry_at IS NOT NULL AND retry_at > now()) AS waiting
-            FROM offline_messages
-            WHERE recipient = $1 AND state = 'stored' AND expires_at > now()
-              AND (not_before IS NULL OR not_before <= now())
-            ORDER BY id LIMIT $2""",
+        f"""SELECT * FROM (
+                SELECT {_COLUMNS}, (retry_at IS NOT NULL AND retry_at > now()) AS waiting,
+                       sum(octet_length(body)) OVER (ORDER BY id) - octet_length(body)
+                           AS before
+                FROM offline_messages
+                WHERE recipient = $1 AND state = 'stored' AND expires_at > now()
+                  AND (not_before IS NULL OR not_before <= now())
+                ORDER BY id LIMIT $2) w
+            WHERE $3::bigint IS NULL OR before = 0 OR before < $3::bigint
+            ORDER BY id""",
         recipient,
         limit,
+        max_bytes,
     )
     window: list[OfflineMessage] = []
     for row in rows:
@@ -242,6 +262,89 @@ async def next_window(conn: Executor, recipient: str, *, limit: int) -> list[Off
             break
         window.append(_message(row))
     return window
+
+
+@dataclass(frozen=True)
+class WindowHead:
+    """What msilo needs to know of a message to queue it without reading its body."""
+
+    id: int
+    received_at: datetime
+    content_type: str
+
+
+async def next_window_heads(
+    conn: Executor, recipient: str, *, limit: int, max_bytes: int
+) -> list[WindowHead]:
+    """:func:`next_window` without the bodies (the window :func:`queue_window` queues)."""
+    rows = await conn.fetch(
+        """SELECT id, received_at, content_type, waiting FROM (
+               SELECT id, received_at, content_type,
+                      (retry_at IS NOT NULL AND retry_at > now()) AS waiting,
+                      sum(octet_length(body)) OVER (ORDER BY id) - octet_length(body)
+                          AS before
+               FROM offline_messages
+               WHERE recipient = $1 AND state = 'stored' AND expires_at > now()
+                 AND (not_before IS NULL OR not_before <= now())
+                 AND EXISTS (SELECT 1 FROM locations WHERE aor = $1 AND expires_at > now())
+               ORDER BY id LIMIT $2) w
+           WHERE before = 0 OR before < $3
+           ORDER BY id""",
+        recipient,
+        limit,
+        max_bytes,
+    )
+    window: list[WindowHead] = []
+    for row in rows:
+        if row["waiting"]:
+            break
+        window.append(WindowHead(row["id"], row["received_at"], row["content_type"]))
+    return window
+
+
+async def queue_window(
+    conn: Executor,
+    ids: list[int],
+    *,
+    prefixes: list[bytes],
+    dates: list[str],
+    headers: list[tuple[str, str]],
+    order: str,
+) -> list[int]:
+    """Queue stored messages ``ids`` (in this order) for delivery in one statement, their
+    bodies copied inside the database: one ``outbound_messages`` row each in chain
+    ``order`` (ids increasing in that order), the body ``prefixes[i]`` + the stored body,
+    the extra headers a ``Date: dates[i]``, the stored ones, then ``headers``; and the
+    stored rows marked 'sending'. Their outbound ids, in order. Call inside a transaction
+    holding :func:`lock_delivery`; the caller NOTIFYs the relay."""
+    if not ids:
+        return []
+    rows = await conn.fetch(
+        """WITH queued AS (
+               INSERT INTO outbound_messages (from_uri, from_display, to_aor, content_type,
+                   body, extra_headers, source, source_id, order_key)
+               SELECT m.sender_uri, m.sender_display, m.recipient, m.content_type,
+                      t.prefix || m.body,
+                      jsonb_build_array(jsonb_build_array('Date', t.date)) || m.extra_headers
+                          || $4::jsonb,
+                      $5, m.id, $6
+               FROM unnest($1::bigint[], $2::bytea[], $3::text[]) WITH ORDINALITY
+                        AS t(id, prefix, date, n)
+                    JOIN offline_messages m ON m.id = t.id
+               ORDER BY t.n
+               RETURNING id, source_id)
+           UPDATE offline_messages m SET state = 'sending', outbound_id = q.id,
+               attempts = attempts + 1, last_attempt_at = now(), retry_at = NULL
+           FROM queued q WHERE m.id = q.source_id
+           RETURNING m.outbound_id""",
+        ids,
+        prefixes,
+        dates,
+        json.dumps([list(pair) for pair in headers]),
+        DELIVERY_SOURCE,
+        order,
+    )
+    return sorted(int(row["outbound_id"]) for row in rows)
 
 
 async def mark_sending_many(conn: Executor, ids: list[int], outbound_ids: list[int]) -> None:
@@ -285,8 +388,52 @@ async def restore(
     )
 
 
-async def delete_messages(conn: Executor, ids: list[int]) -> None:
-    await conn.execute("DELETE FROM offline_messages WHERE id = ANY($1::bigint[])", ids)
+async def delete_messages(conn: Executor, ids: list[int]) -> int:
+    """Delete messages ``ids``; how many were still there."""
+    status = await conn.execute("DELETE FROM offline_messages WHERE id = ANY($1::bigint[])", ids)
+    return int(status.split()[-1])
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """What the outcomes of some deliveries did for one recipient (:func:`apply_delivered`)."""
+
+    recipient: str
+    delivered: int  # messages deleted now (answered 2xx)
+    failed: bool  # one of the outcomes is a failure: the recipient needs a full look
+    last: int  # the highest outbound id among these outcomes
+
+
+async def apply_delivered(conn: Executor, outbound_ids: list[int]) -> list[Outcomes]:
+    """The relay finished outbound rows ``outbound_ids``: delete the stored messages whose
+    delivery (one of msilo's rows among these) was answered 2xx, in one statement; per
+    recipient, how many, whether one of the deliveries failed, and the highest row id.
+
+    Deleting a message whose delivery row says 'delivered' is safe without the recipient's
+    delivery lock: nothing else changes such a message, and a row deleted twice (a replica
+    applying the same outcome) is counted once. Failures are left to the locked step."""
+    rows = await conn.fetch(
+        """WITH finished AS MATERIALIZED (  -- by primary key, whatever the statistics say
+               SELECT id, source, source_id, to_aor, status FROM outbound_messages
+               WHERE id = ANY($1::bigint[])),
+           done AS (
+               SELECT id, source_id, to_aor, status FROM finished
+               WHERE source = $2 AND status IN ('delivered', 'failed')),
+           gone AS (
+               DELETE FROM offline_messages m USING done d
+               WHERE d.status = 'delivered' AND m.id = d.source_id AND m.outbound_id = d.id
+               RETURNING m.recipient)
+           SELECT d.to_aor AS recipient,
+                  (SELECT count(*) FROM gone g WHERE g.recipient = d.to_aor) AS delivered,
+                  bool_or(d.status = 'failed') AS failed, max(d.id) AS last
+           FROM done d GROUP BY d.to_aor""",
+        outbound_ids,
+        DELIVERY_SOURCE,
+    )
+    return [
+        Outcomes(r["recipient"], int(r["delivered"]), bool(r["failed"]), int(r["last"]))
+        for r in rows
+    ]
 
 
 async def next_scheduled(conn: Executor) -> datetime | None:

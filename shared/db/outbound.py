@@ -197,22 +197,32 @@ async def claim_batch(
     queued or being sent is taken too or was claimed by ``claimed_by`` before, so one relay
     sends a chain and sends it in order.
     """
+    # Per chain, the first row that holds the chain's candidates back (queued but not a
+    # candidate: another relay is claiming it; or being sent by someone else): candidates
+    # before it are taken. One look per chain, not per row — a chain thousands of rows
+    # long (a drain) is claimed in linear time.
     rows = await conn.fetch(
         """WITH candidate AS (
                SELECT id, order_key FROM outbound_messages
                WHERE status = 'queued'
                   OR (status = 'sending' AND updated_at < now() - make_interval(secs => $2))
-               ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+               ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
+           chain AS (
+               SELECT order_key, max(id) AS last FROM candidate
+               WHERE order_key IS NOT NULL GROUP BY order_key),
+           holdback AS MATERIALIZED (  -- once per chain, not per candidate
+               SELECT k.order_key, (
+                   SELECT min(e.id) FROM outbound_messages e
+                   WHERE e.order_key = k.order_key AND e.id < k.last
+                     AND e.status IN ('queued', 'sending')
+                     AND (e.status = 'queued' OR e.claimed_by IS DISTINCT FROM $3)
+                     AND e.id NOT IN (SELECT id FROM candidate)) AS first
+               FROM chain k)
            UPDATE outbound_messages SET status = 'sending', attempts = attempts + 1,
                updated_at = now(), claimed_by = $3
            WHERE id IN (
-               SELECT c.id FROM candidate c
-               WHERE c.order_key IS NULL OR NOT EXISTS (
-                   SELECT 1 FROM outbound_messages e
-                   WHERE e.order_key = c.order_key AND e.id < c.id
-                     AND e.status IN ('queued', 'sending')
-                     AND e.id NOT IN (SELECT id FROM candidate)
-                     AND (e.status = 'queued' OR e.claimed_by IS DISTINCT FROM $3)))
+               SELECT c.id FROM candidate c LEFT JOIN holdback h ON h.order_key = c.order_key
+               WHERE h.first IS NULL OR c.id < h.first)
            RETURNING *""",
         limit,
         lease,

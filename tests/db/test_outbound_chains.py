@@ -99,3 +99,26 @@ async def test_a_restarted_relay_takes_back_what_its_killed_run_left_sending(
     for row_id, who in zip(others, owners, strict=True):
         row = await get_message(pool, row_id)
         assert row is not None and row.status is OutboundStatus.SENDING and row.claimed_by == who
+
+
+async def test_a_row_another_relay_is_claiming_holds_back_the_rest_of_its_chain(
+    pool: asyncpg.Pool,
+) -> None:
+    ids = await chain(pool, 6)
+    loose = await chain(pool, 1, key=None)
+    async with pool.acquire() as other, other.transaction():
+        # Another relay is claiming the third row right now (its claim locks it).
+        await other.execute("SELECT 1 FROM outbound_messages WHERE id = $1 FOR UPDATE", ids[2])
+        # Only the rows before it, and rows outside the chain: nothing overtakes it.
+        assert await claim(pool, "relay-a") == [*ids[:2], *loose]
+
+
+async def test_a_long_chain_is_claimed_in_order_batch_by_batch_by_one_relay(
+    pool: asyncpg.Pool,
+) -> None:
+    ids = await chain(pool, 1200)
+    taken: list[int] = []
+    while batch := await claim(pool, "relay-a", limit=250):
+        taken += batch
+        assert await claim(pool, "relay-b") == []  # never a row in the middle of it
+    assert taken == ids

@@ -37,15 +37,15 @@ async def test_a_pipelined_drain_of_several_windows_arrives_once_in_order(
 async def test_a_failure_mid_pipeline_keeps_exactly_the_undelivered_stored_in_order(
     sip: SipServer, msilo: MsiloWorker
 ) -> None:
-    count = 40
+    count = PIPELINE + 24
     for n in range(count):
-        await store(sip.pool, f"m{n:02d}".encode())
+        await store(sip.pool, f"m{n:03d}".encode())
     bob = await sip.ua("bob", "tcp")
     assert (await bob.register()).status == 200
     window = [await bob.next_request() for _ in range(PIPELINE)]
-    refused = {b"m04", b"m10", b"m11"}
+    refused = {b"m004", b"m010", b"m011"}
     delivered: list[bytes] = []
-    # m04 is refused while m05.. are in flight: those bob accepts are delivered, the
+    # m004 is refused while m005.. are in flight: those bob accepts are delivered, the
     # refused ones stay stored; the relay sends nothing new after it saw the failure.
     for request in window:
         body = PREFIX.sub(b"", request.body)
@@ -56,7 +56,7 @@ async def test_a_failure_mid_pipeline_keeps_exactly_the_undelivered_stored_in_or
             delivered.append(body)
 
     async def settled() -> bool:
-        while not bob.requests.empty():  # sent before the relay saw m04 fail: accepted
+        while not bob.requests.empty():  # sent before the relay saw m004 fail: accepted
             request = bob.requests.get_nowait()
             delivered.append(PREFIX.sub(b"", request.body))
             bob.answer(request, 200)
@@ -68,9 +68,9 @@ async def test_a_failure_mid_pipeline_keeps_exactly_the_undelivered_stored_in_or
     await eventually(settled, "the undelivered ones back in the store")
     sent = len(delivered) + len(refused)
     assert sent >= PIPELINE
-    assert delivered == [f"m{n:02d}".encode() for n in range(sent) if n not in (4, 10, 11)]
+    assert delivered == [f"m{n:03d}".encode() for n in range(sent) if n not in (4, 10, 11)]
     rows = await list_messages(sip.pool, BOB)
-    kept = [b"m04", b"m10", b"m11", *(f"m{n:02d}".encode() for n in range(sent, count))]
+    kept = [b"m004", b"m010", b"m011", *(f"m{n:03d}".encode() for n in range(sent, count))]
     assert [r.body for r in rows] == kept
     assert rows[0].last_status == 486 and rows[0].retry_at is not None
     assert bob.requests.empty()

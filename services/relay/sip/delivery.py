@@ -15,15 +15,17 @@ fan-out, notices) are sent concurrently, each by a task of its own.
 Pipelining: when the recipient has a single binding on a reliable, ordered transport (a
 TCP or TLS connection this relay holds), up to :data:`PIPELINE` rows of a chain are in
 flight at once on that connection, written in order (the stream keeps that order; each
-is its own transaction). Outcomes are recorded in chain order. When row k fails while
+is its own transaction); rows claimed while the pipeline waits for an answer go out at
+once. Outcomes are recorded in chain order. When row k fails while
 k+1.. are in flight, nothing more is sent; the rows in flight are waited for, and each is
 recorded as it ended: those answered 2xx are delivered (the UA has them), k and every later
 one not delivered are failed, and the rest of the chain is finished unsent. msilo deletes
 the delivered ones and keeps k and the other undelivered ones stored, in order, for the
 next attempt (a UA that refused k yet accepted k+1 has shown k+1 first: the price of not
 waiting a round trip per message; Kamailio's msilo m_dump sends all stored messages
-without waiting at all). With several bindings or over UDP (which may reorder or lose), a
-chain is sent one row at a time as above.
+without waiting at all). With several bindings or over UDP (which may reorder or lose, and
+a retransmission of row k would arrive after k+1), a chain is sent one row at a time as
+above.
 
 Outcomes are written by one writer task: everything finished while the previous write was
 in progress goes into the next one (one UPDATE, one NOTIFY per batch), so a burst costs a
@@ -80,7 +82,7 @@ from shared.sip.message import Headers, SipRequest, canonical_name
 
 log = logging.getLogger(__name__)
 
-BATCH = 200  # rows claimed at once (more than one msilo window: a chain is claimed whole)
+BATCH = 500  # rows claimed at once (one step of an msilo window)
 #: Seconds after which a row left 'sending' by a dead relay is sent again: longer than
 #: any transaction (64*T1 = 32 s) plus margin.
 LEASE = 120.0
@@ -88,8 +90,9 @@ GATHER = 0.005  # seconds the outcome writer pauses after a write
 #: Seconds before retrying a database step of a delivery, doubling up to the maximum.
 RETRY_BACKOFF = 0.2
 MAX_RETRY_BACKOFF = 5.0
-#: Rows of a chain in flight at once on a single reliable, ordered binding (TCP/TLS).
-PIPELINE = 16
+#: Rows of a chain in flight at once on a single reliable, ordered binding (TCP/TLS):
+#: enough that a drain is bound by the relay's CPU, not by round trips.
+PIPELINE = 256
 
 
 #: The lines build_request writes itself, and their lookup keys (Headers.with_keys).
@@ -151,6 +154,8 @@ class _Chain:
     key: str
     rows: deque[OutboundMessage] = field(default_factory=deque)
     last_id: int = 0  # the highest id ever queued on this chain
+    #: Set when rows are added: a pipeline waiting for an answer sends them meanwhile.
+    added: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -357,6 +362,7 @@ class DeliveryWorker:
         if message.id > chain.last_id:  # (a row re-claimed after its lease is queued already)
             chain.rows.append(message)
             chain.last_id = message.id
+            chain.added.set()
 
     def _start(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -419,6 +425,14 @@ class DeliveryWorker:
                 if not window:
                     break
                 message, task = window[0]
+                if not task.done() and failed is None and len(window) < PIPELINE:
+                    # Rows claimed while we wait go out at once, not after this answer.
+                    chain.added.clear()
+                    added = loop.create_task(chain.added.wait())
+                    await asyncio.wait((task, added), return_when=asyncio.FIRST_COMPLETED)
+                    added.cancel()
+                    if not task.done():
+                        continue
                 status, reason = await task
                 window.popleft()
                 self._log_outcome(message, status, reason)
