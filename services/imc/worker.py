@@ -4,11 +4,19 @@ Woken by NOTIFY on ``room_inbox`` (the relay queued a MESSAGE to a room) and on
 ``outbound_done`` (the relay reports a delivery), and by a slow poll (a NOTIFY lost while the
 LISTEN connection was down costs latency, never a message).
 
-Each queued MESSAGE is handled in ONE transaction: claim the oldest row of a room
+Each queued MESSAGE is handled in ONE transaction: take (delete) the oldest row of a room
 (``FOR UPDATE SKIP LOCKED``), lock and read the room the command acts on, compute the
-effects (:mod:`services.imc.executor`, pure), apply the room/member changes, queue the
-MESSAGEs for the relay (``outbound_messages``) and delete the row. Replicas share the work
-without double fan-out; a crash rolls everything back and the row is handled again.
+effects (:mod:`services.imc.executor`, pure), apply the room/member changes and queue the
+MESSAGEs for the relay (``outbound_messages``). Replicas share the work without double
+fan-out; a crash rolls everything back and the row is handled again. A message that fails
+for a reason other than the database being away (a bug, a value the schema refuses) is
+dropped alone, in a transaction of its own.
+
+A chat message costs seven round trips to the database whatever the room's size: BEGIN,
+take the row, lock the room, read it with its members, remember it in the history, queue
+the copies for the members with a binding (one statement, the shared fields sent once,
+:func:`shared.db.rooms.queue_fanout`), COMMIT. Outcomes are collected in batches, one
+statement each (the delivered rows are deleted without reading their bodies back).
 
 When history is kept (the room's history length, else ``IMSTACK_IMC_HISTORY``), each chat
 message is remembered in ``room_messages`` in the same transaction, and a member who joins
@@ -107,6 +115,24 @@ def config_from(settings: Settings) -> Config:
     )
 
 
+def _fanout(sends: list[Send]) -> bool:
+    """Whether ``sends`` are one chat message's copies: chat, one From, body and type."""
+    if not sends or sends[0].kind is not Kind.CHAT:
+        return False
+    first = sends[0]
+    return all(
+        send.kind is Kind.CHAT
+        and (send.body is first.body or send.body == first.body)
+        and send.from_uri == first.from_uri
+        and send.content_type == first.content_type
+        for send in sends
+    )
+
+
+def _by_id(row: asyncpg.Record) -> int:
+    return int(row["id"])
+
+
 class ImcWorker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, database_url: str) -> None:
         self.settings = settings
@@ -135,8 +161,7 @@ class ImcWorker:
             while not stop.is_set():
                 poll = self.settings.imc_poll_interval
                 try:
-                    while not stop.is_set() and await self.handle_next():
-                        pass
+                    await self.handle_queued(stop)
                     if self._outcomes:
                         self._outcomes = False
                         while await self.handle_outcomes() == OUTCOME_BATCH:
@@ -157,24 +182,41 @@ class ImcWorker:
 
     # -- room MESSAGEs ---------------------------------------------------------------
 
-    async def handle_next(self) -> bool:
-        """Handle the next queued room MESSAGE; False when there was none to take."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            message = await rooms.claim_next(conn)
-            if message is None:
-                return False
-            try:
-                async with conn.transaction():  # a savepoint: a bug drops only this message
-                    await self._handle(conn, message)
-            except Exception as exc:
-                # An outage is retried; a bug, or a request that does not fit the schema
-                # (constraint, data error), would fail forever: drop that message only.
-                if isinstance(exc, DATABASE_ERRORS) and not isinstance(exc, BAD_REQUEST_ERRORS):
-                    raise
-                log.exception("imc: room MESSAGE %d from %s dropped", message.id, message.sender)
-            await rooms.delete_inbox(conn, message.id)
+    async def handle_next(self, conn: Connection | None = None) -> bool:
+        """Handle the next queued room MESSAGE (on ``conn``, else on a pooled connection);
+        False when there was none to take."""
+        if conn is None:
+            async with self.pool.acquire() as pooled:
+                return await self.handle_next(pooled)
+        message: InboxMessage | None = None
+        try:
+            async with conn.transaction():
+                message = await rooms.claim_next(conn)
+                if message is None:
+                    return False
+                await self._handle(conn, message)
+        except Exception as exc:
+            # An outage is retried; a bug, or a request that does not fit the schema
+            # (constraint, data error), would fail forever: drop that message only (the
+            # transaction that took it was rolled back).
+            if message is None or (
+                isinstance(exc, DATABASE_ERRORS) and not isinstance(exc, BAD_REQUEST_ERRORS)
+            ):
+                raise
+            log.exception("imc: room MESSAGE %d from %s dropped", message.id, message.sender)
+            async with conn.transaction():
+                await rooms.delete_inbox(conn, message.id)
         self.stats.handled += 1
         return True
+
+    async def handle_queued(self, stop: asyncio.Event | None = None) -> int:
+        """Handle queued room MESSAGEs until there are none (or ``stop``), on one
+        connection; how many."""
+        handled = 0
+        async with self.pool.acquire() as conn:
+            while (stop is None or not stop.is_set()) and await self.handle_next(conn):
+                handled += 1
+        return handled
 
     async def _handle(self, conn: Connection, message: InboxMessage) -> None:
         incoming = Incoming(
@@ -263,12 +305,15 @@ class ImcWorker:
                     await rooms.set_last_chat(conn, ids[key], aor, at)
                 case Send():
                     sends.append(effect)
-        chat_to = [send.to for send in sends if send.kind is Kind.CHAT]
-        online = await rooms.reachable(conn, chat_to) if chat_to else set()
         headers = [("Supported", "kamailio/imc")]
         if incoming.call_id:
             headers.append(("In-Reply-To", incoming.call_id))
         headers.append((GENERATED_HEADER, GENERATED_VALUE))
+        if _fanout(sends):
+            await self._fan_out(conn, sends, headers)
+            return
+        chat_to = [send.to for send in sends if send.kind is Kind.CHAT]
+        online = await rooms.reachable(conn, chat_to) if chat_to else set()
         queue: list[NewOutbound] = []
         for send in sends:
             if send.kind is Kind.CHAT and send.to not in online:
@@ -290,6 +335,26 @@ class ImcWorker:
                 self.stats.fanned_out += 1
         # One INSERT and one NOTIFY for the whole fan-out.
         await queue_messages(conn, queue)
+
+    async def _fan_out(
+        self, conn: Connection, sends: list[Send], headers: list[tuple[str, str]]
+    ) -> None:
+        """A chat message's copies (the same From, body and type for every member): one
+        statement queues those for the members with a binding; the others' copies go into
+        the offline store."""
+        first = sends[0]
+        offline = await rooms.queue_fanout(
+            conn,
+            from_uri=first.from_uri,
+            recipients=[send.to for send in sends],
+            body=first.body,
+            content_type=first.content_type,
+            extra_headers=headers,
+            source=Kind.CHAT.value,
+        )
+        for to in offline:
+            await self._store_offline(conn, first.from_uri, to, first.content_type, first.body)
+        self.stats.fanned_out += len(sends) - len(offline)
 
     async def _store_offline(
         self, conn: Connection, from_uri: str, to: str, content_type: str, body: bytes
@@ -316,20 +381,24 @@ class ImcWorker:
     # -- delivery outcomes -----------------------------------------------------------
 
     async def handle_outcomes(self) -> int:
-        """Act on finished deliveries of imc's MESSAGEs, then forget them; how many."""
+        """Act on finished deliveries of imc's MESSAGEs, then forget them; how many.
+
+        One statement takes (deletes) a batch; only a failed row's body is read back."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                """SELECT id, from_uri, to_aor, content_type, body, source, status,
-                          last_status
-                   FROM outbound_messages
-                   WHERE source = ANY($1::text[]) AND status IN ('delivered', 'failed')
-                   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                """DELETE FROM outbound_messages WHERE id IN (
+                       SELECT id FROM outbound_messages
+                       WHERE source = ANY($1::text[]) AND status IN ('delivered', 'failed')
+                       ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                   RETURNING id, source, status, last_status,
+                       CASE WHEN status = 'failed' THEN from_uri END AS from_uri,
+                       CASE WHEN status = 'failed' THEN to_aor END AS to_aor,
+                       CASE WHEN status = 'failed' THEN content_type END AS content_type,
+                       CASE WHEN status = 'failed' THEN body END AS body""",
                 SOURCES,
                 OUTCOME_BATCH,
             )
-            for row in rows:
-                if row["status"] != "failed":
-                    continue
+            for row in sorted((r for r in rows if r["status"] == "failed"), key=_by_id):
                 if row["source"] == Kind.CHAT and row["last_status"] in UNREACHABLE:
                     await self._store_offline(
                         conn,
@@ -340,11 +409,6 @@ class ImcWorker:
                     )
                 elif row["source"] == Kind.INVITE:
                     await self._invitation_failed(conn, row["from_uri"], row["to_aor"])
-            if rows:
-                await conn.execute(
-                    "DELETE FROM outbound_messages WHERE id = ANY($1::bigint[])",
-                    [row["id"] for row in rows],
-                )
         return len(rows)
 
     async def _invitation_failed(self, conn: Connection, room_uri: str, invitee: str) -> None:

@@ -7,6 +7,7 @@ whole seconds at the time of the query.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -78,6 +79,20 @@ async def get_bindings(conn: Executor, aor: str) -> list[Binding]:
         aor,
     )
     return [_binding(row) for row in rows]
+
+
+async def get_bindings_many(conn: Executor, aors: Sequence[str]) -> dict[str, list[Binding]]:
+    """:func:`get_bindings` for each of ``aors`` in one query; an AoR with no unexpired
+    binding is missing from the result."""
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM locations WHERE aor = ANY($1::text[]) AND expires_at > now()
+            ORDER BY aor, q DESC, updated_at DESC, id""",
+        list(aors),
+    )
+    found: dict[str, list[Binding]] = {}
+    for row in rows:
+        found.setdefault(row["aor"], []).append(_binding(row))
+    return found
 
 
 async def upsert_binding(conn: Executor, new: NewBinding) -> Binding:

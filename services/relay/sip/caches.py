@@ -19,14 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import asyncpg
 
 from shared.db.listen import Listener, Notification
-from shared.db.locations import Binding, get_bindings
+from shared.db.locations import Binding, get_bindings, get_bindings_many
 from shared.db.users import USERS_CHANNEL, Address, Credentials, get_credentials
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,19 @@ class TtlCache(Generic[K, V]):
         self.misses += 1
         started = self._seq
         value = await self.load(key)
-        if use_cache and self.ttl > 0 and self._unchanged_since(key, started) and self.keep(value):
-            self.put(key, value, expires=now + self.ttl)
+        if use_cache:
+            self.store(key, value, started=started, now=now)
         return value
+
+    def mark(self) -> int:
+        """A mark to pass to :meth:`store` for a value about to be loaded elsewhere."""
+        return self._seq
+
+    def store(self, key: K, value: V, *, started: int, now: float) -> None:
+        """Keep ``value``, loaded for ``key`` since :meth:`mark` gave ``started`` (at clock
+        time ``now``), unless ``key`` was invalidated meanwhile or ``keep`` refuses it."""
+        if self.ttl > 0 and self._unchanged_since(key, started) and self.keep(value):
+            self.put(key, value, expires=now + self.ttl)
 
     def put(self, key: K, value: V, *, expires: float) -> None:
         self._entries.pop(key, None)
@@ -191,6 +201,31 @@ class BindingCache:
     async def get(self, aor: str) -> list[Binding]:
         entry = self.cache.peek(aor)
         loaded_at, bindings = entry.value if entry is not None else await self.cache.get(aor)
+        return self._current(aor, loaded_at, bindings)
+
+    async def get_many(self, aors: Iterable[str]) -> dict[str, list[Binding]]:
+        """:meth:`get` for each of ``aors`` (a fan-out's recipients): those not in memory
+        are loaded with ONE query."""
+        found: dict[str, list[Binding]] = {}
+        missing: list[str] = []
+        for aor in dict.fromkeys(aors):
+            entry = self.cache.peek(aor)
+            if entry is None:
+                missing.append(aor)
+            else:
+                found[aor] = self._current(aor, *entry.value)
+        if missing:
+            started, loaded_at = self.cache.mark(), self.clock()
+            self.cache.misses += len(missing)
+            async with self.pool.acquire() as conn:
+                loaded = await get_bindings_many(conn, missing)
+            for aor in missing:
+                bindings = loaded.get(aor, [])
+                self.cache.store(aor, (loaded_at, bindings), started=started, now=loaded_at)
+                found[aor] = bindings
+        return found
+
+    def _current(self, aor: str, loaded_at: float, bindings: list[Binding]) -> list[Binding]:
         # expires_in counts from the query; comparing it with our own clock needs no
         # agreement between the relay's and the database's clocks.
         age = self.clock() - loaded_at

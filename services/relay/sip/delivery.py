@@ -6,6 +6,14 @@ row twice), marks them 'sending' and commits; then each row is sent to every bin
 its AoR like a forwarded request, and the outcome is written back and NOTIFYed on
 ``outbound_done``. The contract is in ``migrations/0003_outbound_messages.sql``.
 
+Rows claimed together that carry the same MESSAGE for different AoRs (a room's fan-out:
+same From, body, Content-Type and headers; no ``order_key``) are sent by ONE task: the lines
+the copies share are checked and put together once (:class:`SameMessage`), each copy gets
+its own Via, From tag, To, Call-ID and Request-URI and goes out at once, without a task or
+an await of its own; each outcome is recorded as its final response arrives. A copy for an
+AoR with no binding, several bindings or a flow that is gone takes the general way. The
+bindings of all the AoRs are looked up at once (those not in memory with one query).
+
 Rows of one ordered chain (``order_key``, e.g. msilo's window of one recipient's stored
 messages, ``migrations/0009_scheduled_messages.sql``) are sent by one task, one after the
 other: the next only after the previous got a 2xx. When one fails, the rest of the chain
@@ -48,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections import deque
@@ -59,7 +68,7 @@ from services.relay.sip.edge import SipEdge, format_host
 from services.relay.sip.handover import RELAY_WRITTEN_HEADERS
 from services.relay.sip.proxy import Fork, Target
 from shared.db.listen import Listener
-from shared.db.locations import delete_expired
+from shared.db.locations import Binding, delete_expired
 from shared.db.offline import store_message
 from shared.db.outbound import (
     QUEUED_CHANNEL,
@@ -78,7 +87,7 @@ from shared.db.queue import WakeReason, Wakeup
 from shared.db.types import Executor
 from shared.sip.errors import LocalProtocolError
 from shared.sip.headers import NameAddr
-from shared.sip.message import Headers, SipRequest, canonical_name
+from shared.sip.message import Headers, SipRequest, SipResponse, canonical_name
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +154,61 @@ def _check_fields(message: OutboundMessage) -> None:
     for name, value in message.extra_headers:
         if "\r" in value or "\n" in value:
             raise LocalProtocolError(f"invalid characters in header {name!r}")
+
+
+def same_message_key(message: OutboundMessage) -> tuple[object, ...]:
+    """What rows carrying the same MESSAGE (bar the recipient) have in common."""
+    return (
+        message.from_uri,
+        message.from_display,
+        message.content_type,
+        message.body,
+        message.extra_headers,
+        message.source,
+    )
+
+
+class SameMessage:
+    """One MESSAGE for many AoRs (rows equal by :func:`same_message_key`): the shared lines
+    are checked and put together once; :meth:`request` gives each copy its own Via, From
+    tag, To, Call-ID and Request-URI — what :func:`build_request` and
+    :func:`services.relay.sip.proxy.branch_request` would have made of the row."""
+
+    def __init__(self, edge: SipEdge, message: OutboundMessage) -> None:
+        _check_fields(message)  # LocalProtocolError for every copy alike
+        token = secrets.token_hex(16)
+        self.tag = token[:8]  # + a counter: unique From tags (16 hex digits + n)
+        self.call_id = f"{token[8:]}-"  # + counter @ host: unique Call-IDs
+        self.host = format_host(edge.public_host)
+        # str(NameAddr(uri, display, (("tag", t),))) for a token t, as build_request has it.
+        self.from_head = f"{NameAddr(message.from_uri, message.from_display)};tag="
+        self.content_type = message.content_type
+        self.body = message.body
+        self.extra: list[tuple[str, str]] = []
+        for name, value in message.extra_headers:
+            canonical = canonical_name(name)
+            if canonical.lower() not in RELAY_WRITTEN_HEADERS:
+                self.extra.append((canonical, value))
+        self.keys = ("via", *_OWN_KEYS, *(name.lower() for name, _ in self.extra))
+        self.count = 0
+
+    def request(self, to_aor: str, uri: str, via: str) -> SipRequest:
+        self.count += 1
+        n = f"{self.count:08x}"
+        headers = Headers.with_keys(
+            [
+                ("Via", via),
+                ("Max-Forwards", "70"),
+                ("From", f"{self.from_head}{self.tag}{n}"),
+                ("To", f"<sip:{to_aor}>"),
+                ("Call-ID", f"{self.call_id}{n}@{self.host}"),
+                ("CSeq", "1 MESSAGE"),
+                ("Content-Type", self.content_type),
+                *self.extra,
+            ],
+            self.keys,
+        )
+        return SipRequest(method="MESSAGE", uri=uri, headers=headers, body=self.body)
 
 
 @dataclass
@@ -343,8 +407,17 @@ class DeliveryWorker:
                         "relay are sent again",
                         released,
                     )
+            same: dict[tuple[object, ...], list[OutboundMessage]] = {}
             for message in messages:
-                self._dispatch(message)
+                if message.order_key is None:
+                    same.setdefault(same_message_key(message), []).append(message)
+                else:
+                    self._dispatch(message)
+            for rows in same.values():
+                if len(rows) == 1:
+                    self._dispatch(rows[0])
+                else:
+                    self._start(self._deliver_same(rows), f"sip-deliver-{rows[0].id}+")
         return len(messages)
 
     def _dispatch(self, message: OutboundMessage) -> None:
@@ -371,11 +444,54 @@ class DeliveryWorker:
 
     async def _deliver(self, message: OutboundMessage) -> None:
         status, reason = await self._send_logged(message)
+        self._record(message, status, reason)
+
+    def _record(self, message: OutboundMessage, status: int, reason: str) -> None:
         delivered = 200 <= status < 300
         store = not delivered and message.source == STORE_ON_FAILURE_SOURCE
         self.writer.add(
             Outcome(message.id, delivered, status, reason), store=message if store else None
         )
+
+    async def _deliver_same(self, rows: list[OutboundMessage]) -> None:
+        """Send rows carrying the same MESSAGE to their AoRs (see :class:`SameMessage`): a
+        copy for a single binding goes out at once in its own client transaction, its
+        outcome recorded when its final response arrives; any other copy takes the general
+        way. Returns once every copy has its outcome."""
+        try:
+            same = SameMessage(self.edge, rows[0])
+        except (LocalProtocolError, ValueError) as exc:
+            for message in rows:
+                self._log_outcome(message, 500, "Unusable message")
+                self._record(message, 500, f"Unusable message: {exc}"[:200])
+            return
+        edge = self.edge
+        bindings = await self._bindings_logged(rows)
+        waiting: list[asyncio.Future[Any]] = []
+        for message in rows:
+            targets = [Target.of(edge, binding) for binding in bindings.get(message.to_aor, ())]
+            flow = targets[0].flow if len(targets) == 1 else None
+            if flow is None:  # no binding, several, or its connection is gone
+                waiting.append(asyncio.ensure_future(self._deliver_to(message, targets)))
+                continue
+            branch = edge.new_branch()
+            request = same.request(message.to_aor, targets[0].uri, edge.via(flow, branch))
+            final = edge.transactions.send_request(request, flow, branch=branch).final
+            final.add_done_callback(functools.partial(self._same_finished, message))
+            waiting.append(final)
+        await asyncio.wait(waiting)
+
+    def _same_finished(self, message: OutboundMessage, final: asyncio.Future[SipResponse]) -> None:
+        if final.cancelled():
+            return  # (shutdown: the row stays 'sending' and is sent again by the next run)
+        response = final.result()
+        self._log_outcome(message, response.status, response.reason)
+        self._record(message, response.status, response.reason)
+
+    async def _deliver_to(self, message: OutboundMessage, targets: list[Target]) -> None:
+        status, reason = await self._fork(message, targets)
+        self._log_outcome(message, status, reason)
+        self._record(message, status, reason)
 
     async def _run_chain(self, chain: _Chain) -> None:
         """Send the chain's rows in order, each after the previous got a 2xx, or pipelined
@@ -474,6 +590,23 @@ class DeliveryWorker:
                 log.warning(
                     "outbound message %d: database unavailable (%s); retrying in %.1fs",
                     message.id,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF)
+
+    async def _bindings_logged(self, rows: list[OutboundMessage]) -> dict[str, list[Binding]]:
+        """The bindings of every row's AoR (those not in memory read with one query),
+        retrying while the database is unavailable (nothing sent yet)."""
+        backoff = RETRY_BACKOFF
+        while True:
+            try:
+                return await self.edge.bindings.get_many(m.to_aor for m in rows)
+            except DATABASE_ERRORS as exc:
+                log.warning(
+                    "outbound messages %d..: database unavailable (%s); retrying in %.1fs",
+                    rows[0].id,
                     exc,
                     backoff,
                 )
