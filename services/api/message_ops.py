@@ -9,8 +9,11 @@ relay in the transaction that records the outcome; to an unregistered user it is
 registration. A registered user who still has stored messages due for delivery gets the
 new one stored behind them (msilo is told at once), so it cannot overtake them — as the
 relay does. With a send time in the future the message is stored with ``not_before``
-(scheduled): msilo delivers it once it is due and the recipient is registered. Runs inside
-the caller's transaction.
+(scheduled): msilo delivers it once it is due and the recipient is registered.
+
+A send is one round trip to the database and one transaction (its own, or the caller's
+when the connection is in one): the lookups, the checks, the row and its NOTIFY are one
+pipelined batch (see ``_SEND_TO_USER``), not a conversation.
 """
 
 from __future__ import annotations
@@ -26,9 +29,8 @@ from services.relay.sip.handover import NO_NOTICE_TYPES, TRANSIENT_TYPES
 from shared.config import Settings
 from shared.db import rooms as rooms_db
 from shared.db import users as users_db
-from shared.db.listen import notify
-from shared.db.offline import STORED_CHANNEL, drain_pending, purge_received_before, store_message
-from shared.db.outbound import STORE_ON_FAILURE_SOURCE, queue_message
+from shared.db.offline import SCHEDULED_CHANNEL, STORED_CHANNEL, purge_received_before
+from shared.db.outbound import QUEUED_CHANNEL, STORE_ON_FAILURE_SOURCE
 from shared.db.types import Connection, Executor
 
 #: Rows deleted per transaction by :func:`purge_before` (short transactions, no long lock).
@@ -85,14 +87,132 @@ def _sender_uri(settings: Settings, text: str) -> str:
     return f"{scheme.lower()}:{rest}"
 
 
-async def _local_user(conn: Executor, settings: Settings, text: str) -> users_db.User:
+def _local_address(settings: Settings, text: str) -> users_db.Address:
     address = users_db.parse_address(text, settings.domain)
     if address.domain != settings.domain:
         raise InvalidSend(f"{address} is not a user of {settings.domain}")
-    user = await users_db.get_user(conn, address)
-    if user is None:
-        raise users_db.UserNotFound(f"no such user: {address}")
-    return user
+    return address
+
+
+# One send is one round trip to the database. To a user: this statement, executed twice in
+# one pipelined batch (``fetchmany``: Bind/Execute twice, then one Sync), which PostgreSQL
+# runs as one implicit transaction. Execution 0 takes the recipient's store lock, the one
+# ``offline.lock_recipient`` takes (id order = commit order, exact quota, shared with the
+# relay's and imc's stores); execution 1 starts after it holds the lock, with a fresh
+# snapshot (READ COMMITTED), and routes: the recipient's row, a binding, the drain check
+# (``offline.drain_pending``), the quota count (``offline.store_message``), then the row
+# (``outbound.queue_message`` or ``offline.store_message``) and the NOTIFYs they send.
+# Keep it in step with those functions (tests/api/test_api_send_sql.py compares them).
+#
+# $1 execution (0: lock, 1: route and write), $2 user name, $3 domain, $4 user@domain,
+# $5 From URI, $6 From display, $7 content type, $8 body, $9 transient (never stored),
+# $10 not_before (scheduled), $11 lifetime (s), $12 quota (0: none), $13 Call-ID,
+# $14 outbound source, $15/$16/$17 the queued/stored/scheduled NOTIFY channels.
+_SEND_TO_USER = """
+WITH arg AS MATERIALIZED (
+    -- The switches as a row the planner cannot fold into a plan for one send: PostgreSQL
+    -- keeps one generic plan for this statement instead of planning it at each execution.
+    SELECT $1::int AS step, $9::boolean AS transient, $10::timestamptz AS not_before,
+           $12::int AS quota
+),
+locked AS MATERIALIZED (
+    SELECT pg_advisory_xact_lock(hashtextextended($4::text, 5)) FROM arg WHERE arg.step = 0
+),
+recipient AS MATERIALIZED (
+    SELECT u.disabled,
+           EXISTS (SELECT 1 FROM locations l
+                   WHERE l.aor = $4 AND l.expires_at > now()) AS registered
+    FROM arg, users u
+    WHERE arg.step = 1 AND u.username = $2::text AND u.domain = $3::text
+),
+-- The recipient's stored messages are read through the (recipient, id) index, whatever
+-- the statistics say (a generic plan must not scan the table for a recipient with few
+-- rows because another has thousands): the row comparison and ORDER BY recipient, id
+-- are what only that index serves.
+route AS MATERIALIZED (
+    SELECT r.registered, CASE
+        WHEN r.disabled THEN 'disabled'
+        -- offline.drain_pending: stored messages due, and none waiting for a retry
+        WHEN r.registered AND arg.not_before IS NULL AND (arg.transient
+             OR (SELECT m.id FROM offline_messages m
+                 WHERE (m.recipient, m.id) >= ($4, 0) AND m.recipient = $4
+                   AND m.expires_at > now()
+                   AND (m.not_before IS NULL OR m.not_before <= now())
+                 ORDER BY m.recipient, m.id LIMIT 1) IS NULL
+             OR (SELECT m.id FROM offline_messages m
+                 WHERE (m.recipient, m.id) >= ($4, 0) AND m.recipient = $4
+                   AND m.expires_at > now() AND m.retry_at > now()
+                 ORDER BY m.recipient, m.id LIMIT 1) IS NOT NULL)
+            THEN 'queued'
+        WHEN arg.transient THEN 'transient'
+        -- offline.store_message: the quota counts unexpired messages (enough to count
+        -- the first quota of them)
+        WHEN arg.quota > 0 AND (SELECT count(*) FROM (
+                 SELECT 1 FROM offline_messages m
+                 WHERE (m.recipient, m.id) >= ($4, 0) AND m.recipient = $4
+                   AND m.expires_at > now()
+                 ORDER BY m.recipient, m.id LIMIT arg.quota) AS live) >= arg.quota
+            THEN 'full'
+        WHEN arg.not_before IS NOT NULL THEN 'scheduled'
+        ELSE 'stored'
+    END AS outcome
+    FROM arg, recipient r
+),
+queued AS (
+    INSERT INTO outbound_messages (from_uri, from_display, to_aor, content_type, body,
+                                   extra_headers, source)
+    SELECT $5::text, $6::text, $4, $7::text, $8::bytea, '[]'::jsonb, $14::text
+    FROM route WHERE route.outcome = 'queued'
+    RETURNING id
+),
+stored AS (
+    INSERT INTO offline_messages (recipient, sender_uri, sender_display, call_id,
+                                  received_at, expires_at, content_type, body,
+                                  extra_headers, not_before)
+    SELECT $4, $5, $6, $13::text, now(), now() + make_interval(secs => $11::float8), $7, $8,
+           '[]'::jsonb, arg.not_before
+    FROM arg, route WHERE route.outcome IN ('stored', 'scheduled')
+    RETURNING id
+),
+notified AS (
+    SELECT pg_notify($15::text, json_build_object('type', 'queued', 'id', id)::text)
+    FROM queued
+    UNION ALL
+    SELECT pg_notify($16::text, json_build_object('type', 'stored', 'id', $4)::text)
+    FROM stored, route WHERE route.outcome = 'stored' AND route.registered
+    UNION ALL
+    SELECT pg_notify($17::text, json_build_object('type', 'scheduled', 'id', $4)::text)
+    FROM stored, route WHERE route.outcome = 'scheduled'
+)
+SELECT (SELECT outcome FROM route) AS outcome,
+       (SELECT id FROM queued) AS outbound_id,
+       (SELECT id FROM stored) AS offline_id,
+       (SELECT count(*) FROM notified) AS notified,
+       (SELECT count(*) FROM locked) AS locked
+"""
+
+# To a room: one statement (its own transaction): the sender's row, the room's, the
+# ``room_inbox`` row and its NOTIFY, as ``rooms.enqueue`` makes them.
+# $1/$2 the sender's name and domain, $3/$4 the room's, $5 the room (name@domain),
+# $6 the sender (user@domain), $7 display name, $8 Call-ID, $9 content type, $10 body,
+# $11 the room inbox NOTIFY channel.
+_SEND_TO_ROOM = """
+WITH sender AS (SELECT 1 FROM users WHERE username = $1::text AND domain = $2::text),
+room AS (SELECT 1 FROM rooms WHERE name = $3::text AND domain = $4::text),
+inbox AS (
+    INSERT INTO room_inbox (room, sender, sender_display, call_id, content_type, body)
+    SELECT $5::text, $6::text, $7::text, $8::text, $9::text, $10::bytea FROM sender, room
+    RETURNING id
+),
+notified AS (
+    SELECT pg_notify($11::text, json_build_object('type', 'queued', 'id', id)::text)
+    FROM inbox
+)
+SELECT EXISTS (SELECT 1 FROM sender) AS sender_found,
+       EXISTS (SELECT 1 FROM room) AS room_found,
+       (SELECT id FROM inbox) AS inbox_id,
+       (SELECT count(*) FROM notified) AS notified
+"""
 
 
 async def send(
@@ -108,7 +228,9 @@ async def send(
 ) -> Sent:
     """Route one message (see the module); what happened. ``deliver_at`` (timezone-aware)
     schedules it; a time already past means now. Raises :class:`SendError`,
-    ``UserNotFound`` or ``RoomNotFound``."""
+    ``UserNotFound`` or ``RoomNotFound`` (having changed nothing).
+
+    One round trip, one transaction: its own, or the caller's when ``conn`` is in one."""
     if not body:
         raise InvalidSend("the body is empty")
     delay = timedelta(0)
@@ -125,54 +247,50 @@ async def send(
             raise InvalidSend("scheduled delivery to a room is not supported")
         return await _to_room(conn, settings, target, sender, sender_display, content_type, body)
     try:
-        recipient = await _local_user(conn, settings, target)
+        address = _local_address(settings, target)
     except users_db.InvalidUser as exc:
         raise InvalidSend(f"invalid recipient {to!r}: {exc}") from None
-    if recipient.disabled:
-        raise UserDisabled(f"{recipient.address} is disabled")
-    aor = str(recipient.address)
+    aor = str(address)
     from_uri = _sender_uri(settings, sender) if sender is not None else system_address(settings)
     transient = _media_type(content_type) in TRANSIENT_TYPES
     if transient and delay:
         raise InvalidSend(f"{content_type} is only sent at once: it cannot be scheduled")
-    registered = aor in await rooms_db.reachable(conn, [aor])
-    if registered and not delay and (transient or not await drain_pending(conn, aor)):
-        outbound_id = await queue_message(
-            conn,
-            from_uri=from_uri,
-            from_display=sender_display,
-            to_aor=aor,
-            body=body,
-            content_type=content_type,
-            # Typing indicators only make sense at once: never stored (as the relay does).
-            source=None if transient else STORE_ON_FAILURE_SOURCE,
-        )
-        return Sent(Outcome.QUEUED, aor, from_uri, outbound_id)
-    if transient:
-        raise InvalidSend(f"{aor} is not registered, and {content_type} is never stored")
-    stored = await store_message(
-        conn,
-        recipient=aor,
-        sender_uri=from_uri,
-        sender_display=sender_display,
-        call_id=f"api-{secrets.token_hex(12)}",
-        content_type=content_type,
-        body=body,
-        extra_headers=[],
+    args = [
+        0,
+        address.username,
+        address.domain,
+        aor,
+        from_uri,
+        sender_display,
+        content_type,
+        body,
+        transient,
+        deliver_at if delay else None,
         # A scheduled message lives IMSTACK_MSILO_EXPIRE from its send time.
-        lifetime=settings.msilo_expire + int(delay.total_seconds()),
-        max_messages=settings.msilo_max_messages,
-        not_before=deliver_at if delay else None,
-    )
-    if stored is None:
+        float(settings.msilo_expire + int(delay.total_seconds())),
+        settings.msilo_max_messages,
+        f"api-{secrets.token_hex(12)}",
+        # Typing indicators only make sense at once: never stored (as the relay does).
+        None if transient else STORE_ON_FAILURE_SOURCE,
+        QUEUED_CHANNEL,
+        STORED_CHANNEL,
+        SCHEDULED_CHANNEL,
+    ]
+    _, row = await conn.fetchmany(_SEND_TO_USER, [args, [1, *args[1:]]])
+    outcome = row["outcome"]
+    if outcome is None:
+        raise users_db.UserNotFound(f"no such user: {aor}")
+    if outcome == "disabled":
+        raise UserDisabled(f"{aor} is disabled")
+    if outcome == "transient":
+        raise InvalidSend(f"{aor} is not registered, and {content_type} is never stored")
+    if outcome == "full":
         raise MailboxFull(
             f"the offline mailbox of {aor} is full ({settings.msilo_max_messages} messages)"
         )
-    if delay:
-        return Sent(Outcome.SCHEDULED, aor, from_uri, stored)
-    if registered:  # behind a drain in progress: msilo takes it from there at once
-        await notify(conn, STORED_CHANNEL, "stored", aor)
-    return Sent(Outcome.STORED, aor, from_uri, stored)
+    if outcome == "queued":
+        return Sent(Outcome.QUEUED, aor, from_uri, int(row["outbound_id"]))
+    return Sent(Outcome(outcome), aor, from_uri, int(row["offline_id"]))
 
 
 async def _to_room(
@@ -192,21 +310,30 @@ async def _to_room(
     if _media_type(content_type) in NO_NOTICE_TYPES:
         raise InvalidSend(f"{content_type} is not chat: rooms take no {content_type}")
     try:
-        user = await _local_user(conn, settings, sender)
+        address = _local_address(settings, sender)
     except users_db.InvalidUser as exc:
         raise InvalidSend(f"invalid sender {sender!r}: {exc}") from None
-    if await rooms_db.get_room_summary(conn, key) is None:
-        raise RoomNotFound(f"no such room: {key}")
-    inbox_id = await rooms_db.enqueue(
-        conn,
-        room=key,
-        sender=str(user.address),
-        sender_display=sender_display,
-        call_id=f"api-{secrets.token_hex(12)}",
-        content_type=content_type,
-        body=body,
+    name, domain = rooms_db.split_key(key)
+    row = await conn.fetchrow(
+        _SEND_TO_ROOM,
+        address.username,
+        address.domain,
+        name,
+        domain,
+        key,
+        str(address),
+        sender_display,
+        f"api-{secrets.token_hex(12)}",
+        content_type,
+        body,
+        rooms_db.INBOX_CHANNEL,
     )
-    return Sent(Outcome.ROOM, key, f"sip:{user.address}", inbox_id)
+    assert row is not None
+    if not row["sender_found"]:
+        raise users_db.UserNotFound(f"no such user: {address}")
+    if not row["room_found"]:
+        raise RoomNotFound(f"no such room: {key}")
+    return Sent(Outcome.ROOM, key, f"sip:{address}", int(row["inbox_id"]))
 
 
 async def purge_before(
