@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from services.relay.sip.auth import DigestAuthenticator
-from services.relay.sip.caches import BindingCache, CredentialCache
+from services.relay.sip.caches import BindingCache, CredentialCache, MailboxCache
 from services.relay.sip.flood import RateLimiter
 from services.relay.sip.transactions import ServerTxn, TransactionLayer
 from services.relay.sip.transport import Flow, TransportLayer
@@ -75,6 +75,7 @@ class SipEdge:
             pool, database_url, ttl=settings.sip_credentials_cache_ttl
         )
         self.bindings = BindingCache(pool, ttl=settings.sip_bindings_cache_ttl)
+        self.mailboxes = MailboxCache(pool, database_url, ttl=settings.sip_credentials_cache_ttl)
         self.auth = DigestAuthenticator(settings, self.credentials, self.nonces)
         self.transports = TransportLayer(
             on_message=self._on_message,
