@@ -242,7 +242,9 @@ class Settings(BaseSettings):
         "Changes made through imstack (CLI, API) apply at once: they NOTIFY the users "
         "channel, and a digest that does not match is checked against the database again. "
         "This limit bounds staleness after a lost notification or a change made with plain "
-        "SQL. 0: read the database on every request.",
+        "SQL. The same limit applies to what the edge remembers about users' offline "
+        "mailboxes being empty (every stored message NOTIFYs). 0: read the database on "
+        "every request.",
     )
     sip_bindings_cache_ttl: float = Field(
         2.0,

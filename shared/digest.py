@@ -61,15 +61,21 @@ class Algorithm(StrEnum):
         """Map an ``algorithm=`` value to an Algorithm; absent means MD5 (RFC 2617 §3.2.1)."""
         if value is None:
             return cls.MD5
-        for member in cls:
-            if member.value.lower() == value.lower():
-                return member
-        raise DigestParseError(f"unsupported digest algorithm {value!r}")
+        member = _ALGORITHMS.get(value) or _ALGORITHMS.get(value.lower())
+        if member is None:
+            raise DigestParseError(f"unsupported digest algorithm {value!r}")
+        return member
 
     def hash_hex(self, data: str) -> str:
         new = hashlib.md5 if self is Algorithm.MD5 else hashlib.sha256
         return new(data.encode("utf-8")).hexdigest()
 
+
+#: Algorithm by its name as written (the usual spelling) and in lower case.
+_ALGORITHMS = {
+    **{member.value.lower(): member for member in Algorithm},
+    **{member.value: member for member in Algorithm},
+}
 
 # --- header syntax (RFC 7616 §3.3/§3.4, RFC 3261 §25.1 auth-param) -------------
 
@@ -276,6 +282,7 @@ class Credentials:
 
 
 _NC_LENGTH = 8  # RFC 7616 §3.4: nc is exactly 8 hex digits
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 #: The last values parsed: a proxy reads a request's credentials twice (to authenticate,
@@ -314,7 +321,7 @@ def _parse_credentials(value: str) -> Credentials:
             raise DigestParseError(f"unknown qop {qop!r}")
         if nc is None or cnonce is None:
             raise DigestParseError("qop given without nc and cnonce")
-        if len(nc) != _NC_LENGTH or any(c not in "0123456789abcdefABCDEF" for c in nc):
+        if len(nc) != _NC_LENGTH or not _HEX_DIGITS.issuperset(nc):
             raise DigestParseError(f"bad nonce count {nc!r}")
     return Credentials(
         username=_require(params, "username"),

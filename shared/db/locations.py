@@ -182,6 +182,82 @@ async def refresh_binding(
     return [_binding(row) for row in rows]
 
 
+_COLUMNS_L = """l.id, l.aor, l.contact, l.transport, l.source_host, l.source_port,
+    l.relay_instance, l.connection_id, l.q, l.instance_id, l.user_agent, l.call_id, l.cseq,
+    l.expires_at, GREATEST(0, ceil(extract(epoch FROM l.expires_at - now())))::int,
+    l.created_at, l.updated_at"""
+
+
+async def refresh_bindings(
+    conn: Executor,
+    batch: list[tuple[NewBinding, str]],
+    *,
+    max_contacts: int,
+    channel: str,
+) -> list[list[Binding]]:
+    """:func:`refresh_binding` for several REGISTERs at once, in ONE statement: each
+    (binding, NOTIFY payload) of ``batch`` gets what :func:`refresh_binding` would return
+    for it alone (``[]``: do the full registration). The AoRs must differ (a refresh of one
+    AoR is judged on the bindings as they were before the statement)."""
+    if len({new.aor for new, _ in batch}) != len(batch):
+        raise ValueError("one AoR twice in a batch of refreshes")
+    rows = await conn.fetch(
+        f"""WITH input AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                     $5::int[], $6::text[], $7::text[], $8::real[],
+                                     $9::text[], $10::text[], $11::text[], $12::bigint[],
+                                     $13::float8[], $14::text[])
+                    WITH ORDINALITY AS i(aor, contact, transport, source_host, source_port,
+                                         relay_instance, connection_id, q, instance_id,
+                                         user_agent, call_id, cseq, expires, payload, idx)
+            ), current AS (
+                SELECT i.idx, (SELECT count(*) FROM locations c
+                               WHERE c.aor = i.aor AND c.expires_at > now()) AS n
+                FROM input i
+            ), refreshed AS (
+                UPDATE locations l SET
+                    transport = i.transport, source_host = i.source_host,
+                    source_port = i.source_port, relay_instance = i.relay_instance,
+                    connection_id = i.connection_id, q = i.q, instance_id = i.instance_id,
+                    user_agent = i.user_agent, call_id = i.call_id, cseq = i.cseq,
+                    expires_at = now() + make_interval(secs => i.expires), updated_at = now()
+                FROM input i JOIN current USING (idx)
+                WHERE l.aor = i.aor AND l.contact = i.contact AND l.expires_at > now()
+                    AND NOT (l.call_id = i.call_id AND l.cseq >= i.cseq)
+                    AND current.n <= $15
+                RETURNING i.idx, {_COLUMNS_L}
+            ), notified AS (
+                SELECT pg_notify($16, i.payload) FROM input i
+                WHERE i.idx IN (SELECT idx FROM refreshed)
+            )
+            SELECT refreshed.* FROM refreshed CROSS JOIN (SELECT count(*) FROM notified) AS n
+            UNION ALL
+            SELECT r.idx, {_COLUMNS_L} FROM refreshed r
+                JOIN locations l ON l.aor = r.aor AND l.expires_at > now() AND l.id <> r.id
+            ORDER BY 1, 10 DESC, 18 DESC, 2""",
+        [new.aor for new, _ in batch],
+        [new.contact for new, _ in batch],
+        [new.transport for new, _ in batch],
+        [new.source_host for new, _ in batch],
+        [new.source_port for new, _ in batch],
+        [new.relay_instance for new, _ in batch],
+        [new.connection_id for new, _ in batch],
+        [new.q for new, _ in batch],
+        [new.instance_id for new, _ in batch],
+        [new.user_agent for new, _ in batch],
+        [new.call_id for new, _ in batch],
+        [new.cseq for new, _ in batch],
+        [float(new.expires) for new, _ in batch],
+        [payload for _, payload in batch],
+        max_contacts,
+        channel,
+    )
+    results: list[list[Binding]] = [[] for _ in batch]
+    for row in rows:
+        results[row[0] - 1].append(Binding(*tuple(row)[1:]))
+    return results
+
+
 async def delete_bindings(conn: Executor, ids: list[int]) -> int:
     status = await conn.execute("DELETE FROM locations WHERE id = ANY($1::bigint[])", ids)
     return int(status.rsplit(" ", 1)[-1])

@@ -9,7 +9,7 @@ Content-Length is always recomputed from the body.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from shared.sip.errors import LocalProtocolError
@@ -329,6 +329,23 @@ class Headers:
         else:
             self._items[i] = (n, ", ".join(parts[1:]))
         return parts[0] if parts else None
+
+    def copy_without(self, name: str, drop: Callable[[str], bool]) -> Headers:
+        """A copy without the ``name`` lines whose value ``drop`` accepts."""
+        key = _name_key(name)[1]
+        new = Headers.__new__(Headers)
+        if key not in self._keys:
+            new._items = list(self._items)
+            new._keys = list(self._keys)
+            return new
+        kept = [
+            (k, item)
+            for k, item in zip(self._keys, self._items, strict=True)
+            if k != key or not drop(item[1])
+        ]
+        new._keys = [k for k, _ in kept]
+        new._items = [item for _, item in kept]
+        return new
 
     def copy(self) -> Headers:
         new = Headers.__new__(Headers)

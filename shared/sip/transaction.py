@@ -506,6 +506,11 @@ class ServerTransaction(_Transaction):
         if self.is_invite and send_trying:
             self._step(In.RESPONSE_1XX, now, response=make_response(request, 100))
 
+    @property
+    def last_response(self) -> bytes | None:
+        """The last response sent, as bytes: what a retransmitted request gets again."""
+        return self._last_response
+
     def start(self) -> list[TransactionEvent]:
         """The events of creation: the 100 Trying for an INVITE, if any."""
         return self._take()

@@ -8,7 +8,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from services.relay.sip.caches import CredentialCache, TtlCache
+from services.relay.sip.caches import CredentialCache, MailboxCache, TtlCache
+from shared.db.offline import store_message
 from shared.db.users import Address, create_user, set_disabled, set_password
 from tests.relay_sip.conftest import SipServer, eventually
 from tests.relay_sip.sip_ua import SipUA
@@ -181,3 +182,146 @@ async def test_entries_expire_after_the_ttl_and_refused_values_are_not_kept() ->
     await cache.get("empty")
     await cache.get("empty")
     assert loads == ["a", "a", "empty", "empty"]
+
+
+async def test_concurrent_lookups_of_a_missing_key_share_one_load() -> None:
+    release = asyncio.Event()
+    loads: list[str] = []
+
+    async def load(key: str) -> str:
+        loads.append(key)
+        await release.wait()
+        return f"value of {key}"
+
+    cache: TtlCache[str, str] = TtlCache(load, ttl=60.0)
+    waiting = [asyncio.create_task(cache.get("k")) for _ in range(5)]
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*waiting) == ["value of k"] * 5
+    assert loads == ["k"]
+    assert len(cache) == 1
+
+
+async def test_a_lookup_after_an_invalidation_does_not_share_the_older_load() -> None:
+    release = asyncio.Event()
+    values = iter(["old", "new"])
+
+    async def load(_key: str) -> str:
+        await release.wait()
+        return next(values)
+
+    cache: TtlCache[str, str] = TtlCache(load, ttl=60.0)
+    first = asyncio.create_task(cache.get("k"))
+    await asyncio.sleep(0)
+    cache.invalidate("k")  # a change commits while the first load runs
+    second = asyncio.create_task(cache.get("k"))
+    await asyncio.sleep(0)
+    release.set()
+    assert (await first, await second) == ("old", "new")
+    assert await cache.get("k") == "new"  # the second load, begun after the change, is kept
+
+
+async def test_a_failed_shared_load_fails_every_waiter_and_keeps_nothing() -> None:
+    release = asyncio.Event()
+    calls = 0
+
+    async def load(_key: str) -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        if calls == 1:
+            raise OSError("database gone")
+        return "back"
+
+    cache: TtlCache[str, str] = TtlCache(load, ttl=60.0)
+    waiting = [asyncio.create_task(cache.get("k")) for _ in range(3)]
+    await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results)
+    assert len(cache) == 0
+    assert await cache.get("k") == "back"
+
+
+async def test_a_cancelled_shared_load_leaves_the_waiters_to_load_themselves() -> None:
+    release = asyncio.Event()
+    calls = 0
+
+    async def load(_key: str) -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return f"load {calls}"
+
+    cache: TtlCache[str, str] = TtlCache(load, ttl=60.0)
+    loader = asyncio.create_task(cache.get("k"))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(cache.get("k"))
+    await asyncio.sleep(0)
+    loader.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    assert await waiter == "load 2"
+    assert loader.cancelled()
+
+
+async def _store_for(pool: asyncpg.Pool, recipient: str, body: bytes) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await store_message(
+            conn,
+            recipient=recipient,
+            sender_uri="sip:carol@example.test",
+            sender_display=None,
+            call_id="stored-elsewhere",
+            content_type="text/plain",
+            body=body,
+            extra_headers=[],
+            lifetime=600,
+        )
+
+
+async def test_the_mailbox_cache_forgets_an_empty_mailbox_when_a_message_is_stored(
+    pool: asyncpg.Pool, database_url: str, users: dict[str, str]
+) -> None:
+    cache = MailboxCache(pool, database_url, ttl=3600.0)
+    assert await cache.may_have_messages("bob@example.test")  # not listening: ask the table
+    stop = asyncio.Event()
+    listening = asyncio.create_task(cache.run(stop))
+    try:
+        await asyncio.wait_for(cache.listener.connected.wait(), 10)
+        assert not await cache.may_have_messages("bob@example.test")
+        assert not await cache.may_have_messages("bob@example.test")
+        assert (cache.cache.hits, len(cache.cache)) == (1, 1)
+
+        await _store_for(pool, "bob@example.test", b"kept for bob")  # by anyone: a trigger
+
+        async def told() -> bool:
+            return await cache.may_have_messages("bob@example.test")
+
+        await eventually(told, "the stored message's NOTIFY reaches the cache")
+        assert len(cache.cache) == 0  # a mailbox with messages is asked about every time
+    finally:
+        stop.set()
+        await asyncio.wait_for(listening, 10)
+
+
+async def test_a_message_stored_by_another_process_is_not_overtaken(
+    sip: SipServer, database_url: str
+) -> None:
+    alice = await sip.ua("alice")
+    bob = await sip.ua("bob")
+    assert (await bob.register()).status == 200
+    assert await deliver(alice, bob, b"live") == 200  # bob's empty mailbox is remembered
+    # msilo, imc or the API stores a message for bob (a drain of it is due at once).
+    heard = asyncio.Event()
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.add_listener("offline_inserted", lambda *_args: heard.set())
+        await _store_for(sip.pool, "bob@example.test", b"stored first")
+        await asyncio.wait_for(heard.wait(), 10)
+    finally:
+        await conn.close()
+    await asyncio.sleep(0.2)  # the relay's own LISTEN connection hears it as we did
+    reply = await alice.message("sip:bob@example.test", b"must not overtake")
+    assert reply.status == 202  # stored behind the stored one, not delivered
+    assert bob.requests.empty()

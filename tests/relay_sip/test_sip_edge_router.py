@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from shared.sip.headers import parse_via
+from shared.sip.headers import make_response, parse_via
 from tests.relay_sip.conftest import SipServer
 from tests.relay_sip.sip_ua import SipUA
 
@@ -75,6 +75,25 @@ async def test_a_retransmitted_udp_message_reaches_the_callee_once(sip: SipServe
     assert (await alice.wait_response(branch)).status == 200
     assert bob.requests.empty()
     assert sum(b"MESSAGE sip:" in raw for raw in bob.raw_received) == 1
+    finals = [raw for raw in alice.raw_received if raw.startswith(b"SIP/2.0 200")]
+    assert len(finals) == 2 and finals[0] == finals[1]  # the same response, byte for byte
+
+
+async def test_a_retransmitted_final_response_is_relayed_once(sip: SipServer) -> None:
+    bob = await registered(sip, "bob")
+    alice = await sip.ua("alice")
+    sending = asyncio.create_task(alice.message("sip:bob@example.test", b"hi"))
+    received = await bob.next_request()
+    answer = make_response(received, 200, to_tag="bob-1").to_bytes()
+    bob.send_bytes(answer)
+    assert (await sending).status == 200
+    bob.send_bytes(answer)  # bob's 200 again (a UDP retransmission): nothing more for alice
+    done = asyncio.create_task(alice.message("sip:bob@example.test", b"next"))
+    second = await bob.next_request()
+    bob.answer(second, 200)
+    assert (await done).status == 200
+    oks = [raw for raw in alice.raw_received if raw.startswith(b"SIP/2.0 200")]
+    assert len(oks) == 2  # one per MESSAGE
 
 
 async def test_a_failure_from_the_callee_is_relayed_back(sip: SipServer) -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import shared.digest as digest
 from shared.sip.errors import RemoteProtocolError
 from shared.sip.headers import _parse_via, parse_via, stamp_rport
+from shared.sip.message import Headers
 from shared.sip.parser import _HEAD_END_RE, parse_datagram
 
 TOKEN = st.text(alphabet="abcXYZ019-._!%*+`'~", min_size=1, max_size=8)
@@ -141,3 +142,29 @@ def test_credentials_split_the_short_way_equal_the_careful_split(
 )
 def test_what_clients_send_takes_the_short_way(value: str) -> None:
     assert digest._parse_plain_auth_header(value) == _careful(value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(["Via", "v", "Proxy-Authorization", "proxy-authorization", "To"]),
+            st.sampled_from(["ours", "theirs", "x"]),
+        ),
+        max_size=8,
+    )
+)
+def test_copy_without_equals_rebuilding_the_headers_without_the_dropped_lines(
+    lines: list[tuple[str, str]],
+) -> None:
+    headers = Headers(lines)
+    copied = headers.copy_without("Proxy-Authorization", lambda value: value == "ours")
+    rebuilt = Headers(
+        (name, value)
+        for name, value in headers
+        if not (name == "Proxy-Authorization" and value == "ours")
+    )
+    assert copied == rebuilt
+    assert copied.keys() == rebuilt.keys()
+    copied.add("Via", "new")  # a copy: the original is untouched
+    assert headers == Headers(lines)

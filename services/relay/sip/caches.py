@@ -7,11 +7,16 @@
   meanwhile costs nothing. The TTL is the safety net for anything else (a half-open LISTEN
   connection, a change made with plain SQL). The authenticator re-reads an entry whose HA1
   does not match the client's digest, so a new password works even before the NOTIFY.
+* :class:`MailboxCache` — the recipients known to have no stored (offline) message at all,
+  so that a MESSAGE for them needs no query to learn whether it would overtake stored ones.
+  Every INSERT into ``offline_messages`` NOTIFYs ``offline_inserted`` (a trigger, whoever
+  stores), which drops the recipient; the same LISTEN rules as for credentials apply.
 * :class:`BindingCache` — an AoR's bindings for routing. This relay drops an AoR's entry
   whenever it changes that AoR's bindings itself (REGISTER, closed connection, purge);
   bindings changed by another relay instance are seen once the entry's TTL has run out.
 
 A lookup that races with an invalidation does not store its (possibly stale) result.
+Concurrent lookups of one missing key share one load (one query, not one per request).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class TtlCache(Generic[K, V]):
         self._seq = 0  # counts invalidations
         self._invalidated: dict[K, int] = {}  # key → _seq of its last invalidation
         self._cleared = 0  # _seq of the last invalidation of everything
+        self._loading: dict[K, tuple[int, asyncio.Future[V]]] = {}  # key → (_seq, load)
         self.hits = 0
         self.misses = 0
 
@@ -92,10 +98,34 @@ class TtlCache(Generic[K, V]):
                 self.hits += 1
                 return entry.value
         self.misses += 1
+        if not (use_cache and self.ttl > 0):
+            return await self.load(key)
+        loading = self._loading.get(key)
+        # A load in flight that began before an invalidation of the key cannot be shared.
+        if loading is not None and self._unchanged_since(key, loading[0]):
+            try:
+                return await asyncio.shield(loading[1])
+            except asyncio.CancelledError:
+                if not loading[1].cancelled():
+                    raise  # we were cancelled ourselves
+                # the task that loaded was: load it ourselves
         started = self._seq
-        value = await self.load(key)
-        if use_cache:
-            self.store(key, value, started=started, now=now)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._loading[key] = (started, future)
+        try:
+            value = await self.load(key)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # marked retrieved: the waiters, if any, get it
+            raise
+        finally:
+            if self._loading.get(key, (0, None))[1] is future:
+                del self._loading[key]
+        future.set_result(value)
+        self.store(key, value, started=started, now=now)
         return value
 
     def mark(self) -> int:
@@ -184,6 +214,62 @@ class CredentialCache:
 
     async def _catch_up(self) -> None:
         # NOTIFYs sent while we were not listening are lost: forget everything.
+        self.cache.clear()
+
+
+#: NOTIFYed by a trigger with the recipient of every new offline_messages row (0016).
+OFFLINE_INSERTED_CHANNEL = "offline_inserted"
+
+
+class MailboxCache:
+    """The recipients known to have no stored message at all (a MESSAGE for them cannot
+    overtake one), invalidated by the ``offline_inserted`` NOTIFY of every stored row."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, database_url: str, *, ttl: float, clock: Clock = time.monotonic
+    ) -> None:
+        self.pool = pool
+        # Only "empty" is kept: a mailbox with rows is asked about every time.
+        self.cache: TtlCache[str, bool] = TtlCache(
+            self._load, ttl=ttl, keep=lambda has_rows: not has_rows, clock=clock
+        )
+        self.listener = Listener(
+            database_url, [OFFLINE_INSERTED_CHANNEL], self._on_notify, catch_up=self._catch_up
+        )
+
+    async def may_have_messages(self, recipient: str) -> bool:
+        """False when ``recipient`` (``user@domain``) is known to have nothing stored."""
+        if not self.listener.connected.is_set():
+            return True  # no invalidation would reach us: let the caller ask the database
+        entry = self.cache.peek(recipient)
+        if entry is not None:
+            return entry.value
+        return await self.cache.get(recipient)
+
+    def invalidate(self, recipient: str) -> None:
+        """``recipient`` may have stored messages now (this process stored one)."""
+        self.cache.invalidate(recipient)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """LISTEN for stored messages until ``stop`` (reconnecting as needed)."""
+        if self.cache.ttl > 0:
+            await self.listener.run(stop)
+
+    async def _load(self, recipient: str) -> bool:
+        return bool(
+            await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM offline_messages WHERE recipient = $1)", recipient
+            )
+        )
+
+    def _on_notify(self, notification: Notification) -> None:
+        if notification.id is None:
+            log.warning("unexpected %s notification %r", OFFLINE_INSERTED_CHANNEL, notification.raw)
+            self.cache.clear()
+            return
+        self.cache.invalidate(notification.id)
+
+    async def _catch_up(self) -> None:
         self.cache.clear()
 
 

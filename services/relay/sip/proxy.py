@@ -80,15 +80,10 @@ def branch_request(
 ) -> SipRequest:
     """The copy of ``request`` sent to one target (§16.6 steps 1-8)."""
     realm = edge.settings.domain
-    if "Proxy-Authorization" in request.headers:
-        headers = Headers(
-            (name, value)
-            for name, value in request.headers
-            # §22.3: credentials for our realm are consumed here, not forwarded.
-            if not (name == "Proxy-Authorization" and _our_credentials(value, realm))
-        )
-    else:
-        headers = request.headers.copy()
+    # §22.3: credentials for our realm are consumed here, not forwarded.
+    headers = request.headers.copy_without(
+        "Proxy-Authorization", lambda value: _our_credentials(value, realm)
+    )
     if decrement:
         hops = int(headers.get("Max-Forwards") or "70")
         headers.set("Max-Forwards", str(max(hops - 1, 0)))

@@ -5,18 +5,24 @@ registrations of the same user from several relays never interleave. The usual o
 client refreshing the one binding it has — is a single statement instead (one round trip:
 update, NOTIFY and the AoR's bindings; :func:`shared.db.locations.refresh_binding`), which
 the row lock serialises with any other change of that binding; anything it cannot decide
-alone goes the long way. The 200 lists every current binding with its remaining lifetime.
-A registration that adds or refreshes a binding NOTIFYs ``registered`` with the AoR
-(``user@domain``) when it commits; the offline store delivers waiting messages on it.
+alone goes the long way. Refreshes of different AoRs that arrive together share that one
+statement (:class:`RefreshBatcher`: one round trip for the lot while the previous one is
+under way), which is what a registrar under load mostly does. The 200 lists every current
+binding with its remaining lifetime. A registration that adds or refreshes a binding
+NOTIFYs ``registered`` with the AoR (``user@domain``) when it commits; the offline store
+delivers waiting messages on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
+
+import asyncpg
 
 from services.relay.sip.auth import Authenticated
 from services.relay.sip.edge import SipEdge
@@ -30,6 +36,7 @@ from shared.db.locations import (
     get_bindings,
     lock_aor,
     refresh_binding,
+    refresh_bindings,
     upsert_binding,
 )
 from shared.db.types import Connection
@@ -90,10 +97,115 @@ def _same_contact(stored: str, uri: SipUri) -> bool:
         return stored == str(uri)
 
 
+#: Errors a statement gets for what one of its rows holds, not for the database's state.
+_ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+class RefreshBatcher:
+    """Refreshes of single bindings (:func:`refresh_binding`), gathered into one statement
+    (:func:`refresh_bindings`) per batch. A batch starts at once when no other is under
+    way (after the requests of the same loop iteration have joined it), otherwise when the
+    one under way ends; a second refresh of an AoR already waiting goes alone. A batch the
+    database refuses as a whole for what one row holds (a data error) is retried one
+    refresh at a time, so that one client's bad REGISTER fails no other."""
+
+    MAX_BATCH = 200
+
+    def __init__(self, pool: asyncpg.Pool, *, max_contacts: int, channel: str) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.max_contacts = max_contacts
+        self.channel = channel
+        self._waiting: dict[str, tuple[NewBinding, str, asyncio.Future[list[Binding]]]] = {}
+        self._running = False  # a batch is being sent, or is about to be
+        self.batches = 0  # statements sent (for tests and statistics)
+
+    async def refresh(self, new: NewBinding, payload: str) -> list[Binding]:
+        if new.aor in self._waiting or len(self._waiting) >= self.MAX_BATCH:
+            return await self._alone(new, payload)
+        future: asyncio.Future[list[Binding]] = self.loop.create_future()
+        self._waiting[new.aor] = (new, payload, future)
+        if not self._running:
+            self._running = True
+            self.loop.call_soon(self._start)
+        return await future
+
+    async def _alone(self, new: NewBinding, payload: str) -> list[Binding]:
+        return await refresh_binding(
+            self.pool, new, max_contacts=self.max_contacts, channel=self.channel, payload=payload
+        )
+
+    def _start(self) -> None:
+        batch, self._waiting = list(self._waiting.values()), {}
+        task = self.loop.create_task(self._send(batch))
+        task.add_done_callback(self._sent)
+
+    def _sent(self, _task: asyncio.Task[None]) -> None:
+        if self._waiting:
+            self._start()
+        else:
+            self._running = False
+
+    async def _send(
+        self, batch: list[tuple[NewBinding, str, asyncio.Future[list[Binding]]]]
+    ) -> None:
+        self.batches += 1
+        try:
+            if len(batch) == 1:
+                new, payload, _ = batch[0]
+                results = [await self._alone(new, payload)]
+            else:
+                results = await refresh_bindings(
+                    self.pool,
+                    [(new, payload) for new, payload, _ in batch],
+                    max_contacts=self.max_contacts,
+                    channel=self.channel,
+                )
+        except _ROW_ERRORS as exc:
+            if len(batch) == 1:
+                self._fail(batch, exc)
+            else:  # what one row holds (NUL bytes...): each refresh on its own
+                await asyncio.gather(*(self._retry(*item) for item in batch))
+            return
+        except Exception as exc:  # the database is unavailable: every refresh fails
+            self._fail(batch, exc)
+            return
+        except BaseException:
+            for _, _, future in batch:
+                future.cancel()
+            raise
+        for (_, _, future), bindings in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(bindings)
+
+    @staticmethod
+    def _fail(
+        batch: list[tuple[NewBinding, str, asyncio.Future[list[Binding]]]], exc: Exception
+    ) -> None:
+        for _, _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _retry(
+        self, new: NewBinding, payload: str, future: asyncio.Future[list[Binding]]
+    ) -> None:
+        try:
+            bindings = await self._alone(new, payload)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(bindings)
+
+
 class Registrar:
     def __init__(self, edge: SipEdge) -> None:
         self.edge = edge
         self.settings = edge.settings
+        self.refreshes = RefreshBatcher(
+            edge.pool, max_contacts=edge.settings.registrar_max_contacts, channel=REGISTERED_CHANNEL
+        )
 
     async def register(self, txn: ServerTxn) -> SipResponse:
         request = txn.request
@@ -139,13 +251,10 @@ class Registrar:
         bindings = []
         if len(updates) == 1 and updates[0].expires > 0:
             # The common case, a client refreshing its one binding: one round trip.
-            bindings = await refresh_binding(
-                self.edge.pool,
+            bindings = await self.refreshes.refresh(
                 self._new_binding(aor, updates[0], updates[0].text, call_id, cseq, request, flow),
-                max_contacts=s.registrar_max_contacts,
-                channel=REGISTERED_CHANNEL,
                 # What shared.db.listen.notify sends: {"type": ..., "id": aor}.
-                payload=f'{{"type": "{REGISTERED_CHANNEL}", "id": {json.dumps(aor)}}}',
+                f'{{"type": "{REGISTERED_CHANNEL}", "id": {json.dumps(aor)}}}',
             )
         if bindings:
             self.edge.bindings.invalidate(aor)

@@ -251,21 +251,33 @@ class Router:
         if not bindings:
             if offline is not None:
                 self._assert_identity(request, sender)
-                return await handover.store_offline(
-                    self.edge.pool, self.settings, request, aor, authenticated_user=sender
-                )
+                return await self._store(request, aor, sender)
             return make_response(request, 480)
-        if offline is not None and await handover.behind_stored(self.edge.pool, request, aor):
+        if (
+            offline is not None
+            and await self.edge.mailboxes.may_have_messages(aor)
+            and await handover.behind_stored(self.edge.pool, request, aor)
+        ):
+            return await self._store(request, aor, sender, registered=True)
+        targets = [Target.of(self.edge, binding) for binding in bindings]
+        return await self._forward(txn, targets, offline_aor=offline, sender=sender)
+
+    async def _store(
+        self, request: SipRequest, aor: str, sender: str | None, *, registered: bool = False
+    ) -> SipResponse:
+        """:func:`handover.store_offline`; the next MESSAGE for ``aor`` then looks for
+        stored messages it would overtake, even before the NOTIFY of this one arrives."""
+        try:
             return await handover.store_offline(
                 self.edge.pool,
                 self.settings,
                 request,
                 aor,
                 authenticated_user=sender,
-                registered=True,
+                registered=registered,
             )
-        targets = [Target.of(self.edge, binding) for binding in bindings]
-        return await self._forward(txn, targets, offline_aor=offline, sender=sender)
+        finally:
+            self.edge.mailboxes.invalidate(aor)
 
     async def _forward(
         self,
@@ -297,9 +309,7 @@ class Router:
         if fork.cancelled and not result.ok:
             return make_response(request, 487)
         if not result.ok and offline_aor is not None and result.unreachable:
-            return await handover.store_offline(
-                self.edge.pool, self.settings, request, offline_aor, authenticated_user=sender
-            )
+            return await self._store(request, offline_aor, sender)
         if result.synthetic:
             return make_response(request, result.response.status)
         return upstream_copy(result.response)

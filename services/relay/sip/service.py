@@ -2,7 +2,7 @@
 
 Starts the listeners (UDP + TCP on IMSTACK_SIP_HOST:IMSTACK_SIP_PORT, TLS on
 IMSTACK_SIP_TLS_PORT when a certificate is configured), the outbound delivery worker, the
-LISTEN connection that keeps the credential cache current and the binding purge. On
+LISTEN connections that keep the credential and mailbox caches current and the binding purge. On
 ``ctx.stop``: stop accepting connections and new requests (503), let in-flight
 transactions and deliveries finish within the shutdown timeout, close.
 """
@@ -47,6 +47,7 @@ async def run_sip(
     background = [
         asyncio.create_task(worker.run(ctx.stop), name="sip-delivery"),
         asyncio.create_task(edge.credentials.run(ctx.stop), name="sip-credentials-listen"),
+        asyncio.create_task(edge.mailboxes.run(ctx.stop), name="sip-mailboxes-listen"),
         asyncio.create_task(purge_stale_rows(edge, ctx.stop, PURGE_INTERVAL), name="sip-purge"),
     ]
     if started is not None:

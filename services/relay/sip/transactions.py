@@ -3,11 +3,21 @@
 The sans-IO machines in ``shared.sip.transaction`` decide; this layer feeds them what
 arrives, re-arms ``loop.call_at`` from ``get_timer()``, writes their bytes to the right
 flow, and turns their outcome into a future for the code waiting on it.
+
+Non-INVITE transactions over UDP linger after their final response (Timer J: 32 s for a
+server transaction, Timer K: 5 s for a client one) only to absorb retransmissions. At
+thousands of requests a second those idle objects would be most of what the garbage
+collector scans, so the layer retires them at once: an answered server transaction leaves
+only its key, the response bytes and where they went (a retransmitted request gets them
+again until Timer J would have ended it); an answered client transaction leaves nothing (a
+retransmitted final response then matches no transaction and is dropped, which is all the
+Completed state would have done with it, §17.1.2.2).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import logging
@@ -68,9 +78,10 @@ class _Txn:
     def __init__(self, layer: TransactionLayer, flow: Flow) -> None:
         self.layer = layer
         self.flow = flow
-        #: When the transaction's timer is due (None: no timer armed); its entry in the
-        #: layer's timer heap with another time is stale and skipped.
+        #: When the transaction's timer is due (None: no timer armed), and the sequence
+        #: number of its entry in the layer's timer heap (other entries are stale).
         self.timer_when: float | None = None
+        self.timer_seq: int | None = None
 
     def on_response(self, response: SipResponse) -> None:
         pass
@@ -194,8 +205,15 @@ class TransactionLayer:
         self.client: dict[tuple[str, str], ClientTxn] = {}
         #: Client transactions by the top Via text they sent (see ClientTxn.via).
         self.client_vias: dict[str, ClientTxn] = {}
+        #: Answered non-INVITE server transactions over UDP: key → (response, host, port,
+        #: Timer J's deadline), and the keys in deadline order (Timer J is one constant).
+        self.answered: dict[ServerKey, tuple[bytes, str, int, float]] = {}
+        self._answered_order: collections.deque[tuple[float, ServerKey]] = collections.deque()
         self.accepting = True
-        self._timers: list[tuple[float, int, _Txn]] = []
+        #: The timer heap holds (due time, sequence) only, and ``_armed`` the transaction
+        #: of each live entry: a stale entry keeps no transaction alive until it is due.
+        self._timers: list[tuple[float, int]] = []
+        self._armed: dict[int, _Txn] = {}
         self._timer_seq = itertools.count()
         self._wakeup: asyncio.TimerHandle | None = None
         self._wakeup_when = math.inf
@@ -220,6 +238,11 @@ class TransactionLayer:
             return
         if txn is not None:
             self.drive(txn, txn.tx.receive_request(request, now))  # a retransmission
+            return
+        answered = self.answered.get(key)
+        if answered is not None and answered[3] > now:
+            # A retransmission of a request we answered (§17.2.2 Completed): the response again.
+            self.transports.send(Flow("udp", answered[1], answered[2]), answered[0])
             return
         tx = ServerTransaction(request, now=now, reliable=flow.reliable)
         txn = ServerTxn(self, tx, flow, key)
@@ -295,9 +318,36 @@ class TransactionLayer:
             elif type(event) is TransportFailed:
                 txn.on_transport_failed()
             elif type(event) is Terminated:
-                txn.timer_when = None
+                self._disarm(txn)
                 txn.on_terminated()
-        self._rearm(txn)
+        tx = txn.tx
+        if tx.state == "completed" and not tx.is_invite and not txn.flow.reliable:
+            self._retire(txn)
+        else:
+            self._rearm(txn)
+
+    def _retire(self, txn: _Txn) -> None:
+        """Forget an answered non-INVITE transaction over UDP (see the module docstring)."""
+        self._disarm(txn)
+        if type(txn) is ClientTxn:
+            txn.on_terminated()
+            return
+        assert type(txn) is ServerTxn
+        deadline = txn.tx.get_timer()
+        response = txn.tx.last_response
+        if self.server.get(txn.key) is txn:
+            del self.server[txn.key]
+        if deadline is None or response is None:
+            return
+        now = self.loop.time()
+        order = self._answered_order
+        while order and order[0][0] <= now:
+            _, expired = order.popleft()
+            record = self.answered.get(expired)
+            if record is not None and record[3] <= now:
+                del self.answered[expired]
+        self.answered[txn.key] = (response, txn.flow.host, txn.flow.port, deadline)
+        order.append((deadline, txn.key))
 
     def _transport_error(self, txn: _Txn) -> None:
         try:
@@ -306,20 +356,30 @@ class TransactionLayer:
             return  # the state has no transport-error edge: the timers will end it
         self.drive(txn, events)
 
-    # One heap of (due time, sequence, transaction) and one loop timer for its earliest
-    # entry, instead of a loop timer per transaction: tuple comparisons are done in C, the
-    # loop's timer handles compare in Python, and over UDP thousands of transactions sit in
-    # Timer K at once. A transaction re-armed or ended leaves its old entry behind, stale.
+    # One heap of (due time, sequence) and one loop timer for its earliest entry, instead
+    # of a loop timer per transaction: tuple comparisons are done in C, the loop's timer
+    # handles compare in Python, and thousands of transactions have a timer armed at once.
+    # A transaction re-armed, retired or ended leaves its old entry behind, stale (its
+    # sequence is no longer in ``_armed``), holding no reference to the transaction.
 
     def _rearm(self, txn: _Txn) -> None:
         when = txn.tx.get_timer() if txn.tx.state != "terminated" else None
         if when == txn.timer_when:
             return  # the timer already set is the right one
-        txn.timer_when = when
+        self._disarm(txn)
         if when is not None:
-            heapq.heappush(self._timers, (when, next(self._timer_seq), txn))
+            seq = next(self._timer_seq)
+            txn.timer_when, txn.timer_seq = when, seq
+            self._armed[seq] = txn
+            heapq.heappush(self._timers, (when, seq))
             if when < self._wakeup_when:
                 self._schedule(when)
+
+    def _disarm(self, txn: _Txn) -> None:
+        """Make the transaction's heap entry, if any, stale."""
+        if txn.timer_seq is not None:
+            self._armed.pop(txn.timer_seq, None)
+        txn.timer_when = txn.timer_seq = None
 
     def _schedule(self, when: float) -> None:
         if self._wakeup is not None:
@@ -332,12 +392,13 @@ class TransactionLayer:
         self._wakeup_when = math.inf
         now = self.loop.time()
         limit = now + _CLOCK_RESOLUTION  # what the loop itself counts as due
-        timers = self._timers
+        timers, armed = self._timers, self._armed
         while timers and timers[0][0] <= limit:
-            when, _, txn = heapq.heappop(timers)
-            if txn.timer_when != when:
+            when, seq = heapq.heappop(timers)
+            txn = armed.pop(seq, None)
+            if txn is None:
                 continue  # stale: re-armed since, or ended
-            txn.timer_when = None
+            txn.timer_when = txn.timer_seq = None
             self.drive(txn, txn.tx.handle_timer(max(now, when)))
         if timers:
             self._schedule(timers[0][0])
@@ -355,8 +416,11 @@ class TransactionLayer:
             self._wakeup = None
         self._wakeup_when = math.inf
         self._timers.clear()
+        self._armed.clear()
+        self.answered.clear()
+        self._answered_order.clear()
         for txn in [*self.server.values(), *self.client.values()]:
-            txn.timer_when = None
+            txn.timer_when = txn.timer_seq = None
 
 
 def client_key_for(request: SipRequest) -> tuple[str, str]:
