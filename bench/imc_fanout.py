@@ -27,7 +27,8 @@ CPU 1 with PostgreSQL, so a tail it causes shows there. With ``--trace FILE`` im
 under bench/imc_trace_server.py and, for every latency message, the time of each step is
 printed, from the send: relay receives, hand-over committed, imc woken, imc committed the
 fan-out, relay claimed it, first and last copy sent, last 200 back, last copy arrived
-(medians and p99 over the messages).
+(medians and p99 over the messages; the outcomes are written after the next message is
+sent, so they are not shown).
 
 Checked in both: lost copies (a member that never got a message), duplicates (a member that
 got one message in more than one transaction; UDP retransmissions of one transaction are
@@ -429,7 +430,6 @@ STEPS = (
     ("first copy sent", "tx_message", "first"),
     ("last copy sent", "tx_message", "last"),
     ("last 200 received", "rx_response", "last"),
-    ("last outcome written", "flush_end", "last"),
 )
 
 
@@ -449,7 +449,12 @@ def trace_report(gen: RoomLoad, paths: list[Path]) -> None:
         for i, s in enumerate(seqs):
             copies = gen.copies[s]
             start = copies.first_sent + offset
-            end = gen.copies[seqs[i + 1]].first_sent + offset if i + 1 < len(seqs) else start + 5
+            # Up to the next message's send (the last one: its last copy's arrival).
+            end = (
+                gen.copies[seqs[i + 1]].first_sent + offset
+                if i + 1 < len(seqs)
+                else copies.last_arrival + offset + 1e-3
+            )
             window = [e for e in events if start <= e[1] < end]
             imc_end = next((t for name, t, _ in window if name == "imc_end"), None)
             claimed = next(

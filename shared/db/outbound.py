@@ -15,6 +15,7 @@ one row, and ``{"type": "finished", "id": <first id>, "ids": [<id>, ...]}`` for 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +98,19 @@ NOT_SENT_REASON = "not sent: an earlier message failed"
 
 
 def _headers(value: object) -> tuple[tuple[str, str], ...]:
-    data = json.loads(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        return _headers_text(value)
+    return _header_pairs(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _headers_text(text: str) -> tuple[tuple[str, str], ...]:
+    """The pairs of an ``extra_headers`` JSON text: memoised, as a batch of rows often
+    carries the same headers (a room's fan-out: every copy)."""
+    return _header_pairs(json.loads(text))
+
+
+def _header_pairs(data: object) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     if isinstance(data, list):
         for item in data:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from shared.db.listen import notify
 from shared.db.outbound import QUEUED_CHANNEL
 from shared.db.types import Executor
 
@@ -105,18 +104,23 @@ async def enqueue(
     content_type: str,
     body: bytes,
 ) -> int:
-    """Queue a MESSAGE for ``room`` and wake imc (NOTIFY on commit); the row's id."""
+    """Queue a MESSAGE for ``room`` and wake imc (NOTIFY on commit); the row's id. One
+    statement, atomic by itself: no transaction is needed around it."""
     new_id = await conn.fetchval(
-        """INSERT INTO room_inbox (room, sender, sender_display, call_id, content_type, body)
-           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+        """WITH queued AS (
+               INSERT INTO room_inbox (room, sender, sender_display, call_id, content_type,
+                   body)
+               VALUES ($1, $2, $3, $4, $5, $6) RETURNING id)
+           SELECT id FROM queued, LATERAL (SELECT pg_notify($7,
+               json_build_object('type', 'queued', 'id', id)::text)) AS woken""",
         room.lower(),
         sender,
         sender_display,
         call_id,
         content_type,
         body,
+        INBOX_CHANNEL,
     )
-    await notify(conn, INBOX_CHANNEL, "queued", new_id)
     return int(new_id)
 
 

@@ -44,6 +44,34 @@ async def enqueue(pool: asyncpg.Pool, sender: str, body: bytes, room: str = ROOM
     )
 
 
+async def test_enqueue_commits_the_row_and_wakes_imc_in_one_statement(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    woken: list[Notification] = []
+    stop = asyncio.Event()
+    listener = Listener(database_url, [rooms.INBOX_CHANNEL], woken.append)
+    listening = asyncio.create_task(listener.run(stop))
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        queued = await enqueue(
+            pool, "alice@example.test", b"hi", room="Devs@Conference.Example.Test"
+        )
+        for _ in range(100):
+            if woken:
+                break
+            await asyncio.sleep(0.02)
+        assert [(n.type, n.id) for n in woken] == [("queued", str(queued))]
+        row = await pool.fetchrow("SELECT room, sender, body FROM room_inbox")
+        assert (row["room"], row["sender"], bytes(row["body"])) == (
+            ROOM,
+            "alice@example.test",
+            b"hi",
+        )
+    finally:
+        stop.set()
+        await listening
+
+
 async def test_claim_takes_the_head_of_a_room_and_a_rollback_puts_it_back(
     pool: asyncpg.Pool,
 ) -> None:

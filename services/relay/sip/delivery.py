@@ -387,15 +387,21 @@ class DeliveryWorker:
     async def _claim(self) -> int:
         async with self.claiming:
             try:
-                async with self.edge.pool.acquire() as conn, conn.transaction():
+                async with self.edge.pool.acquire() as conn:
                     released = 0
-                    if not self.released:
-                        released = await release_previous_runs(
-                            conn, self.edge.relay_instance, self.claimed_by
+                    if self.released:
+                        # One statement, atomic by itself: no BEGIN/COMMIT round trips.
+                        messages = await claim_batch(
+                            conn, limit=BATCH, lease=LEASE, claimed_by=self.claimed_by
                         )
-                    messages = await claim_batch(
-                        conn, limit=BATCH, lease=LEASE, claimed_by=self.claimed_by
-                    )
+                    else:
+                        async with conn.transaction():
+                            released = await release_previous_runs(
+                                conn, self.edge.relay_instance, self.claimed_by
+                            )
+                            messages = await claim_batch(
+                                conn, limit=BATCH, lease=LEASE, claimed_by=self.claimed_by
+                            )
             except DATABASE_ERRORS as exc:
                 log.warning("cannot claim outbound messages: %s", exc)
                 return 0

@@ -262,7 +262,7 @@ async def deliver_to_room(
         display = None
     sender = f"{authenticated_user}@{settings.domain}"
     try:
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn:  # one statement: committed when it returns
             queued = await enqueue(
                 conn,
                 room=room,
