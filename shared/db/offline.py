@@ -104,6 +104,10 @@ def _message(row: asyncpg.Record) -> OfflineMessage:
     return OfflineMessage(**data)
 
 
+_STORED_COLUMNS = """(recipient, sender_uri, sender_display, call_id, received_at, expires_at,
+    content_type, body, extra_headers, not_before)"""
+
+
 async def lock_recipient(conn: Executor, recipient: str) -> None:
     """Serialise stores for ``recipient`` until the end of the current transaction (exact
     quota; id order = commit order)."""
@@ -131,21 +135,14 @@ async def store_message(
     and the recipient is registered (at once if it is already past), in storage order
     with the other due messages; ``lifetime`` still counts from now.
     """
-    await lock_recipient(conn, recipient)
-    if max_messages > 0:
-        count = await conn.fetchval(
-            """SELECT count(*) FROM offline_messages
-               WHERE recipient = $1 AND expires_at > now()""",
-            recipient,
-        )
-        if count >= max_messages:
-            return None
-    new_id = await conn.fetchval(
-        """INSERT INTO offline_messages (recipient, sender_uri, sender_display, call_id,
-               received_at, expires_at, content_type, body, extra_headers, not_before)
-           VALUES ($1, $2, $3, $4, now(), now() + make_interval(secs => $5), $6, $7, $8::jsonb,
-                   $9)
-           RETURNING id""",
+    # The recipient's lock is taken before the row gets its id and held until the commit
+    # (ids in commit order); the statements hold it as briefly as they can: with a quota,
+    # the lock, then one statement counting (in a snapshot taken under the lock) and
+    # inserting; without, one statement that locks and inserts.
+    values = """SELECT $1::text, $2::text, $3::text, $4::text, now(),
+                       now() + make_interval(secs => $5::float8), $6::text, $7::bytea,
+                       $8::jsonb, $9::timestamptz"""
+    args = (
         recipient,
         sender_uri,
         sender_display,
@@ -156,6 +153,27 @@ async def store_message(
         json.dumps([list(pair) for pair in extra_headers]),
         not_before,
     )
+    if max_messages > 0:
+        await lock_recipient(conn, recipient)
+        new_id = await conn.fetchval(
+            f"""INSERT INTO offline_messages {_STORED_COLUMNS}
+                {values}
+                WHERE (SELECT count(*) FROM offline_messages
+                       WHERE recipient = $1 AND expires_at > now()) < $10
+                RETURNING id""",
+            *args,
+            max_messages,
+        )
+        if new_id is None:
+            return None
+    else:
+        new_id = await conn.fetchval(
+            f"""WITH locked AS (SELECT pg_advisory_xact_lock(hashtextextended($1, 5)))
+                INSERT INTO offline_messages {_STORED_COLUMNS}
+                {values} FROM locked
+                RETURNING id""",
+            *args,
+        )
     if not_before is not None:
         await notify(conn, SCHEDULED_CHANNEL, "scheduled", recipient)
     return int(new_id)
