@@ -346,6 +346,23 @@ def ha1(algorithm: Algorithm | str, username: str, realm: str, password: str) ->
     return Algorithm(algorithm).hash_hex(f"{username}:{realm}:{password}")
 
 
+_HA2_MAX = 1024
+_ha2_memo: dict[tuple[Algorithm, str, str], str] = {}
+
+
+def _ha2(alg: Algorithm, method: str, uri: str) -> str:
+    """H(method ":" uri), remembered: a client sends the same method to the same URI
+    again and again (REGISTER to the registrar, MESSAGE to its buddies)."""
+    key = (alg, method, uri)
+    ha2 = _ha2_memo.get(key)
+    if ha2 is None:
+        ha2 = alg.hash_hex(f"{method}:{uri}")
+        if len(_ha2_memo) >= _HA2_MAX:
+            _ha2_memo.clear()
+        _ha2_memo[key] = ha2
+    return ha2
+
+
 def compute_response(
     algorithm: Algorithm | str,
     ha1_hex: str,
@@ -361,10 +378,10 @@ def compute_response(
 
     qop=auth-int needs the body hash and is not supported (ValueError).
     """
-    alg = Algorithm(algorithm)
+    alg = algorithm if type(algorithm) is Algorithm else Algorithm(algorithm)
     if qop is not None and qop != "auth":
         raise ValueError(f"unsupported qop {qop!r}")
-    ha2 = alg.hash_hex(f"{method}:{uri}")
+    ha2 = _ha2(alg, method, uri)
     if qop is None:
         return alg.hash_hex(f"{ha1_hex}:{nonce}:{ha2}")
     if nc is None or cnonce is None:

@@ -316,6 +316,7 @@ class _Transaction:
         self._deadlines: dict[Timer, float] = {}
         self._intervals: dict[Timer, float] = {}
         self._events: list[TransactionEvent] = []
+        self._zero_timers = False  # a timer was started with a zero interval
 
     def _initial_interval(self, timer: Timer) -> float | None:
         key = (self.reliable, self.t1, self.t4)
@@ -345,6 +346,8 @@ class _Transaction:
             return
         self._intervals[timer] = interval
         self._deadlines[timer] = now + interval
+        if interval == 0:
+            self._zero_timers = True
 
     def get_timer(self) -> float | None:
         return min(self._deadlines.values(), default=None)
@@ -398,6 +401,8 @@ class _Transaction:
             if new_state is S.TERMINATED:
                 self._events.append(Terminated())
         # Zero-length timers (D, I, J, K over reliable transports) fire at once.
+        if not self._zero_timers:
+            return
         due = [t for t, d in self._deadlines.items() if d <= now and self._intervals[t] == 0]
         for timer in due:
             if timer in self._deadlines:

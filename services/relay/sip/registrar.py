@@ -258,7 +258,9 @@ class Registrar:
             )
         if bindings:
             self.edge.bindings.invalidate(aor)
-            log.info("REGISTER %s from %s: %d binding(s)", aor, flow, len(bindings))
+            # A refresh changes nothing worth a line per client every few minutes (a new
+            # binding, a removal, a refusal is logged at INFO).
+            log.debug("REGISTER %s from %s: refreshed, %d binding(s)", aor, flow, len(bindings))
             return self._ok(request, bindings)
         async with self.edge.pool.acquire() as conn, conn.transaction():
             await lock_aor(conn, aor)
