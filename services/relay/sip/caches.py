@@ -217,7 +217,7 @@ class CredentialCache:
         self.cache.clear()
 
 
-#: NOTIFYed by a trigger with the recipient of every new offline_messages row (0016).
+#: NOTIFYed by a trigger with the recipient of every new offline_messages row (0013).
 OFFLINE_INSERTED_CHANNEL = "offline_inserted"
 
 
