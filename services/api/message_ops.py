@@ -113,7 +113,7 @@ WITH arg AS MATERIALIZED (
     -- The switches as a row the planner cannot fold into a plan for one send: PostgreSQL
     -- keeps one generic plan for this statement instead of planning it at each execution.
     SELECT $1::int AS step, $9::boolean AS transient, $10::timestamptz AS not_before,
-           $12::int AS quota
+           $12::int AS quota, $4::text AS aor, 9223372036854775807::bigint AS last_id
 ),
 locked AS MATERIALIZED (
     SELECT pg_advisory_xact_lock(hashtextextended($4::text, 5)) FROM arg WHERE arg.step = 0
@@ -126,21 +126,21 @@ recipient AS MATERIALIZED (
     WHERE arg.step = 1 AND u.username = $2::text AND u.domain = $3::text
 ),
 -- The recipient's stored messages are read through the (recipient, id) index, whatever
--- the statistics say (a generic plan must not scan the table for a recipient with few
--- rows because another has thousands): the row comparison and ORDER BY recipient, id
--- are what only that index serves.
+-- the statistics say (a generic plan must not scan the whole table for a recipient with no
+-- rows because another one has thousands): "recipient = aor" is spelt as a range of
+-- (recipient, id) rows ordered by (recipient, id), which only that index serves.
 route AS MATERIALIZED (
     SELECT r.registered, CASE
         WHEN r.disabled THEN 'disabled'
         -- offline.drain_pending: stored messages due, and none waiting for a retry
         WHEN r.registered AND arg.not_before IS NULL AND (arg.transient
              OR (SELECT m.id FROM offline_messages m
-                 WHERE (m.recipient, m.id) >= ($4, 0) AND m.recipient = $4
+                 WHERE (m.recipient, m.id) BETWEEN (arg.aor, 0) AND (arg.aor, arg.last_id)
                    AND m.expires_at > now()
                    AND (m.not_before IS NULL OR m.not_before <= now())
                  ORDER BY m.recipient, m.id LIMIT 1) IS NULL
              OR (SELECT m.id FROM offline_messages m
-                 WHERE (m.recipient, m.id) >= ($4, 0) AND m.recipient = $4
+                 WHERE (m.recipient, m.id) BETWEEN (arg.aor, 0) AND (arg.aor, arg.last_id)
                    AND m.expires_at > now() AND m.retry_at > now()
                  ORDER BY m.recipient, m.id LIMIT 1) IS NOT NULL)
             THEN 'queued'
@@ -149,7 +149,7 @@ route AS MATERIALIZED (
         -- the first quota of them)
         WHEN arg.quota > 0 AND (SELECT count(*) FROM (
                  SELECT 1 FROM offline_messages m
-                 WHERE (m.recipient, m.id) >= ($4, 0) AND m.recipient = $4
+                 WHERE (m.recipient, m.id) BETWEEN (arg.aor, 0) AND (arg.aor, arg.last_id)
                    AND m.expires_at > now()
                  ORDER BY m.recipient, m.id LIMIT arg.quota) AS live) >= arg.quota
             THEN 'full'

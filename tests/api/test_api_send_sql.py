@@ -268,3 +268,40 @@ async def test_the_answer_is_the_documented_json(
     assert documented["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/MessageSent"
     }
+
+
+async def test_the_plan_reads_a_recipients_messages_through_its_index_whatever_the_skew(
+    pool: asyncpg.Pool, users: dict[str, str]
+) -> None:
+    # One recipient holds nearly every stored row (as after bench/api.py's send-stored):
+    # statistics then make "recipient = $1" look like the whole table, and a generic plan
+    # that scanned the table (or the primary key) for bob's drain check or quota count
+    # would cost milliseconds per send. The statement is kept on the (recipient, id) index.
+    await pool.execute(
+        """INSERT INTO offline_messages (recipient, sender_uri, call_id, received_at,
+               expires_at, content_type, body, extra_headers)
+           SELECT 'alice@example.test', 'sip:carol@example.test', 'c' || n, now(),
+                  now() + interval '1 hour', 'text/plain', 'x', '[]'
+           FROM generate_series(1, 20000) AS n"""
+    )
+    await pool.execute("ANALYZE offline_messages")
+    types = (
+        "int, text, text, text, text, text, text, bytea, boolean, timestamptz, float8, int, "
+        "text, text, text, text, text"
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE send_to_user ({types}) AS {message_ops._SEND_TO_USER}")
+        plan = "\n".join(
+            row[0]
+            for row in await conn.fetch(
+                """EXPLAIN EXECUTE send_to_user (1, 'bob', 'example.test', $1, 'sip:a@b',
+                       NULL, 'text/plain', 'x', false, NULL, 60, 1000, 'c', NULL, 'q', 's',
+                       'd')""".replace("$1", f"'{BOB}'")
+            )
+        )
+        await conn.execute("DEALLOCATE send_to_user")
+    assert "Seq Scan on offline_messages" not in plan, plan
+    assert "offline_messages_pkey" not in plan, plan
+    # the drain check (twice) and the quota count, each on the recipient's index
+    assert plan.count(" offline_messages_recipient ") >= 3, plan
