@@ -179,6 +179,76 @@ async def store_message(
     return int(new_id)
 
 
+# ``store_message`` in ONE round trip, for a caller outside any transaction (the relay's
+# store of a MESSAGE for an offline user, the common case): this statement executed twice
+# in one pipelined batch (``fetchmany``: Bind/Execute twice, one Sync), which PostgreSQL
+# runs as one implicit transaction. Execution 0 takes the recipient's lock (as
+# ``lock_recipient``); execution 1 starts once it is held, with a fresh snapshot (READ
+# COMMITTED), counts against the quota and inserts. The lock is held until the implicit
+# commit: ids in commit order and an exact quota, as with ``store_message``. The stored
+# messages are read as a (recipient, id) range, which only the (recipient, id) index
+# serves: one generic plan, whatever one recipient with thousands of rows does to the
+# statistics (the API's send does the same).
+# $1 recipient .. $9 not_before as in store_message, $10 quota (0: none), $11 execution.
+_STORE_ONCE = f"""
+WITH arg AS MATERIALIZED (
+    SELECT $11::int AS step, $1::text AS aor, $10::int AS quota,
+           9223372036854775807::bigint AS last_id
+),
+locked AS MATERIALIZED (
+    SELECT pg_advisory_xact_lock(hashtextextended(arg.aor, 5)) FROM arg WHERE arg.step = 0
+),
+stored AS (
+    INSERT INTO offline_messages {_STORED_COLUMNS}
+    SELECT $1::text, $2::text, $3::text, $4::text, now(),
+           now() + make_interval(secs => $5::float8), $6::text, $7::bytea, $8::jsonb,
+           $9::timestamptz
+    FROM arg
+    WHERE arg.step = 1 AND (arg.quota <= 0 OR (SELECT count(*) FROM (
+              SELECT 1 FROM offline_messages m
+              WHERE (m.recipient, m.id) BETWEEN (arg.aor, 0) AND (arg.aor, arg.last_id)
+                AND m.expires_at > now()
+              ORDER BY m.recipient, m.id LIMIT arg.quota) AS live) < arg.quota)
+    RETURNING id
+)
+SELECT (SELECT id FROM stored) AS id, (SELECT count(*) FROM locked) AS locked
+"""
+
+
+async def store_message_once(
+    conn: Executor,
+    *,
+    recipient: str,
+    sender_uri: str,
+    sender_display: str | None,
+    call_id: str,
+    content_type: str,
+    body: bytes,
+    extra_headers: list[tuple[str, str]],
+    lifetime: int,
+    max_messages: int = 0,
+) -> int | None:
+    """:func:`store_message` as its own transaction, in one round trip (``conn`` must not be
+    in a transaction: the store commits when this returns); its id, or None when the
+    mailbox is full."""
+    args = [
+        recipient,
+        sender_uri,
+        sender_display,
+        call_id,
+        float(lifetime),
+        content_type,
+        body,
+        json.dumps([list(pair) for pair in extra_headers]),
+        None,
+        max_messages,
+        0,
+    ]
+    _, row = await conn.fetchmany(_STORE_ONCE, [args, [*args[:-1], 1]])
+    new_id = row["id"]
+    return None if new_id is None else int(new_id)
+
+
 async def drain_pending(conn: Executor, recipient: str) -> bool:
     """True when ``recipient`` has stored messages due for delivery (a drain in progress)
     that a message delivered directly now would overtake — but not while one of them waits

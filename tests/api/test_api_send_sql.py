@@ -184,6 +184,19 @@ async def test_concurrent_sends_and_relay_stores_keep_the_quota_exact_and_the_or
         return sent.id
 
     async def relay(i: int) -> int | None:
+        if i % 2:  # the relay's one-round-trip store (no offline notice to queue with it)
+            return await offline_db.store_message_once(
+                big_pool,
+                recipient=BOB,
+                sender_uri="sip:carol@example.test",
+                sender_display=None,
+                call_id=f"relay-{i}",
+                content_type="text/plain",
+                body=f"relay-{i}".encode(),
+                extra_headers=[],
+                lifetime=3600,
+                max_messages=quota_settings.msilo_max_messages,
+            )
         async with big_pool.acquire() as conn, conn.transaction():
             return await offline_db.store_message(
                 conn,

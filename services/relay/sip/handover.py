@@ -27,6 +27,7 @@ from shared.db.offline import (
     STORED_CHANNEL,
     drain_pending,
     store_message,
+    store_message_once,
 )
 from shared.db.outbound import queue_message
 from shared.db.pool import DATABASE_ERRORS
@@ -154,9 +155,9 @@ async def store_offline(
         else _notice_recipient(settings, request, media_type, aor, authenticated_user)
     )
     try:
-        async with pool.acquire() as conn, conn.transaction():
-            stored = await store_message(
-                conn,
+        if notice_to is None and not registered:  # the common case: one round trip
+            stored = await store_message_once(
+                pool,
                 recipient=aor,
                 sender_uri=sender_uri,
                 sender_display=sender.display_name,
@@ -167,19 +168,19 @@ async def store_offline(
                 lifetime=lifetime,
                 max_messages=settings.msilo_max_messages,
             )
-            if stored is not None and notice_to is not None:
-                assert settings.msilo_notice_from is not None
-                await queue_message(
-                    conn,
-                    from_uri=settings.msilo_notice_from,
-                    to_aor=notice_to,
-                    body=settings.msilo_notice_text.replace("{recipient}", aor).encode(),
-                    extra_headers=[(GENERATED_HEADER, "notice")],
-                    source=NOTICE_SOURCE,
-                    source_id=stored,
-                )
-            if stored is not None and registered:
-                await notify(conn, STORED_CHANNEL, "stored", aor)
+        else:
+            stored = await _store_with_follow_ups(
+                pool,
+                settings,
+                request,
+                aor,
+                sender_uri=sender_uri,
+                sender_display=sender.display_name,
+                content_type=content_type,
+                lifetime=lifetime,
+                notice_to=notice_to,
+                registered=registered,
+            )
     except DATABASE_ERRORS as exc:
         log.warning("MESSAGE for %s not stored: database unavailable (%s)", aor, exc)
         return make_response(request, 503, headers=[("Retry-After", "5")])
@@ -190,6 +191,51 @@ async def store_offline(
     log.info("MESSAGE for %s stored offline (id %d, %d s)", aor, stored, lifetime)
     for_service("relay").inc("messages_stored")
     return make_response(request, 202)
+
+
+async def _store_with_follow_ups(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    request: SipRequest,
+    aor: str,
+    *,
+    sender_uri: str,
+    sender_display: str | None,
+    content_type: str,
+    lifetime: int,
+    notice_to: str | None,
+    registered: bool,
+) -> int | None:
+    """Store ``request`` for ``aor`` together with what follows from it (the offline notice
+    for its sender, msilo told about a registered recipient's stored message), in one
+    transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        stored = await store_message(
+            conn,
+            recipient=aor,
+            sender_uri=sender_uri,
+            sender_display=sender_display,
+            call_id=request.get("Call-ID") or "",
+            content_type=content_type,
+            body=request.body,
+            extra_headers=_stored_headers(request),
+            lifetime=lifetime,
+            max_messages=settings.msilo_max_messages,
+        )
+        if stored is not None and notice_to is not None:
+            assert settings.msilo_notice_from is not None
+            await queue_message(
+                conn,
+                from_uri=settings.msilo_notice_from,
+                to_aor=notice_to,
+                body=settings.msilo_notice_text.replace("{recipient}", aor).encode(),
+                extra_headers=[(GENERATED_HEADER, "notice")],
+                source=NOTICE_SOURCE,
+                source_id=stored,
+            )
+        if stored is not None and registered:
+            await notify(conn, STORED_CHANNEL, "stored", aor)
+    return stored
 
 
 def _lifetime(request: SipRequest, limit: int) -> int:
