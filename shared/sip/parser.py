@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 from shared.sip.errors import RemoteProtocolError
 from shared.sip.headers import parse_cseq
-from shared.sip.message import Headers, SipRequest, SipResponse
+from shared.sip.message import (
+    _NAME_CACHE,
+    Headers,
+    LazyResponse,
+    SipRequest,
+    SipResponse,
+    _name_key,
+)
 from shared.sip.status import StatusCode
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "StreamEvent",
     "parse_datagram",
     "parse_head",
+    "parse_response_head",
 ]
 
 DEFAULT_MAX_DATAGRAM_SIZE = 65535  # the largest UDP payload (RFC 768 length field)
@@ -151,6 +159,68 @@ def parse_head(
     return message
 
 
+#: A header section of the usual shape after its start line: CRLF, then a token, optional
+#: blanks, a colon and the value, per line (no folding, no bare CR or LF).
+_FIELDS_RE = re.compile(r"(?:\r\n[A-Za-z0-9.!%*_+`'~\-]+[ \t]*:[^\r\n]*)*")
+_FIELD_NAMES_RE = re.compile(r"(?:^|\n)([A-Za-z0-9.!%*_+`'~\-]+)")
+_REQUIRED_RESPONSE_KEYS = tuple(name.lower() for name in REQUIRED_RESPONSE_HEADERS)
+
+
+def parse_response_head(
+    head: bytes,
+    *,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+) -> SipRequest | SipResponse:
+    """:func:`parse_head` for a response, its header lines left unparsed.
+
+    A response of the usual shape (CRLF line ends, no folding) that :func:`parse_head`
+    would accept becomes a :class:`LazyResponse`; anything else, requests included, goes
+    to :func:`parse_head`, which returns or raises exactly what it always does. So the
+    checks here only decide that the full parse would succeed: every line a token name
+    and a colon, the response's required headers present and not repeated, a valid CSeq,
+    a non-empty Call-ID.
+    """
+    text = head.decode("utf-8", "surrogateescape")
+    start, _, block = text.partition("\r\n")
+    m = _STATUS_RE.fullmatch(start) if start[:4] == "SIP/" else None
+    if (
+        m is None
+        or not block
+        or len(text) > max_line_length  # then no line can be too long
+        or "\r" in start
+        or "\n" in start
+        or _FIELDS_RE.fullmatch(text, len(start)) is None
+    ):
+        return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    lines = block.split("\r\n")
+    cache = _NAME_CACHE
+    keys = [(cache.get(name) or _name_key(name))[1] for name in _FIELD_NAMES_RE.findall(block)]
+    if len(lines) > max_headers or len(keys) != len(lines):
+        return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    for key in _REQUIRED_RESPONSE_KEYS:
+        if key not in keys:
+            return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    for key in _SINGLE_KEYS:
+        if keys.count(key) > 1:
+            return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    cseq = lines[keys.index("cseq")].partition(":")[2].strip(" \t")
+    call_id = lines[keys.index("call-id")].partition(":")[2].strip(" \t")
+    try:
+        parse_cseq(cseq)
+    except ValueError:
+        return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    if not call_id:
+        return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    if "content-length" in keys:
+        length = lines[keys.index("content-length")].partition(":")[2].strip(" \t")
+        if not length.isdigit() or len(length) > 12:  # the full parse's error, its partial
+            return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    return LazyResponse(
+        status=int(m.group(1)), reason=(m.group(2) or "").strip(), lines=lines, keys=keys
+    )
+
+
 def _unfold(text: str) -> tuple[SipRequest | SipResponse, list[str]]:
     """The start line's message and the unfolded header lines, for any line ends."""
     lines = text.split("\n")  # then a CR before each LF is dropped: CRLF or bare LF
@@ -209,10 +279,14 @@ def _validate(message: SipRequest | SipResponse) -> None:
 
 
 _SINGLE_HEADERS = ("From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length")
+_SINGLE_KEYS = tuple(name.lower() for name in _SINGLE_HEADERS)
 
 
 def _content_length(message: SipRequest | SipResponse) -> int | None:
-    value = message.headers.first("Content-Length")
+    if isinstance(message, LazyResponse):
+        value = message.first("Content-Length")
+    else:
+        value = message.headers.first("Content-Length")
     if value is None:
         return None
     if not value.isdigit() or len(value) > 12:
@@ -226,11 +300,13 @@ def parse_datagram(
     max_size: int = DEFAULT_MAX_DATAGRAM_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    lazy_responses: bool = False,
 ) -> SipRequest | SipResponse | None:
     """Parse one UDP datagram; None for a keep-alive (only CR/LF bytes, or empty).
 
     §18.3: without Content-Length the body runs to the end of the datagram;
     bytes beyond Content-Length are discarded; fewer bytes than it is an error.
+    ``lazy_responses``: a response may come back as a :class:`LazyResponse`.
     """
     if len(data) > max_size:
         raise RemoteProtocolError("datagram too large", status_hint=_TOO_LARGE)
@@ -250,7 +326,8 @@ def parse_datagram(
         head, body = data.rstrip(b"\r\n"), b""
     else:
         head, body = data[: m.start()], data[m.end() :]
-    message = parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    parse = parse_response_head if lazy_responses and head[:4] == b"SIP/" else parse_head
+    message = parse(head, max_headers=max_headers, max_line_length=max_line_length)
     length = _content_length(message)
     if length is not None:
         if length > len(body):
@@ -268,6 +345,7 @@ class SipStreamParser:
     raised from that iterator once every earlier event has been delivered;
     after one, the stream's framing is lost and the connection should be
     closed (after answering ``error.partial`` if it is a request).
+    ``lazy_responses``: a response may come out as a :class:`LazyResponse`.
     """
 
     def __init__(
@@ -277,7 +355,9 @@ class SipStreamParser:
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         max_headers: int = DEFAULT_MAX_HEADERS,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        lazy_responses: bool = False,
     ) -> None:
+        self._lazy_responses = lazy_responses
         self._max_head_size = max_head_size
         self._max_body_size = max_body_size
         self._max_headers = max_headers
@@ -333,7 +413,8 @@ class SipStreamParser:
             self._scan_from = 0
             if len(head) > self._max_head_size:
                 raise RemoteProtocolError("header section too large", status_hint=_TOO_LARGE)
-            message = parse_head(
+            lazy = self._lazy_responses and head[:4] == b"SIP/"
+            message = (parse_response_head if lazy else parse_head)(
                 head, max_headers=self._max_headers, max_line_length=self._max_line_length
             )
             length = _content_length(message)
