@@ -454,12 +454,21 @@ class LazyResponse(SipResponse):
     """
 
     def __init__(
-        self, *, status: int, reason: str, lines: list[str], keys: list[str], body: bytes = b""
+        self,
+        *,
+        status: int,
+        reason: str,
+        lines: list[str],
+        keys: list[str],
+        body: bytes = b"",
+        content_length: int | None = None,
     ) -> None:
         # Not the dataclass __init__: it would assign ``headers``.
         self.status = status
         self.reason = reason
         self.body = body
+        #: The Content-Length value as received (None: none), for the framing.
+        self.content_length = content_length
         #: Header lines as received (``name: value``, validated, no CR/LF) and the
         #: lower-case canonical name of each; None once ``headers`` was parsed.
         self._lines: list[str] | None = lines
@@ -556,7 +565,12 @@ class LazyResponse(SipResponse):
             else:
                 lines[index] = name.rstrip(" \t") + ": " + ", ".join(parts[1:])
         return LazyResponse(
-            status=self.status, reason=self.reason, lines=lines, keys=keys, body=self.body
+            status=self.status,
+            reason=self.reason,
+            lines=lines,
+            keys=keys,
+            body=self.body,
+            content_length=self.content_length,
         )
 
     def to_bytes(self) -> bytes:

@@ -159,11 +159,46 @@ def parse_head(
     return message
 
 
-#: A header section of the usual shape after its start line: CRLF, then a token, optional
-#: blanks, a colon and the value, per line (no folding, no bare CR or LF).
-_FIELDS_RE = re.compile(r"(?:\r\n[A-Za-z0-9.!%*_+`'~\-]+[ \t]*:[^\r\n]*)*")
-_FIELD_NAMES_RE = re.compile(r"(?:^|\n)([A-Za-z0-9.!%*_+`'~\-]+)")
+#: The name of every header line of the usual shape: after a CRLF, a token, optional blanks,
+#: a colon. A head has one match per CRLF exactly when every line is of that shape (a
+#: continuation line, a line without a colon or with a bad name has none).
+_LINE_NAMES_RE = re.compile(r"\r\n([A-Za-z0-9.!%*_+`'~\-]+)[ \t]*:")
 _REQUIRED_RESPONSE_KEYS = tuple(name.lower() for name in REQUIRED_RESPONSE_HEADERS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What the header names of a response tell: its lines' lookup keys (shared, never
+    modified) and where its CSeq, Call-ID and Content-Length (-1: none) lines are."""
+
+    keys: list[str]
+    cseq: int
+    call_id: int
+    length: int
+
+
+#: Header name sequences seen, to their shape (None: the full parse refuses those names).
+#: A UA answers with the same names in the same order every time: this saves looking up
+#: every name and checking the required and single headers, per response.
+_SHAPES: dict[tuple[str, ...], _Shape | None] = {}
+_SHAPES_MAX = 1024
+
+
+def _shape(names: tuple[str, ...]) -> _Shape | None:
+    cache = _NAME_CACHE
+    keys = [(cache.get(name) or _name_key(name))[1] for name in names]
+    shape = None
+    if all(key in keys for key in _REQUIRED_RESPONSE_KEYS) and all(
+        keys.count(key) <= 1 for key in _SINGLE_KEYS
+    ):
+        length = keys.index("content-length") if "content-length" in keys else -1
+        shape = _Shape(keys, keys.index("cseq"), keys.index("call-id"), length)
+    if len(_SHAPES) < _SHAPES_MAX:
+        _SHAPES[names] = shape
+    return shape
+
+
+_CSEQ_MAX = 2**31
 
 
 def parse_response_head(
@@ -179,46 +214,50 @@ def parse_response_head(
     to :func:`parse_head`, which returns or raises exactly what it always does. So the
     checks here only decide that the full parse would succeed: every line a token name
     and a colon, the response's required headers present and not repeated, a valid CSeq,
-    a non-empty Call-ID.
+    a non-empty Call-ID, a well-formed Content-Length.
     """
     text = head.decode("utf-8", "surrogateescape")
-    start, _, block = text.partition("\r\n")
-    m = _STATUS_RE.fullmatch(start) if start[:4] == "SIP/" else None
+    crlf = text.count("\r\n")
     if (
-        m is None
-        or not block
-        or len(text) > max_line_length  # then no line can be too long
-        or "\r" in start
-        or "\n" in start
-        or _FIELDS_RE.fullmatch(text, len(start)) is None
+        0 < crlf <= max_headers
+        and len(text) <= max_line_length  # then no line can be too long
+        and text.count("\n") == crlf
+        and text.count("\r") == crlf
     ):
-        return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
-    lines = block.split("\r\n")
-    cache = _NAME_CACHE
-    keys = [(cache.get(name) or _name_key(name))[1] for name in _FIELD_NAMES_RE.findall(block)]
-    if len(lines) > max_headers or len(keys) != len(lines):
-        return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
-    for key in _REQUIRED_RESPONSE_KEYS:
-        if key not in keys:
-            return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
-    for key in _SINGLE_KEYS:
-        if keys.count(key) > 1:
-            return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
-    cseq = lines[keys.index("cseq")].partition(":")[2].strip(" \t")
-    call_id = lines[keys.index("call-id")].partition(":")[2].strip(" \t")
-    try:
-        parse_cseq(cseq)
-    except ValueError:
-        return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
-    if not call_id:
-        return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
-    if "content-length" in keys:
-        length = lines[keys.index("content-length")].partition(":")[2].strip(" \t")
-        if not length.isdigit() or len(length) > 12:  # the full parse's error, its partial
-            return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
-    return LazyResponse(
-        status=int(m.group(1)), reason=(m.group(2) or "").strip(), lines=lines, keys=keys
-    )
+        start, _, block = text.partition("\r\n")
+        m = _STATUS_RE.fullmatch(start) if start[:4] == "SIP/" else None
+        names = tuple(_LINE_NAMES_RE.findall(text))
+        if m is not None and len(names) == crlf:
+            try:
+                shape = _SHAPES[names]
+            except KeyError:
+                shape = _shape(names)
+            if shape is not None:
+                lines = block.split("\r\n")
+                cseq = lines[shape.cseq].partition(":")[2].split()
+                length: int | None = None
+                if shape.length >= 0:
+                    value = lines[shape.length].partition(":")[2].strip(" \t")
+                    ok = value.isascii() and value.isdigit() and len(value) <= 12
+                    length = int(value) if ok else -1
+                if (
+                    len(cseq) == 2
+                    and cseq[0].isascii()
+                    and cseq[0].isdigit()
+                    and len(cseq[0]) <= 12
+                    and int(cseq[0]) < _CSEQ_MAX
+                    and (cseq[1] in _METHODS or _TOKEN_RE.fullmatch(cseq[1]))
+                    and lines[shape.call_id].partition(":")[2].strip(" \t")
+                    and length != -1
+                ):
+                    return LazyResponse(
+                        status=int(m.group(1)),
+                        reason=(m.group(2) or "").strip(),
+                        lines=lines,
+                        keys=shape.keys,
+                        content_length=length,
+                    )
+    return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
 
 
 def _unfold(text: str) -> tuple[SipRequest | SipResponse, list[str]]:
@@ -272,7 +311,7 @@ def _validate(message: SipRequest | SipResponse) -> None:
         if cseq.method != message.method:
             raise RemoteProtocolError("CSeq method does not match request", partial=message)
         max_forwards = headers.first("Max-Forwards") or ""
-        if not max_forwards.isdigit() or int(max_forwards) > 255:
+        if not (max_forwards.isascii() and max_forwards.isdigit()) or int(max_forwards) > 255:
             raise RemoteProtocolError("invalid Max-Forwards", partial=message)
     if not headers.first("Call-ID"):
         raise RemoteProtocolError("empty Call-ID", partial=message)
@@ -283,13 +322,12 @@ _SINGLE_KEYS = tuple(name.lower() for name in _SINGLE_HEADERS)
 
 
 def _content_length(message: SipRequest | SipResponse) -> int | None:
-    if isinstance(message, LazyResponse):
-        value = message.first("Content-Length")
-    else:
-        value = message.headers.first("Content-Length")
+    if isinstance(message, LazyResponse) and message.lazy:
+        return message.content_length  # (checked by parse_response_head)
+    value = message.headers.first("Content-Length")
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 12:
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
         raise RemoteProtocolError(f"invalid Content-Length {value[:20]!r}", partial=message)
     return int(value)
 

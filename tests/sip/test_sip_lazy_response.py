@@ -53,8 +53,8 @@ VALUES = {
 #: Values the full parse refuses (drawn now and then).
 BAD = {
     "Call-ID": [""],
-    "CSeq": ["abc MESSAGE", "1", "1 MESSAGE extra"],
-    "Content-Length": ["x1", "99"],
+    "CSeq": ["abc MESSAGE", "1", "1 MESSAGE extra", "\u00b2 MESSAGE", "2147483648 MESSAGE"],
+    "Content-Length": ["x1", "99", "\u00b2"],
 }
 SEPARATORS = [": ", ":", " : ", "\t:\t", ":  "]
 
@@ -249,3 +249,19 @@ def test_no_content_length_gets_one_when_forwarded() -> None:
     assert len(events) == 1 and isinstance(events[0], SipResponse)
     assert events[0].body == b"hi"
     assert events[0].get_all("Via") == [v.strip() for v in THEIRS.split(",")]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        CANONICAL.replace(b"Content-Length: 2", "Content-Length: \u00b2".encode()),
+        CANONICAL.replace(b"CSeq: 314159", "CSeq: \u00b2".encode()),
+        "MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1"
+        "\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: \u00b2\r\n"
+        "Content-Length: 0\r\n\r\n".encode(),
+    ],
+)
+def test_a_unicode_digit_is_a_protocol_error_not_a_crash(data: bytes) -> None:
+    for lazy in (False, True):
+        with pytest.raises(RemoteProtocolError):
+            parse_datagram(data, lazy_responses=lazy)
