@@ -17,6 +17,7 @@ from shared.sip.errors import LocalProtocolError
 __all__ = [
     "COMMA_LIST_HEADERS",
     "Headers",
+    "LazyResponse",
     "SipMessage",
     "SipRequest",
     "SipResponse",
@@ -434,3 +435,157 @@ class SipResponse(SipMessage):
         if not 100 <= self.status <= 699:
             raise LocalProtocolError(f"invalid status code {self.status}")
         return f"{SIP_VERSION} {self.status} {self.reason}"
+
+
+class LazyResponse(SipResponse):
+    """A received response whose header lines stay text until something needs them.
+
+    A relay reads few things of the responses to the requests it sent: the status, the top
+    Via and CSeq (transaction matching, RFC 3261 §17.1.3), and forwards the rest upstream
+    unchanged but for its own Via (§16.7 step 3). :func:`shared.sip.parser.parse_datagram`
+    (``lazy_responses=True``) builds one only for a response that the full parse accepts,
+    so nothing is lost by not parsing every line: :meth:`first`, :meth:`get` and
+    :meth:`get_all` read the lines in place, :meth:`without_top_via` splices the Via out,
+    and :meth:`to_bytes` joins the lines again instead of re-serialising each header.
+
+    Reading :attr:`headers` parses every line (the same names and values as the full
+    parse) and from then on the object is an ordinary :class:`SipResponse`: the headers
+    may be changed, so the lines are forgotten and ``to_bytes`` serialises them.
+    """
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        reason: str,
+        lines: list[str],
+        keys: list[str],
+        body: bytes = b"",
+        content_length: int | None = None,
+    ) -> None:
+        # Not the dataclass __init__: it would assign ``headers``.
+        self.status = status
+        self.reason = reason
+        self.body = body
+        #: The Content-Length value as received (None: none), for the framing.
+        self.content_length = content_length
+        #: Header lines as received (``name: value``, validated, no CR/LF) and the
+        #: lower-case canonical name of each; None once ``headers`` was parsed.
+        self._lines: list[str] | None = lines
+        self._keys = keys
+        self._headers: Headers | None = None
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = Headers()
+            headers.extend_parsed(
+                [
+                    (name.rstrip(" \t"), value.strip(" \t"))
+                    for name, _, value in (line.partition(":") for line in self._lines or ())
+                ]
+            )
+            self._headers = headers
+            self._lines = None
+        return headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers = value
+        self._lines = None
+
+    @property
+    def lazy(self) -> bool:
+        """True while the header lines are still unparsed text."""
+        return self._lines is not None
+
+    def _values(self, key: str) -> list[str]:
+        lines = self._lines or []
+        return [
+            lines[i].partition(":")[2].strip(" \t") for i, k in enumerate(self._keys) if k == key
+        ]
+
+    def first(self, name: str) -> str | None:
+        """As ``headers.first(name)``: the first line's value, unsplit (None: no such line)."""
+        lines = self._lines
+        if lines is None:
+            return self.headers.first(name)
+        try:
+            index = self._keys.index(_name_key(name)[1])
+        except ValueError:
+            return None
+        return lines[index].partition(":")[2].strip(" \t")
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        if self._lines is None:
+            return self.headers.get(name, default)
+        key = _name_key(name)[1]
+        value = self.first(name)
+        if value is None:
+            return default
+        if key not in COMMA_LIST_HEADERS:
+            return value
+        if "," not in value and value:
+            return value
+        values = self.get_all(name)
+        return values[0] if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        if self._lines is None:
+            return self.headers.get_all(name)
+        key = _name_key(name)[1]
+        values = self._values(key)
+        if key in COMMA_LIST_HEADERS:
+            return [part for v in values for part in split_comma_list(v)]
+        return values
+
+    def without_top_via(self) -> SipResponse:
+        """This response as a proxy forwards it upstream: its top Via value removed
+        (§16.7 step 3), every other line as it was."""
+        lines = self._lines
+        if lines is None:
+            headers = self.headers.copy()
+            headers.pop_first_value("Via")
+            return SipResponse(
+                status=self.status, reason=self.reason, headers=headers, body=self.body
+            )
+        keys = list(self._keys)
+        lines = list(lines)
+        try:
+            index = keys.index("via")
+        except ValueError:
+            pass
+        else:
+            name, _, value = lines[index].partition(":")
+            parts = split_comma_list(value.strip(" \t"))
+            if len(parts) <= 1:
+                del lines[index]
+                del keys[index]
+            else:
+                lines[index] = name.rstrip(" \t") + ": " + ", ".join(parts[1:])
+        return LazyResponse(
+            status=self.status,
+            reason=self.reason,
+            lines=lines,
+            keys=keys,
+            body=self.body,
+            content_length=self.content_length,
+        )
+
+    def to_bytes(self) -> bytes:
+        lines = self._lines
+        body = self.body
+        if lines is not None:
+            start = self.start_line()
+            if "\r" not in start and "\n" not in start:
+                try:
+                    index = self._keys.index("content-length")
+                except ValueError:
+                    head = "\r\n".join([start, *lines, f"Content-Length: {len(body)}"])
+                    return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+                value = lines[index].partition(":")[2].strip(" \t")
+                if value == str(len(body)):  # (else rewritten, as the full way does)
+                    head = "\r\n".join([start, *lines])
+                    return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+        return super().to_bytes()  # (parses the lines first: the general serialisation)

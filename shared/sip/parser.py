@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 from shared.sip.errors import RemoteProtocolError
 from shared.sip.headers import parse_cseq
-from shared.sip.message import Headers, SipRequest, SipResponse
+from shared.sip.message import (
+    _NAME_CACHE,
+    Headers,
+    LazyResponse,
+    SipRequest,
+    SipResponse,
+    _name_key,
+)
 from shared.sip.status import StatusCode
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "StreamEvent",
     "parse_datagram",
     "parse_head",
+    "parse_response_head",
 ]
 
 DEFAULT_MAX_DATAGRAM_SIZE = 65535  # the largest UDP payload (RFC 768 length field)
@@ -151,6 +159,107 @@ def parse_head(
     return message
 
 
+#: The name of every header line of the usual shape: after a CRLF, a token, optional blanks,
+#: a colon. A head has one match per CRLF exactly when every line is of that shape (a
+#: continuation line, a line without a colon or with a bad name has none).
+_LINE_NAMES_RE = re.compile(r"\r\n([A-Za-z0-9.!%*_+`'~\-]+)[ \t]*:")
+_REQUIRED_RESPONSE_KEYS = tuple(name.lower() for name in REQUIRED_RESPONSE_HEADERS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What the header names of a response tell: its lines' lookup keys (shared, never
+    modified) and where its CSeq, Call-ID and Content-Length (-1: none) lines are."""
+
+    keys: list[str]
+    cseq: int
+    call_id: int
+    length: int
+
+
+#: Header name sequences seen, to their shape (None: the full parse refuses those names).
+#: A UA answers with the same names in the same order every time: this saves looking up
+#: every name and checking the required and single headers, per response.
+_SHAPES: dict[tuple[str, ...], _Shape | None] = {}
+_SHAPES_MAX = 1024
+
+
+def _shape(names: tuple[str, ...]) -> _Shape | None:
+    cache = _NAME_CACHE
+    keys = [(cache.get(name) or _name_key(name))[1] for name in names]
+    shape = None
+    if all(key in keys for key in _REQUIRED_RESPONSE_KEYS) and all(
+        keys.count(key) <= 1 for key in _SINGLE_KEYS
+    ):
+        length = keys.index("content-length") if "content-length" in keys else -1
+        shape = _Shape(keys, keys.index("cseq"), keys.index("call-id"), length)
+    if len(_SHAPES) < _SHAPES_MAX:
+        _SHAPES[names] = shape
+    return shape
+
+
+_CSEQ_MAX = 2**31
+
+
+def parse_response_head(
+    head: bytes,
+    *,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+) -> SipRequest | SipResponse:
+    """:func:`parse_head` for a response, its header lines left unparsed.
+
+    A response of the usual shape (CRLF line ends, no folding) that :func:`parse_head`
+    would accept becomes a :class:`LazyResponse`; anything else, requests included, goes
+    to :func:`parse_head`, which returns or raises exactly what it always does. So the
+    checks here only decide that the full parse would succeed: every line a token name
+    and a colon, the response's required headers present and not repeated, a valid CSeq,
+    a non-empty Call-ID, a well-formed Content-Length.
+    """
+    text = head.decode("utf-8", "surrogateescape")
+    crlf = text.count("\r\n")
+    if (
+        0 < crlf <= max_headers
+        and len(text) <= max_line_length  # then no line can be too long
+        and text.count("\n") == crlf
+        and text.count("\r") == crlf
+    ):
+        start, _, block = text.partition("\r\n")
+        m = _STATUS_RE.fullmatch(start) if start[:4] == "SIP/" else None
+        names = tuple(_LINE_NAMES_RE.findall(text))
+        if m is not None and len(names) == crlf:
+            try:
+                shape = _SHAPES[names]
+            except KeyError:
+                shape = _shape(names)
+            if shape is not None:
+                lines = block.split("\r\n")
+                cseq = lines[shape.cseq].partition(":")[2].split()
+                length: int | None = None
+                if shape.length >= 0:
+                    value = lines[shape.length].partition(":")[2].strip(" \t")
+                    ok = value.isascii() and value.isdigit() and len(value) <= 12
+                    length = int(value) if ok else -1
+                if (
+                    len(cseq) == 2
+                    and cseq[0].isascii()
+                    and cseq[0].isdigit()
+                    and len(cseq[0]) <= 12
+                    and int(cseq[0]) < _CSEQ_MAX
+                    and (cseq[1] in _METHODS or _TOKEN_RE.fullmatch(cseq[1]))
+                    and lines[shape.call_id].partition(":")[2].strip(" \t")
+                    and length != -1
+                ):
+                    return LazyResponse(
+                        status=int(m.group(1)),
+                        reason=(m.group(2) or "").strip(),
+                        lines=lines,
+                        keys=shape.keys,
+                        content_length=length,
+                    )
+    return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+
+
 def _unfold(text: str) -> tuple[SipRequest | SipResponse, list[str]]:
     """The start line's message and the unfolded header lines, for any line ends."""
     lines = text.split("\n")  # then a CR before each LF is dropped: CRLF or bare LF
@@ -202,20 +311,23 @@ def _validate(message: SipRequest | SipResponse) -> None:
         if cseq.method != message.method:
             raise RemoteProtocolError("CSeq method does not match request", partial=message)
         max_forwards = headers.first("Max-Forwards") or ""
-        if not max_forwards.isdigit() or int(max_forwards) > 255:
+        if not (max_forwards.isascii() and max_forwards.isdigit()) or int(max_forwards) > 255:
             raise RemoteProtocolError("invalid Max-Forwards", partial=message)
     if not headers.first("Call-ID"):
         raise RemoteProtocolError("empty Call-ID", partial=message)
 
 
 _SINGLE_HEADERS = ("From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length")
+_SINGLE_KEYS = tuple(name.lower() for name in _SINGLE_HEADERS)
 
 
 def _content_length(message: SipRequest | SipResponse) -> int | None:
+    if isinstance(message, LazyResponse) and message.lazy:
+        return message.content_length  # (checked by parse_response_head)
     value = message.headers.first("Content-Length")
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 12:
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
         raise RemoteProtocolError(f"invalid Content-Length {value[:20]!r}", partial=message)
     return int(value)
 
@@ -226,11 +338,13 @@ def parse_datagram(
     max_size: int = DEFAULT_MAX_DATAGRAM_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    lazy_responses: bool = False,
 ) -> SipRequest | SipResponse | None:
     """Parse one UDP datagram; None for a keep-alive (only CR/LF bytes, or empty).
 
     §18.3: without Content-Length the body runs to the end of the datagram;
     bytes beyond Content-Length are discarded; fewer bytes than it is an error.
+    ``lazy_responses``: a response may come back as a :class:`LazyResponse`.
     """
     if len(data) > max_size:
         raise RemoteProtocolError("datagram too large", status_hint=_TOO_LARGE)
@@ -250,7 +364,8 @@ def parse_datagram(
         head, body = data.rstrip(b"\r\n"), b""
     else:
         head, body = data[: m.start()], data[m.end() :]
-    message = parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    parse = parse_response_head if lazy_responses and head[:4] == b"SIP/" else parse_head
+    message = parse(head, max_headers=max_headers, max_line_length=max_line_length)
     length = _content_length(message)
     if length is not None:
         if length > len(body):
@@ -268,6 +383,7 @@ class SipStreamParser:
     raised from that iterator once every earlier event has been delivered;
     after one, the stream's framing is lost and the connection should be
     closed (after answering ``error.partial`` if it is a request).
+    ``lazy_responses``: a response may come out as a :class:`LazyResponse`.
     """
 
     def __init__(
@@ -277,7 +393,9 @@ class SipStreamParser:
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         max_headers: int = DEFAULT_MAX_HEADERS,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        lazy_responses: bool = False,
     ) -> None:
+        self._lazy_responses = lazy_responses
         self._max_head_size = max_head_size
         self._max_body_size = max_body_size
         self._max_headers = max_headers
@@ -333,7 +451,8 @@ class SipStreamParser:
             self._scan_from = 0
             if len(head) > self._max_head_size:
                 raise RemoteProtocolError("header section too large", status_hint=_TOO_LARGE)
-            message = parse_head(
+            lazy = self._lazy_responses and head[:4] == b"SIP/"
+            message = (parse_response_head if lazy else parse_head)(
                 head, max_headers=self._max_headers, max_line_length=self._max_line_length
             )
             length = _content_length(message)

@@ -18,7 +18,7 @@ from services.relay.sip.transport import Flow
 from shared.db.locations import Binding
 from shared.digest import DigestParseError, parse_credentials
 from shared.sip.headers import make_response
-from shared.sip.message import Headers, SipRequest, SipResponse
+from shared.sip.message import Headers, LazyResponse, SipRequest, SipResponse
 
 #: Final statuses after which a MESSAGE is worth storing for later (the UA is not there).
 UNREACHABLE = frozenset({408, 480, 503})
@@ -178,6 +178,8 @@ def cancel_request(invite: SipRequest) -> SipRequest:
 
 def upstream_copy(response: SipResponse) -> SipResponse:
     """A downstream response as it goes upstream: our Via removed (§16.7 step 3)."""
+    if isinstance(response, LazyResponse):  # the other lines pass as received
+        return response.without_top_via()
     headers = response.headers.copy()
     headers.pop_first_value("Via")
     return SipResponse(

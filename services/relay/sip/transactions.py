@@ -28,7 +28,7 @@ from collections.abc import Callable
 from services.relay.sip.transport import Flow, TransportLayer, response_flow
 from shared.sip.errors import LocalProtocolError
 from shared.sip.headers import make_response, parse_cseq, parse_via
-from shared.sip.message import SipRequest, SipResponse
+from shared.sip.message import LazyResponse, SipRequest, SipResponse
 from shared.sip.transaction import (
     ClientTransaction,
     ResponseReceived,
@@ -256,10 +256,11 @@ class TransactionLayer:
     def _response(self, response: SipResponse, flow: Flow) -> None:
         # §17.1.3 matching: branch and CSeq method. A response whose top Via is, to the
         # letter, one we sent has that branch; only its CSeq method is left to compare.
-        via = response.headers.first("Via")
+        first = response.first if isinstance(response, LazyResponse) else response.headers.first
+        via = first("Via")
         txn = self.client_vias.get(via) if via is not None else None
         if txn is not None:
-            cseq = (response.get("CSeq") or "").split()
+            cseq = (first("CSeq") or "").split()
             if len(cseq) == 2 and cseq[1] == txn.key[1]:
                 self.drive(txn, txn.tx.receive_response(response, self.loop.time()))
                 return

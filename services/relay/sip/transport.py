@@ -140,7 +140,9 @@ class UdpProtocol(asyncio.DatagramProtocol):
         if not data.startswith(b"SIP/") and self.layer.flood_blocked(flow.host):
             return  # a request from a source over its rate limit: not even parsed
         try:
-            message = parse_datagram(data, max_size=self.layer.max_message_size)
+            message = parse_datagram(
+                data, max_size=self.layer.max_message_size, lazy_responses=True
+            )
         except RemoteProtocolError as exc:
             self.layer.malformed(exc, flow)
             return
@@ -172,6 +174,7 @@ class StreamConnection(asyncio.Protocol):
         self.parser = SipStreamParser(
             max_head_size=min(DEFAULT_MAX_HEAD_SIZE, layer.max_message_size),
             max_body_size=layer.max_message_size,
+            lazy_responses=True,
         )
         self.transport: asyncio.Transport | None = None
         self.flow = Flow(transport_name, "", 0, self.connection_id)
