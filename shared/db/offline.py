@@ -542,20 +542,6 @@ async def clear_retry(conn: Executor, recipient: str) -> None:
     )
 
 
-async def recipients_of_outbound(conn: Executor, outbound_ids: list[int]) -> list[str]:
-    """The recipients of these outbound rows, when msilo queued them (a delivery's ``to_aor``
-    is the stored message's recipient). Looked up by the outbound rows' primary key:
-    ``offline_messages.outbound_id`` has no index, and a scan per outcome made a drain
-    quadratic in the number of stored messages."""
-    rows = await conn.fetch(
-        """SELECT DISTINCT to_aor FROM outbound_messages
-           WHERE id = ANY($1::bigint[]) AND source = $2""",
-        outbound_ids,
-        DELIVERY_SOURCE,
-    )
-    return [row["to_aor"] for row in rows]
-
-
 async def recipients_needing_work(conn: Executor, *, limit: int) -> list[str]:
     """Recipients msilo should look at: a message in flight (its outcome may have been
     missed), or a message due for delivery to a user who is registered now."""
