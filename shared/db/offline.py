@@ -114,6 +114,31 @@ async def lock_recipient(conn: Executor, recipient: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 5))", recipient)
 
 
+def _stored_args(
+    recipient: str,
+    sender_uri: str,
+    sender_display: str | None,
+    call_id: str,
+    lifetime: int,
+    content_type: str,
+    body: bytes,
+    extra_headers: list[tuple[str, str]],
+    not_before: datetime | None,
+) -> list[object]:
+    """$1..$9 of the store statements (the ``_STORED_COLUMNS`` values)."""
+    return [
+        recipient,
+        sender_uri,
+        sender_display,
+        call_id,
+        float(lifetime),
+        content_type,
+        body,
+        json.dumps([list(pair) for pair in extra_headers]),
+        not_before,
+    ]
+
+
 async def store_message(
     conn: Executor,
     *,
@@ -142,15 +167,15 @@ async def store_message(
     values = """SELECT $1::text, $2::text, $3::text, $4::text, now(),
                        now() + make_interval(secs => $5::float8), $6::text, $7::bytea,
                        $8::jsonb, $9::timestamptz"""
-    args = (
+    args = _stored_args(
         recipient,
         sender_uri,
         sender_display,
         call_id,
-        float(lifetime),
+        lifetime,
         content_type,
         body,
-        json.dumps([list(pair) for pair in extra_headers]),
+        extra_headers,
         not_before,
     )
     if max_messages > 0:
@@ -231,20 +256,18 @@ async def store_message_once(
     """:func:`store_message` as its own transaction, in one round trip (``conn`` must not be
     in a transaction: the store commits when this returns); its id, or None when the
     mailbox is full."""
-    args = [
+    args = _stored_args(
         recipient,
         sender_uri,
         sender_display,
         call_id,
-        float(lifetime),
+        lifetime,
         content_type,
         body,
-        json.dumps([list(pair) for pair in extra_headers]),
+        extra_headers,
         None,
-        max_messages,
-        0,
-    ]
-    _, row = await conn.fetchmany(_STORE_ONCE, [args, [*args[:-1], 1]])
+    )
+    _, row = await conn.fetchmany(_STORE_ONCE, [[*args, max_messages, 0], [*args, max_messages, 1]])
     new_id = row["id"]
     return None if new_id is None else int(new_id)
 
