@@ -87,6 +87,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     room_ops.MemberNotFound: (404, "member_not_found"),
     room_ops.RoomExists: (409, "room_exists"),
     room_ops.MemberExists: (409, "member_exists"),
+    room_ops.RoomFull: (409, "room_full"),
     room_ops.OwnerRequired: (409, "owner_required"),
     room_ops.InvalidRoom: (422, "invalid_room"),
     room_ops.RoomError: (422, "invalid_room"),

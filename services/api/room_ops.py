@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from services.imc import commands as text
 from services.imc.commands import BadAddress, build_address
-from services.imc.executor import MANAGERS, NOTICE_TYPE, Config, Kind
+from services.imc.executor import MANAGERS, NOTICE_TYPE, Config, Kind, member_limit
 from services.imc.worker import GENERATED_VALUE
 from shared.db import rooms as rooms_db
 from shared.db.offline import GENERATED_HEADER
@@ -60,6 +60,10 @@ class BanNotFound(MemberNotFound):
 
 class MemberExists(RoomError):
     """Already a member, already invited, or banned from the room."""
+
+
+class RoomFull(RoomError):
+    """The room has reached its member limit (its own, else IMSTACK_IMC_MEMBER_LIMIT)."""
 
 
 class OwnerRequired(RoomError):
@@ -213,19 +217,24 @@ async def destroy_room(conn: Executor, key: str) -> int:
     return len(notices)
 
 
-def _check_newcomer(room: Room, aor: str) -> None:
+def _check_newcomer(config: Config, room: Room, aor: str) -> None:
     existing = room.find(aor)
     if existing is not None:
         what = "invited to" if existing.role is Role.INVITED else "a member of"
         raise MemberExists(f"{existing.aor} is already {what} {room.key}")
     if aor.lower() in room.banned:
         raise MemberExists(f"{aor} is banned from {room.key}")
+    # As #add and #invite: the invited do not count, a full room takes no newcomer.
+    limit = member_limit(config, room)
+    joined = sum(1 for m in room.members if m.role is not Role.INVITED)
+    if limit and joined >= limit:
+        raise RoomFull(f"{room.key} is full ({limit} members at most)")
 
 
-async def add_member(conn: Executor, key: str, aor: str) -> None:
+async def add_member(conn: Executor, config: Config, key: str, aor: str) -> None:
     """``#add``: ``aor`` becomes a member; the room (the newcomer included) is told."""
     room = await _load(conn, key)
-    _check_newcomer(room, aor)
+    _check_newcomer(config, room, aor)
     await rooms_db.add_member(conn, room.id, aor, Role.MEMBER)
     after = [*room.members, Member(aor, Role.MEMBER)]
     await _send(conn, room, _broadcast(after, text.joined(aor)))
@@ -248,7 +257,7 @@ async def invite_member(
     owner): ``aor`` is added as invited and sent the invitation; who invited."""
     room = await _load(conn, key)
     by = _inviter(room, inviter)
-    _check_newcomer(room, aor)
+    _check_newcomer(config, room, aor)
     await rooms_db.add_member(conn, room.id, aor, Role.INVITED, invited_by=by)
     invitation = Notice(aor, text.invitation(by, config.command_char), Kind.INVITE)
     await _send(conn, room, [invitation])

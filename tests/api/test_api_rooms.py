@@ -308,6 +308,34 @@ async def test_member_rules(client: httpx.AsyncClient, pool: asyncpg.Pool) -> No
     ).status_code == 200
 
 
+async def test_a_full_room_takes_no_newcomer(client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    """The member limit holds for the API as for ``#add``/``#invite``: invited users do not
+    count, and a refused newcomer is neither stored nor announced."""
+    await make(client, member_limit=2)
+    await client.post(f"{ROOMS}/lobby/invitations", json={"user": "carol"})
+    assert (await client.post(f"{ROOMS}/lobby/members", json={"user": "bob"})).status_code == 201
+    await notices(pool)
+
+    for path, user in (("members", "dave"), ("invitations", "erin")):
+        response = await client.post(f"{ROOMS}/lobby/{path}", json={"user": user})
+        assert (response.status_code, response.json()["code"]) == (409, "room_full"), path
+        assert (
+            "lobby@conference.example.test is full (2 members at most)"
+            in (response.json()["detail"])
+        )
+    members = await client.get(f"{ROOMS}/lobby/members")
+    assert sorted(m["address"] for m in members.json()["data"]) == [
+        "alice@example.test",
+        "bob@example.test",
+        "carol@example.test",
+    ]
+    assert await notices(pool) == []
+
+    # Raising the limit lets the next one in.
+    await client.patch(f"{ROOMS}/lobby", json={"member_limit": 3})
+    assert (await client.post(f"{ROOMS}/lobby/members", json={"user": "dave"})).status_code == 201
+
+
 async def test_reading_needs_a_token_and_changing_an_admin_one(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:

@@ -73,7 +73,10 @@ _MEMBER_NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 _MEMBER_EXISTS: dict[int | str, dict[str, Any]] = {
     **_NOT_FOUND,
-    409: {"model": ErrorBody, "description": "Already a member or invited, or banned."},
+    409: {
+        "model": ErrorBody,
+        "description": "Already a member or invited, banned, or the room is full.",
+    },
 }
 
 
@@ -220,7 +223,7 @@ async def add_member(
     key = room_ops.room_key(config, room)
     aor = room_ops.user_address(config, body.user)
     async with pool.acquire() as conn, conn.transaction():
-        await room_ops.add_member(conn, key, aor)
+        await room_ops.add_member(conn, config, key, aor)
         return await _member(conn, key, aor)
 
 
