@@ -16,10 +16,19 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from services.api.deps import TokenCache, require_token
 from services.api.errors import ERROR_RESPONSES, install_error_handlers
+from services.api.limits import BodyLimitMiddleware
 from services.api.metrics import ApiMetrics, MetricsMiddleware, metrics_router
 from services.api.routers import health, messages, registrations, rooms, sessions, statistics, users
+from services.api.routers.messages import MAX_BODY_BYTES
 from shared.config import Settings
 from shared.db.pool import create_pool
+
+#: The largest request body accepted (security review G9). The largest send the API accepts
+#: (``MAX_BODY_BYTES`` of body, each byte at most six once JSON-escaped) fits; a bigger body is
+#: refused 413 before it is read (at once when its Content-Length says so, else when the bytes
+#: received pass the cap).
+MAX_REQUEST_BYTES = 1 << 20
+assert MAX_REQUEST_BYTES > 6 * MAX_BODY_BYTES + 65536  # and the other fields
 
 
 def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
@@ -53,6 +62,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ApiMetrics.create()
     app.state.token_cache = TokenCache(settings.api_token_cache_seconds)
+    app.add_middleware(BodyLimitMiddleware, limit=MAX_REQUEST_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)

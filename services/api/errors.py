@@ -159,6 +159,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         # FastAPI's "There was an error parsing the body" (bytes that are not JSON text):
         # invalid input like any other, so 422 as documented.
         return error_response(422, f"invalid body: {exc.detail}", "invalid_input")
+    if exc.status_code == 413:
+        log.info("refused %s %s: %s", request.method, request.url.path, exc.detail)
+        return error_response(413, str(exc.detail), "payload_too_large")
     return error_response(exc.status_code, str(exc.detail), _slug(str(exc.detail)), exc.headers)
 
 
