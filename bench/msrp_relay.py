@@ -103,6 +103,8 @@ class Imstack(Relay):
             "IMSTACK_MSRP_PUBLIC_HOST": "127.0.0.1",
             "IMSTACK_MSRP_ALLOW_INSECURE_AUTH": "true",
             "IMSTACK_MSRP_MAX_CONNECTIONS": "19000",
+            # Every benchmark connection comes from 127.0.0.1.
+            "IMSTACK_MSRP_MAX_CONNECTIONS_PER_SOURCE": "0",
             "IMSTACK_LOG_LEVEL": "WARNING",
         }
         if tls:

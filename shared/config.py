@@ -305,6 +305,12 @@ class Settings(BaseSettings):
     msrp_max_connections: int = Field(
         20000, ge=1, description="Most MSRP connections held at once; more are refused."
     )
+    msrp_max_connections_per_source: int = Field(
+        2000,
+        ge=0,
+        description="Most MSRP connections one IP address may hold at once (0: no limit); "
+        "more from it are refused, so no one address can take every slot.",
+    )
     msrp_buffer_limit: int = Field(
         1048576,
         ge=4096,

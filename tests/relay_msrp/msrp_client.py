@@ -65,8 +65,12 @@ class MsrpTestClient:
         name: str = "client",
         tls: ssl.SSLContext | None = None,
         auto_answer: bool = True,
+        source: str | None = None,
     ) -> MsrpTestClient:
-        reader, writer = await asyncio.open_connection(host, port, ssl=tls, limit=1 << 20)
+        """``source``: the local address to connect from (another loopback address)."""
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=tls, limit=1 << 20, local_addr=(source, 0) if source else None
+        )
         local = writer.get_extra_info("sockname")
         scheme = "msrps" if tls else "msrp"
         h = f"[{local[0]}]" if ":" in local[0] else local[0]

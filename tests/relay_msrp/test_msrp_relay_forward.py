@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from shared.config import Settings
 from shared.msrp import (
@@ -234,6 +235,33 @@ async def test_idle_connection_without_a_session_is_closed(
         running.relay.sweep(asyncio.get_running_loop().time())
         await asyncio.wait_for(idle.closed.wait(), 5)
         assert not authed.closed.is_set()
+
+
+async def test_one_address_cannot_take_every_connection(
+    settings: Settings, pool: asyncpg.Pool, users: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """G11: IMSTACK_MSRP_MAX_CONNECTIONS_PER_SOURCE caps one address; others still get in,
+    and the capped address gets a slot back when one of its connections closes."""
+    async with running_relay(settings, pool, msrp_max_connections_per_source=2) as running:
+        first = await running.client("one")
+        second = await running.client("two")
+        await asyncio.sleep(0.1)
+        refused = [await running.client(f"extra{i}") for i in range(3)]
+        for client in refused:
+            await asyncio.wait_for(client.closed.wait(), 5)
+        assert running.relay.stats.connections_refused == 3
+        assert [r.message for r in caplog.records if "refusing more" in r.message] == [
+            "MSRP: 127.0.0.1 holds 2 connections, the most one address may "
+            "(IMSTACK_MSRP_MAX_CONNECTIONS_PER_SOURCE); refusing more from it"
+        ]  # once, not per refused connection
+
+        other = await running.authed("alice", source="127.0.0.2")  # another address: served
+        assert not first.closed.is_set() and not other.closed.is_set()
+
+        await second.close()
+        await asyncio.sleep(0.1)
+        again = await running.authed("bob")  # a slot of 127.0.0.1 is free again
+        assert not again.closed.is_set()
 
 
 async def test_connection_limit_refuses_extra_connections(

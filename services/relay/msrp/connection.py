@@ -81,6 +81,9 @@ class MsrpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = MsrpParser(whole_messages=True)
         self.peer = "?"
+        #: The address that opened this connection to us, counted against its connection
+        #: limit; None for the relay's own outgoing connections.
+        self.source: str | None = None
         self.local: tuple[str, int] = ("", 0)
         self.queue: deque[OutFrame] = deque()
         self.active: OutFrame | None = None
@@ -113,7 +116,11 @@ class MsrpConnection(asyncio.Protocol):
         self.last_activity = asyncio.get_running_loop().time()
         if not self.connected.done():
             self.connected.set_result(None)
-        self.relay.connection_opened(self)
+        if self.outbound_key is None and isinstance(peer, tuple):
+            self.source = str(peer[0])
+        if not self.relay.connection_opened(self):
+            self.transport.abort()
+            return
         self.pump()
 
     def data_received(self, data: bytes) -> None:

@@ -22,6 +22,7 @@ import asyncpg
 from services.relay.msrp.auth import MsrpAuthenticator
 from services.relay.msrp.connection import MsrpConnection, OutFrame
 from services.relay.msrp.sessions import RelaySession, SessionTable, same_endpoint
+from services.relay.sources import SourceLimit
 from shared.config import Settings
 from shared.msrp import (
     BodyData,
@@ -128,6 +129,11 @@ class MsrpRelay:
         self.stats = MsrpStats()
         self.authenticator = MsrpAuthenticator(settings, pool, self.sessions, self.stats)
         self.connections: set[MsrpConnection] = set()
+        self.sources = SourceLimit(
+            settings.msrp_max_connections_per_source,
+            "MSRP",
+            "IMSTACK_MSRP_MAX_CONNECTIONS_PER_SOURCE",
+        )
         self.outbound: dict[tuple[str, str, int], MsrpConnection] = {}
         self.pending: dict[MsrpConnection, dict[str, Pending]] = {}
         self.inbound: dict[MsrpConnection, Inbound] = {}
@@ -155,7 +161,13 @@ class MsrpRelay:
     def accepting(self) -> bool:
         return len(self.connections) < self.settings.msrp_max_connections
 
-    def connection_opened(self, conn: MsrpConnection) -> None:
+    def connection_opened(self, conn: MsrpConnection) -> bool:
+        """A connection is up; False when its source holds too many already (the caller
+        closes it)."""
+        if conn.source is not None and not self.sources.admit(conn.source):
+            conn.source = None  # not counted
+            self.stats.connections_refused += 1
+            return False
         self.connections.add(conn)
         self.pending[conn] = {}
         self.stats.connections_open = len(self.connections)
@@ -163,9 +175,14 @@ class MsrpRelay:
         if conn.outbound_key is None:
             self.local_hosts.add(_host_key(conn.local[0]))
             self.local_ports.add(conn.local[1])
+        return True
 
     def connection_closed(self, conn: MsrpConnection) -> None:
+        if conn not in self.connections:
+            return  # refused when it opened
         self.connections.discard(conn)
+        if conn.source is not None:
+            self.sources.release(conn.source)
         self.stats.connections_open = len(self.connections)
         if conn.outbound_key is not None and self.outbound.get(conn.outbound_key) is conn:
             del self.outbound[conn.outbound_key]
