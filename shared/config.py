@@ -287,6 +287,19 @@ class Settings(BaseSettings):
         description="Longest MSRP AUTH Expires accepted (above: 423 + Max-Expires); "
         "also granted when the AUTH asks for none.",
     )
+    auth_max_failures: int = Field(
+        10,
+        ge=0,
+        description="Failed password checks (SIP or MSRP) for one user from one address "
+        "within IMSTACK_AUTH_BLOCK_SECONDS after which that user's credentials from that "
+        "address are refused (403) unchecked for a while (0: never).",
+    )
+    auth_block_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="The window for IMSTACK_AUTH_MAX_FAILURES, and how long the first block "
+        "lasts; each repeated block lasts twice as long, at most an hour.",
+    )
     msrp_max_auth_failures: int = Field(
         3, ge=1, description="Failed MSRP AUTH attempts after which the connection is closed."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from shared.config import Settings
 from shared.db.users import Address, set_disabled
@@ -115,3 +116,31 @@ async def test_closing_the_connection_drops_its_sessions(msrp_relay: RunningRela
             break
         await asyncio.sleep(0.01)
     assert len(msrp_relay.relay.sessions) == 0
+
+
+async def test_password_guessing_is_braked_per_user_and_address(
+    settings: Settings, pool: asyncpg.Pool, users: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """G8: after IMSTACK_AUTH_MAX_FAILURES wrong passwords for alice from one address, even the
+    right one is refused 403 from there (reconnecting does not help), while alice from another
+    address, and bob from the same one, still get in; the block ends after its time."""
+    overrides = {"auth_max_failures": 4, "auth_block_seconds": 1.0, "msrp_max_auth_failures": 3}
+    async with running_relay(settings, pool, **overrides) as running:
+        answers = []
+        for _ in range(2):  # the relay closes a connection after 3 failures: guess on two
+            guesser = await running.client("alice")
+            answers += [status(await guesser.auth(running.uri(), "alice", "guess")) for _ in (1, 2)]
+            await guesser.close()
+        assert answers == [401, 401, 401, 401]
+        blocked = await running.client("alice")
+        assert status(await blocked.auth(running.uri(), "alice", "alice-pw")) == 403
+        assert [r for r in caplog.records if "failed password checks" in r.message] != []
+
+        elsewhere = await running.client("alice", source="127.0.0.2")
+        assert status(await elsewhere.auth(running.uri(), "alice", "alice-pw")) == 200
+        bob = await running.client("bob")
+        assert status(await bob.auth(running.uri(), "bob", "bob-pw")) == 200
+
+        await asyncio.sleep(1.1)
+        later = await running.client("alice")
+        assert status(await later.auth(running.uri(), "alice", "alice-pw")) == 200

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from services.relay.guesses import GuessGuard
 from services.relay.msrp.sessions import SessionTable
 from shared.config import Settings
 from shared.db.users import Address, get_credentials
@@ -33,11 +34,14 @@ class MsrpAuthenticator:
         pool: asyncpg.Pool | None,
         sessions: SessionTable,
         stats: MsrpStats,
+        guard: GuessGuard | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.sessions = sessions
         self.stats = stats
+        #: Shared with the SIP side of the relay: guesses over both protocols add up.
+        self.guard = guard or GuessGuard(settings.auth_max_failures, settings.auth_block_seconds)
         # Nonces are signed with a per-process key and bound to one connection.
         self.nonces = NonceManager(secrets.token_bytes(32), lifetime=settings.msrp_nonce_lifetime)
 
@@ -88,6 +92,11 @@ class MsrpAuthenticator:
         if named != head.to_path[0]:
             conn.auth_failures += 1
             return 401, "Unauthorized", (self.challenge(conn),)
+        source = conn.source or conn.peer
+        if self.guard.blocked(credentials.username, source, asyncio.get_running_loop().time()):
+            conn.auth_failures += 1
+            self.stats.auth_failed += 1
+            return 403, "Too many failed attempts, try later", ()
         try:
             address = Address(credentials.username, settings.domain)
             stored = None if self.pool is None else await get_credentials(self.pool, address)
@@ -112,8 +121,13 @@ class MsrpAuthenticator:
             conn.auth_failures += 1
             self.stats.auth_failed += 1
             log.info("%s: AUTH for %s refused (%s)", conn.peer, address, result.value)
+            if stored is not None:  # a wrong password (for no such user there is none to guess)
+                self.guard.failed(
+                    credentials.username, source, asyncio.get_running_loop().time(), "MSRP"
+                )
             return 401, "Unauthorized", (self.challenge(conn),)
         assert stored is not None
+        self.guard.succeeded(credentials.username, source)
         if stored.disabled:
             conn.auth_failures += 1
             self.stats.auth_failed += 1

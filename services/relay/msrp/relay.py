@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import asyncpg
 
+from services.relay.guesses import GuessGuard
 from services.relay.msrp.auth import MsrpAuthenticator
 from services.relay.msrp.connection import MsrpConnection, OutFrame
 from services.relay.msrp.sessions import RelaySession, SessionTable, same_endpoint
@@ -120,6 +121,7 @@ class MsrpRelay:
         *,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
+        guard: GuessGuard | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -127,7 +129,7 @@ class MsrpRelay:
         self.client_ssl = client_ssl
         self.sessions = SessionTable()
         self.stats = MsrpStats()
-        self.authenticator = MsrpAuthenticator(settings, pool, self.sessions, self.stats)
+        self.authenticator = MsrpAuthenticator(settings, pool, self.sessions, self.stats, guard)
         self.connections: set[MsrpConnection] = set()
         self.sources = SourceLimit(
             settings.msrp_max_connections_per_source,
