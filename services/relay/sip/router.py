@@ -81,7 +81,11 @@ class Router:
             txn.respond(response)
 
     def _loop(self, request: SipRequest) -> bool:
-        # §16.3 step 4: a Via of ours means the request came back to us.
+        # §16.3 step 4: a Via of ours means the request came back to us. Our branches all
+        # start with BRANCH_PREFIX: where no Via line holds that text (nor a quoted string,
+        # which could spell it with escapes), none is ours and no Via needs parsing.
+        if not any(BRANCH_PREFIX in value or '"' in value for value in request.headers.raw("Via")):
+            return False
         for value in request.get_all("Via"):
             try:
                 via = parse_via(value)
