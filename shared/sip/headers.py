@@ -196,9 +196,7 @@ def _parse_name_addr(value: str) -> NameAddr:
     if m is None:
         return _parse_name_addr_general(value)
     uri, raw_params = m.groups()
-    params = (
-        tuple(_plain_param(item) for item in raw_params[1:].split(";")) if raw_params else ()
-    )
+    params = tuple(_plain_param(item) for item in raw_params[1:].split(";")) if raw_params else ()
     return NameAddr(uri, None, params)
 
 
