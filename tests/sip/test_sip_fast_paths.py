@@ -173,6 +173,44 @@ def test_copy_without_equals_rebuilding_the_headers_without_the_dropped_lines(
 
 @settings(max_examples=500, deadline=None)
 @given(
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["Via", "v", "Proxy-Authorization", "Max-Forwards", "max-forwards", "To"]
+            ),
+            st.sampled_from(["ours", "theirs", "70"]),
+        ),
+        max_size=8,
+    ),
+    top=st.lists(
+        st.tuples(st.sampled_from(["Via", "Record-Route", "v"]), TOKEN), min_size=1, max_size=3
+    ),
+    hops=st.one_of(st.none(), st.sampled_from(["69", "0"])),
+)
+def test_a_forwarded_copy_is_what_dropping_setting_and_prepending_make(
+    lines: list[tuple[str, str]], top: list[tuple[str, str]], hops: str | None
+) -> None:
+    headers = Headers(lines)
+    forwarded = headers.forwarded(
+        top,
+        drop="Proxy-Authorization",
+        drop_if=lambda value: value == "ours",
+        replace="Max-Forwards",
+        value=hops,
+    )
+    expected = headers.copy_without("Proxy-Authorization", lambda value: value == "ours")
+    if hops is not None:
+        expected.set("Max-Forwards", hops)
+    for name, value in reversed(top):
+        expected.prepend(name, value)
+    assert forwarded == expected
+    assert forwarded.keys() == expected.keys()
+    forwarded.add("Via", "new")  # a copy: the original is untouched
+    assert headers == Headers(lines)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
     display=st.sampled_from(["", '"A, B" ', "Bob ", '"" ']),
     uri=st.sampled_from(["sip:alice@example.test", "sip:[::1]:5060;lr", "tel:+1", "", "a b"]),
     params=st.lists(st.tuples(TOKEN, st.one_of(st.none(), TOKEN)), max_size=3),

@@ -43,6 +43,7 @@ from shared.sip.uri import SipUri, UnsupportedUriScheme, UriError, parse_uri
 from shared.stats import for_service
 
 log = logging.getLogger(__name__)
+RELAY_STATS = for_service("relay")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER"
 FORWARDED_METHODS = frozenset({"MESSAGE", "OPTIONS", "INVITE"})
@@ -84,7 +85,10 @@ class Router:
         # §16.3 step 4: a Via of ours means the request came back to us. Our branches all
         # start with BRANCH_PREFIX: where no Via line holds that text (nor a quoted string,
         # which could spell it with escapes), none is ours and no Via needs parsing.
-        if not any(BRANCH_PREFIX in value or '"' in value for value in request.headers.raw("Via")):
+        for value in request.headers.raw("Via"):
+            if BRANCH_PREFIX in value or '"' in value:
+                break
+        else:
             return False
         for value in request.get_all("Via"):
             try:
@@ -111,8 +115,9 @@ class Router:
         routed = self.routes.process(request)
         if isinstance(routed, SipResponse):
             return routed
+        hops = int(request.get("Max-Forwards") or "70")
         if routed.next_hop is not None:
-            if int(request.get("Max-Forwards") or "70") == 0:
+            if hops == 0:
                 return make_response(request, 483)
             return await self._forward_in_dialog(txn, routed, routed.next_hop)
         try:
@@ -123,7 +128,6 @@ class Router:
             return make_response(request, 400, "Bad Request-URI")
         if not isinstance(uri, SipUri):
             return make_response(request, 404)
-        hops = int(request.get("Max-Forwards") or "70")
         if request.method == "REGISTER":
             return await self.registrar.register(txn)
         if uri.user is None and self.edge.is_local(uri.host):
@@ -306,7 +310,7 @@ class Router:
                 txn.respond(upstream_copy(response))
 
         result = await fork.run(targets, on_provisional=provisional)
-        for_service("relay").inc_label("forwarded", request.method, result.ok)  # 2xx ones
+        RELAY_STATS.inc_label("forwarded", request.method, result.ok)  # 2xx ones
         txn.on_cancel = None
         if result.ok:
             fork.cancel_pending()  # §16.7 step 10: the other branches have lost
