@@ -222,9 +222,11 @@ class Headers:
     def raw(self, name: str) -> list[str]:
         """The values of every line named ``name``, unsplit."""
         key = _name_key(name)[1]
-        if key not in self._keys:
-            return []
-        return [item[1] for k, item in zip(self._keys, self._items, strict=True) if k == key]
+        keys = self._keys
+        count = keys.count(key)
+        if count <= 1:  # the usual case, without a pass over every line in Python
+            return [self._items[keys.index(key)][1]] if count else []
+        return [item[1] for k, item in zip(keys, self._items, strict=True) if k == key]
 
     def first(self, name: str) -> str | None:
         """The value of the first line named ``name``, unsplit (None: no such line)."""

@@ -65,6 +65,7 @@ class Router:
         self.settings = edge.settings
         self.registrar = Registrar(edge)
         self.routes = LooseRouter(edge)
+        self.conference_domain = self.settings.conference_domain  # (computed per read)
 
     async def handle(self, txn: ServerTxn) -> None:
         request = txn.request
@@ -135,7 +136,7 @@ class Router:
         if hops == 0:
             return make_response(request, 483)
         host = uri.host.lower().rstrip(".")
-        if host == s.conference_domain:
+        if host == self.conference_domain:
             return await self._to_room(txn, uri)
         if host == s.domain or self.routes.is_ours(uri):  # sip:bob@<our address> is bob too
             return await self._to_user(txn, uri)
@@ -216,7 +217,7 @@ class Router:
         if not isinstance(from_uri, SipUri):
             return None
         host = from_uri.host.lower().rstrip(".")
-        room = host == self.settings.conference_domain
+        room = host == self.conference_domain
         if not room and not self.edge.is_local(host):
             return None
         # Any spelling of a host of ours (our address, a trailing dot, another case) is us.
