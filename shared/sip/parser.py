@@ -434,8 +434,8 @@ def parse_datagram(
     if (
         end > 0
         and data[end - 1] != 0x0A
-        and b"\n\n" not in data[:end]
-        and b"\n\r\n" not in data[:end]
+        and data.find(b"\n\n", 0, end) < 0
+        and data.find(b"\n\r\n", 0, end) < 0
     ):
         head, body = data[:end], data[end + 4 :]  # the usual CRLF CRLF
     elif (m := _HEAD_END_RE.search(data)) is None:
