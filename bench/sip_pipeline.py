@@ -10,8 +10,10 @@ bench/sip_load.py sends: digest-authenticated MESSAGEs from one registered user 
 another (every one with its own branch, tag, Call-ID and nonce count), and the callee's
 200 OK to each forwarded request. It measures the process's CPU time over ``--count``
 MESSAGEs in windows of ``--window``: the relay's own work (parsing, routing, digest,
-transactions, serialising), without the kernel's socket costs or another process
-competing for the core, so small changes show above the noise of a shared machine.
+transactions, serialising), without the kernel's socket costs or a load generator
+competing for the machine. ``best_1000_cpu_us_per_message`` is the least disturbed run of
+1,000 in a row: on a shared machine compare that figure, from runs of the two versions
+taken in turn, not single totals.
 """
 
 from __future__ import annotations
