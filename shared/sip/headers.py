@@ -186,7 +186,26 @@ def parse_name_addr(value: str) -> NameAddr:
     return _remember(_name_addr_memo, value, _parse_name_addr(value))
 
 
+#: The usual From/To/Route shape: ``<uri>`` and plain ``;name=value`` parameters, as
+#: :func:`_parse_name_addr_general` reads it (no display name, no quotes, no blanks).
+_PLAIN_NAME_ADDR_RE = re.compile(rf'<([^<>" \t]+)>((?:;{_TOKEN}(?:={_TOKEN})?)*)')
+
+
 def _parse_name_addr(value: str) -> NameAddr:
+    m = _PLAIN_NAME_ADDR_RE.fullmatch(value.strip(" \t"))
+    if m is None:
+        return _parse_name_addr_general(value)
+    uri, raw_params = m.groups()
+    params = tuple(_plain_param(item) for item in raw_params[1:].split(";")) if raw_params else ()
+    return NameAddr(uri, None, params)
+
+
+def _plain_param(item: str) -> tuple[str, str | None]:
+    name, eq, value = item.partition("=")
+    return (name, value) if eq else (name, None)
+
+
+def _parse_name_addr_general(value: str) -> NameAddr:
     text = value.strip(" \t")
     lt = _find_unquoted(text, "<")
     if lt < 0:

@@ -222,9 +222,11 @@ class Headers:
     def raw(self, name: str) -> list[str]:
         """The values of every line named ``name``, unsplit."""
         key = _name_key(name)[1]
-        if key not in self._keys:
-            return []
-        return [item[1] for k, item in zip(self._keys, self._items, strict=True) if k == key]
+        keys = self._keys
+        count = keys.count(key)
+        if count <= 1:  # the usual case, without a pass over every line in Python
+            return [self._items[keys.index(key)][1]] if count else []
+        return [item[1] for k, item in zip(keys, self._items, strict=True) if k == key]
 
     def first(self, name: str) -> str | None:
         """The value of the first line named ``name``, unsplit (None: no such line)."""
@@ -347,6 +349,47 @@ class Headers:
         new._keys = [k for k, _ in kept]
         new._items = [item for _, item in kept]
         return new
+
+    def forwarded(
+        self,
+        top: Iterable[tuple[str, str]],
+        *,
+        drop: str,
+        drop_if: Callable[[str], bool],
+        replace: str,
+        value: str | None,
+    ) -> Headers:
+        """A copy, in one pass, as a proxy forwards it: the ``top`` lines above every other
+        (in that order), without the ``drop`` lines whose value ``drop_if`` accepts, and
+        (unless ``value`` is None) every ``replace`` line replaced by one line of ``value``
+        where the first one was, or at the end. What :meth:`copy_without`, then
+        :meth:`set`, then :meth:`prepend` of each ``top`` line from the last would make."""
+        drop_key = _name_key(drop)[1]
+        replace_name, replace_key = _name_key(replace)
+        replacement = (replace_name, value) if value is not None else None
+        if replacement is None:
+            replace_key = ""  # (no line is replaced)
+        items: list[tuple[str, str]] = []
+        keys: list[str] = []
+        for name, line_value in top:
+            canonical, key = _name_key(name)
+            items.append((canonical, line_value))
+            keys.append(key)
+        replaced = False
+        for key, item in zip(self._keys, self._items, strict=True):
+            if key == drop_key and drop_if(item[1]):
+                continue
+            if key == replace_key and replacement is not None:
+                if replaced:
+                    continue
+                item = replacement
+                replaced = True
+            items.append(item)
+            keys.append(key)
+        if replacement is not None and not replaced:
+            items.append(replacement)
+            keys.append(replace_key)
+        return Headers.with_keys(items, keys)
 
     def copy(self) -> Headers:
         new = Headers.__new__(Headers)

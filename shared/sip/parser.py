@@ -129,6 +129,13 @@ def parse_head(
         lines = text.split("\r\n")
         message = _parse_start_line(lines[0])
         fields = lines[1:]
+        if (
+            type(message) is SipRequest
+            and 0 < len(fields) <= max_headers
+            and max(map(len, fields)) <= max_line_length
+            and _parse_request_fields(message, text, fields)
+        ):
+            return message
     else:
         message, fields = _unfold(text)
     headers = Headers()
@@ -199,6 +206,77 @@ def _shape(names: tuple[str, ...]) -> _Shape | None:
 
 
 _CSEQ_MAX = 2**31
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestShape:
+    """What the header names of a request tell: its lines' canonical names and lookup keys
+    (shared, never modified) and where its CSeq, Call-ID and Max-Forwards lines are."""
+
+    names: tuple[str, ...]
+    keys: tuple[str, ...]
+    cseq: int
+    call_id: int
+    max_forwards: int
+
+
+#: As ``_SHAPES``, for requests: a UA sends the same names in the same order every time.
+_REQUEST_SHAPES: dict[tuple[str, ...], _RequestShape | None] = {}
+_REQUIRED_REQUEST_KEYS = tuple(name.lower() for name in REQUIRED_REQUEST_HEADERS)
+
+
+def _request_shape(names: tuple[str, ...]) -> _RequestShape | None:
+    pairs = [_NAME_CACHE.get(name) or _name_key(name) for name in names]
+    keys = [key for _, key in pairs]
+    shape = None
+    if all(key in keys for key in _REQUIRED_REQUEST_KEYS) and all(
+        keys.count(key) <= 1 for key in _SINGLE_KEYS
+    ):
+        shape = _RequestShape(
+            tuple(canonical for canonical, _ in pairs),
+            tuple(keys),
+            keys.index("cseq"),
+            keys.index("call-id"),
+            keys.index("max-forwards"),
+        )
+    if len(_REQUEST_SHAPES) < _SHAPES_MAX:
+        _REQUEST_SHAPES[names] = shape
+    return shape
+
+
+def _parse_request_fields(message: SipRequest, text: str, fields: list[str]) -> bool:
+    """Give ``message`` the headers of ``fields`` (its head ``text``, CRLF line ends, no
+    folding, no line too long, not too many) when the full parse would accept them exactly
+    so; False (``message`` untouched) when anything is unusual: the full parse decides.
+
+    Every line a token name and a colon; the required headers present and the single ones
+    not repeated (both known from the sequence of names); a valid CSeq of the request's
+    method, a valid Max-Forwards, a non-empty Call-ID: what :func:`_validate` checks.
+    """
+    names = tuple(_LINE_NAMES_RE.findall(text))
+    if len(names) != len(fields):
+        return False
+    try:
+        shape = _REQUEST_SHAPES[names]
+    except KeyError:
+        shape = _request_shape(names)
+    if shape is None:
+        return False
+    values = [field.partition(":")[2].strip(" \t") for field in fields]
+    try:
+        cseq = parse_cseq(values[shape.cseq])
+    except ValueError:
+        return False
+    max_forwards = values[shape.max_forwards]
+    if (
+        cseq.method != message.method
+        or not (max_forwards.isascii() and max_forwards.isdigit())
+        or int(max_forwards) > 255
+        or not values[shape.call_id]
+    ):
+        return False
+    message.headers = Headers.with_keys(list(zip(shape.names, values, strict=True)), shape.keys)
+    return True
 
 
 def parse_response_head(
@@ -356,8 +434,8 @@ def parse_datagram(
     if (
         end > 0
         and data[end - 1] != 0x0A
-        and b"\n\n" not in data[:end]
-        and b"\n\r\n" not in data[:end]
+        and data.find(b"\n\n", 0, end) < 0
+        and data.find(b"\n\r\n", 0, end) < 0
     ):
         head, body = data[:end], data[end + 4 :]  # the usual CRLF CRLF
     elif (m := _HEAD_END_RE.search(data)) is None:

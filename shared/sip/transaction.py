@@ -317,15 +317,16 @@ class _Transaction:
         self._intervals: dict[Timer, float] = {}
         self._events: list[TransactionEvent] = []
         self._zero_timers = False  # a timer was started with a zero interval
+        key = (reliable, t1, t4)
+        initial = _INITIAL_INTERVALS.get(key)
+        if initial is None:
+            initial = {t: self._compute_initial_interval(t) for t in Timer}
+            if len(_INITIAL_INTERVALS) < 64:
+                _INITIAL_INTERVALS[key] = initial
+        self._initial = initial
 
     def _initial_interval(self, timer: Timer) -> float | None:
-        key = (self.reliable, self.t1, self.t4)
-        table = _INITIAL_INTERVALS.get(key)
-        if table is None:
-            table = {t: self._compute_initial_interval(t) for t in Timer}
-            if len(_INITIAL_INTERVALS) < 64:
-                _INITIAL_INTERVALS[key] = table
-        return table[timer]
+        return self._initial[timer]
 
     # Timer values, §17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2 and Table 4 (§A).
     def _compute_initial_interval(self, timer: Timer) -> float | None:
@@ -341,7 +342,7 @@ class _Transaction:
 
     def _start(self, timer: Timer, now: float, interval: float | None = None) -> None:
         if interval is None:
-            interval = self._initial_interval(timer)
+            interval = self._initial[timer]
         if interval is None:
             return
         self._intervals[timer] = interval

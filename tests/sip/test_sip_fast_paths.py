@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shared.digest as digest
+import shared.sip.headers as headers
 from shared.sip.errors import RemoteProtocolError
 from shared.sip.headers import _parse_via, parse_via, stamp_rport
 from shared.sip.message import Headers
@@ -168,3 +169,63 @@ def test_copy_without_equals_rebuilding_the_headers_without_the_dropped_lines(
     assert copied.keys() == rebuilt.keys()
     copied.add("Via", "new")  # a copy: the original is untouched
     assert headers == Headers(lines)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["Via", "v", "Proxy-Authorization", "Max-Forwards", "max-forwards", "To"]
+            ),
+            st.sampled_from(["ours", "theirs", "70"]),
+        ),
+        max_size=8,
+    ),
+    top=st.lists(
+        st.tuples(st.sampled_from(["Via", "Record-Route", "v"]), TOKEN), min_size=1, max_size=3
+    ),
+    hops=st.one_of(st.none(), st.sampled_from(["69", "0"])),
+)
+def test_a_forwarded_copy_is_what_dropping_setting_and_prepending_make(
+    lines: list[tuple[str, str]], top: list[tuple[str, str]], hops: str | None
+) -> None:
+    headers = Headers(lines)
+    forwarded = headers.forwarded(
+        top,
+        drop="Proxy-Authorization",
+        drop_if=lambda value: value == "ours",
+        replace="Max-Forwards",
+        value=hops,
+    )
+    expected = headers.copy_without("Proxy-Authorization", lambda value: value == "ours")
+    if hops is not None:
+        expected.set("Max-Forwards", hops)
+    for name, value in reversed(top):
+        expected.prepend(name, value)
+    assert forwarded == expected
+    assert forwarded.keys() == expected.keys()
+    forwarded.add("Via", "new")  # a copy: the original is untouched
+    assert headers == Headers(lines)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    display=st.sampled_from(["", '"A, B" ', "Bob ", '"" ']),
+    uri=st.sampled_from(["sip:alice@example.test", "sip:[::1]:5060;lr", "tel:+1", "", "a b"]),
+    params=st.lists(st.tuples(TOKEN, st.one_of(st.none(), TOKEN)), max_size=3),
+    junk=st.sampled_from(["", " ", ";", ";=x", '; tag="q"', ">", ";a=", "\t"]),
+    angle=st.booleans(),
+)
+def test_a_plain_name_addr_is_read_as_the_careful_parser_reads_it(
+    display: str, uri: str, params: list[tuple[str, str | None]], junk: str, angle: bool
+) -> None:
+    text = "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+    value = f"{display}<{uri}>{text}{junk}" if angle else f"{uri}{text}{junk}"
+    results = []
+    for parse in (headers._parse_name_addr, headers._parse_name_addr_general):
+        try:
+            results.append(parse(value))
+        except ValueError as exc:
+            results.append(str(exc))
+    assert results[0] == results[1]

@@ -97,6 +97,8 @@ class SipEdge:
             self.local_hosts.add(settings.sip_host.lower().strip("[]"))
         self.local_ports = {settings.sip_port, settings.sip_tls_port}
         self._address_cache: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, bool] = {}
+        #: The start of our Via by transport (``SIP/2.0/UDP host:port``).
+        self._sent_by: dict[str, str] = {}
         # Set by service.py once the router exists (it needs the edge first).
         self.handle_request: Callable[[ServerTxn], Coroutine[Any, Any, None]] | None = None
         self.handle_ack: Callable[[SipRequest, Flow], None] | None = None
@@ -142,11 +144,13 @@ class SipEdge:
         return f"{_BRANCH_BASE}{next(_BRANCH_IDS):x}"
 
     def via(self, flow: Flow, branch: str) -> str:
-        port = self.settings.sip_tls_port if flow.transport == "tls" else self.settings.sip_port
-        return (
-            f"SIP/2.0/{flow.transport.upper()} {format_host(self.public_host)}:{port}"
-            f";branch={branch};rport"
-        )
+        sent_by = self._sent_by.get(flow.transport)
+        if sent_by is None:
+            s = self.settings
+            port = s.sip_tls_port if flow.transport == "tls" else s.sip_port
+            sent_by = f"SIP/2.0/{flow.transport.upper()} {format_host(self.public_host)}:{port}"
+            self._sent_by[flow.transport] = sent_by
+        return f"{sent_by};branch={branch};rport"
 
     def flow_for(self, binding: Binding) -> Flow | None:
         """Where requests for ``binding`` go: its source address (UDP, RFC 3581), or the

@@ -80,16 +80,19 @@ def branch_request(
 ) -> SipRequest:
     """The copy of ``request`` sent to one target (§16.6 steps 1-8)."""
     realm = edge.settings.domain
-    # §22.3: credentials for our realm are consumed here, not forwarded.
-    headers = request.headers.copy_without(
-        "Proxy-Authorization", lambda value: _our_credentials(value, realm)
-    )
+    hops: str | None = None
     if decrement:
-        hops = int(headers.get("Max-Forwards") or "70")
-        headers.set("Max-Forwards", str(max(hops - 1, 0)))
-    for value in record_route:  # step 4: above every Record-Route already there
-        headers.prepend("Record-Route", value)
-    headers.prepend("Via", via)
+        hops = str(max(int(request.headers.get("Max-Forwards") or "70") - 1, 0))
+    # Step 8: our Via on top; step 4: our Record-Route values above every one there.
+    top = [("Via", via), *(("Record-Route", value) for value in reversed(record_route))]
+    headers = request.headers.forwarded(
+        top,
+        # §22.3: credentials for our realm are consumed here, not forwarded.
+        drop="Proxy-Authorization",
+        drop_if=lambda value: _our_credentials(value, realm),
+        replace="Max-Forwards",
+        value=hops,
+    )
     return SipRequest(method=request.method, uri=uri, headers=headers, body=request.body)
 
 

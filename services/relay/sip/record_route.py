@@ -74,6 +74,10 @@ class RouteCheck:
     token: str | None = None
 
 
+#: A request without Route lines: not in a dialog we record-routed, no next hop.
+NO_ROUTE = RouteCheck()
+
+
 class LooseRouter:
     def __init__(self, edge: SipEdge) -> None:
         self.edge = edge
@@ -143,6 +147,8 @@ class LooseRouter:
     def process(self, request: SipRequest) -> RouteCheck | SipResponse:
         """§16.4: restore a strict router's Request-URI, then remove the Route entries that
         name us. A response to send instead (400, 403) when the Route is unusable."""
+        if "Route" not in request.headers:
+            return NO_ROUTE  # (what the rest would find: nothing to restore or remove)
         token: str | None = None
         routes = request.get_all("Route")
         try:

@@ -43,6 +43,7 @@ from shared.sip.uri import SipUri, UnsupportedUriScheme, UriError, parse_uri
 from shared.stats import for_service
 
 log = logging.getLogger(__name__)
+RELAY_STATS = for_service("relay")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER"
 FORWARDED_METHODS = frozenset({"MESSAGE", "OPTIONS", "INVITE"})
@@ -64,6 +65,7 @@ class Router:
         self.settings = edge.settings
         self.registrar = Registrar(edge)
         self.routes = LooseRouter(edge)
+        self.conference_domain = self.settings.conference_domain  # (computed per read)
 
     async def handle(self, txn: ServerTxn) -> None:
         request = txn.request
@@ -81,7 +83,14 @@ class Router:
             txn.respond(response)
 
     def _loop(self, request: SipRequest) -> bool:
-        # §16.3 step 4: a Via of ours means the request came back to us.
+        # §16.3 step 4: a Via of ours means the request came back to us. Our branches all
+        # start with BRANCH_PREFIX: where no Via line holds that text (nor a quoted string,
+        # which could spell it with escapes), none is ours and no Via needs parsing.
+        for value in request.headers.raw("Via"):
+            if BRANCH_PREFIX in value or '"' in value:
+                break
+        else:
+            return False
         for value in request.get_all("Via"):
             try:
                 via = parse_via(value)
@@ -107,8 +116,9 @@ class Router:
         routed = self.routes.process(request)
         if isinstance(routed, SipResponse):
             return routed
+        hops = int(request.get("Max-Forwards") or "70")
         if routed.next_hop is not None:
-            if int(request.get("Max-Forwards") or "70") == 0:
+            if hops == 0:
                 return make_response(request, 483)
             return await self._forward_in_dialog(txn, routed, routed.next_hop)
         try:
@@ -119,7 +129,6 @@ class Router:
             return make_response(request, 400, "Bad Request-URI")
         if not isinstance(uri, SipUri):
             return make_response(request, 404)
-        hops = int(request.get("Max-Forwards") or "70")
         if request.method == "REGISTER":
             return await self.registrar.register(txn)
         if uri.user is None and self.edge.is_local(uri.host):
@@ -127,7 +136,7 @@ class Router:
         if hops == 0:
             return make_response(request, 483)
         host = uri.host.lower().rstrip(".")
-        if host == s.conference_domain:
+        if host == self.conference_domain:
             return await self._to_room(txn, uri)
         if host == s.domain or self.routes.is_ours(uri):  # sip:bob@<our address> is bob too
             return await self._to_user(txn, uri)
@@ -208,7 +217,7 @@ class Router:
         if not isinstance(from_uri, SipUri):
             return None
         host = from_uri.host.lower().rstrip(".")
-        room = host == self.settings.conference_domain
+        room = host == self.conference_domain
         if not room and not self.edge.is_local(host):
             return None
         # Any spelling of a host of ours (our address, a trailing dot, another case) is us.
@@ -302,7 +311,7 @@ class Router:
                 txn.respond(upstream_copy(response))
 
         result = await fork.run(targets, on_provisional=provisional)
-        for_service("relay").inc_label("forwarded", request.method, result.ok)  # 2xx ones
+        RELAY_STATS.inc_label("forwarded", request.method, result.ok)  # 2xx ones
         txn.on_cancel = None
         if result.ok:
             fork.cancel_pending()  # §16.7 step 10: the other branches have lost

@@ -126,10 +126,8 @@ class ServerTxn(_Txn):
         except LocalProtocolError as exc:
             log.warning("cannot send %d for %s: %s", response.status, self.request.method, exc)
             return
-        if self.final_sent and not self.tx.is_invite:
-            # Answered: from now on the transaction only re-sends its response (Timer J,
-            # 32 s over UDP). Let the parsed request go instead of keeping it that long.
-            self.tx.request = SipRequest(method=self.tx.request.method, uri=self.tx.request.uri)
+        # (An answered non-INVITE transaction ends here: retired over UDP, terminated at
+        # once over TCP/TLS, where Timer J is zero. Its parsed request goes with it.)
         self.layer.drive(self, events)
 
     def on_terminated(self) -> None:

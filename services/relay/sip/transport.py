@@ -90,6 +90,14 @@ def _enlarge_receive_buffer(sock: socket.socket | None) -> None:
 
 def stamp_via(request: SipRequest, flow: Flow) -> None:
     """Add ``received``/``rport`` to the top Via (§18.2.1, RFC 3581 §4); ValueError if bad."""
+    index = request.headers.index("Via")
+    if index is not None:  # the usual first Via line: one plain value asking for rport
+        value = request.headers.first("Via") or ""
+        if "," not in value and value.endswith(";rport"):
+            stamped = stamp_rport(value, flow.host, flow.port)
+            if stamped is not None:
+                request.headers.replace_at(index, stamped)
+                return
     for index, (name, value) in enumerate(request.headers):
         if name != "Via":
             continue
