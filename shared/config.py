@@ -227,6 +227,12 @@ class Settings(BaseSettings):
         description="Most SIP TCP/TLS connections open at once; further ones are closed "
         "as they are accepted. 0: no limit.",
     )
+    sip_max_connections_per_source: int = Field(
+        1000,
+        ge=0,
+        description="Most SIP TCP/TLS connections one IP address may hold at once (0: no "
+        "limit); more from it are refused, so no one address can take every slot.",
+    )
     sip_max_message_size: int = Field(
         65535,
         ge=1024,

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable
 
+from services.relay.guesses import GuessGuard
 from services.relay.msrp.connection import MsrpConnection
 from services.relay.msrp.listener import MsrpListener
 from services.relay.msrp.relay import MsrpRelay
@@ -25,8 +26,14 @@ log = logging.getLogger(__name__)
 async def run(ctx: ServiceContext) -> None:
     settings = ctx.settings
     server_ssl = server_context(settings)  # TlsConfigError: one line naming the file
+    # Failed password checks over SIP and MSRP add up (per user and address).
+    guard = GuessGuard(settings.auth_max_failures, settings.auth_block_seconds)
     relay = MsrpRelay(
-        settings, ctx.pool, server_ssl=server_ssl, client_ssl=client_context(settings)
+        settings,
+        ctx.pool,
+        server_ssl=server_ssl,
+        client_ssl=client_context(settings),
+        guard=guard,
     )
     # SIP and MSRP on one port: the SIP TCP and TLS listeners take MSRP connections too.
     shared = settings.msrp_port in (settings.sip_port, settings.sip_tls_port)
@@ -39,19 +46,21 @@ async def run(ctx: ServiceContext) -> None:
 
     stats, sessions = relay_publishers(relay, ctx.pool, settings)
     async with asyncio.TaskGroup() as group:
-        group.create_task(_run_sip(ctx, msrp_factory), name="sip")
+        group.create_task(_run_sip(ctx, msrp_factory, guard), name="sip")
         group.create_task(run_msrp(ctx, relay, listen=not shared), name="msrp")
         group.create_task(stats.run(ctx.stop), name="relay-stats")
         group.create_task(sessions.run(ctx.stop), name="msrp-sessions-publish")
 
 
 async def _run_sip(
-    ctx: ServiceContext, msrp_factory: Callable[[bool], asyncio.Protocol] | None
+    ctx: ServiceContext,
+    msrp_factory: Callable[[bool], asyncio.Protocol] | None,
+    guard: GuessGuard,
 ) -> None:
     """``run_sip``; a port it cannot bind at start is a ``StartupError`` naming it."""
     started = asyncio.Event()
     try:
-        await run_sip(ctx, started=started, msrp_factory=msrp_factory)
+        await run_sip(ctx, started=started, msrp_factory=msrp_factory, guard=guard)
     except OSError as exc:
         reason = None if started.is_set() else cannot_listen("SIP", exc, ctx.settings)
         if reason is None:

@@ -151,6 +151,37 @@ class TestConnectionLimit:
                     break
 
 
+class TestConnectionLimitPerSource:
+    @pytest.fixture
+    def sip_settings(self) -> dict[str, object]:
+        return {"sip_max_connections_per_source": 2}
+
+    async def test_one_address_cannot_take_every_connection(
+        self, sip: SipServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """G11: a third connection from 127.0.0.1 is closed as it is accepted (one warning),
+        one from 127.0.0.2 is served."""
+        first = await sip.ua("alice", "tcp")
+        second = await sip.ua("bob", "tcp")
+        assert await _options_status(first, sip) == 200
+        assert await _options_status(second, sip) == 200
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(*sip.address)
+            assert await _closed_by_server(reader)
+            writer.close()
+        warnings = [r.getMessage() for r in caplog.records if "refusing more" in r.getMessage()]
+        assert warnings == [
+            "SIP: 127.0.0.1 holds 2 connections, the most one address may "
+            "(IMSTACK_SIP_MAX_CONNECTIONS_PER_SOURCE); refusing more from it"
+        ]
+
+        reader, writer = await asyncio.open_connection(*sip.address, local_addr=("127.0.0.2", 0))
+        writer.write(_options(sip, writer.get_extra_info("sockname"), "TCP"))
+        data = await asyncio.wait_for(reader.read(65536), TIMEOUT)
+        assert data.startswith(b"SIP/2.0 200")
+        writer.close()
+
+
 class TestMessageSize:
     @pytest.fixture
     def sip_settings(self) -> dict[str, object]:

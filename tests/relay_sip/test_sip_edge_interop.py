@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -63,31 +64,48 @@ async def test_baresip_and_linphonec_register_and_chat(
         await bob.stop()
 
 
-async def test_baresip_with_a_wrong_password_is_refused_and_quit_deregisters(
-    sip: SipServer, tmp_path: Path
-) -> None:
-    domain = sip.settings.domain
-    server = sip.settings.sip_port
-    wrong = Baresip(tmp_path / "wrong", "alice", "guess", domain, server, free_port_block(), "udp")
-    right = Baresip(
-        tmp_path / "right", "alice", PASSWORDS["alice"], domain, server, free_port_block(), "udp"
-    )
-    try:
-        await wrong.start()
-        assert wrong.output is not None
-        await wrong.output.wait_for(f"reg: sip:alice@{domain}: 401 Unauthorized")
-        assert await get_bindings(sip.pool, f"alice@{domain}") == []
-        await right.start()
-        assert right.output is not None
-        await right.output.wait_for("registered successfully")
-        assert len(await get_bindings(sip.pool, f"alice@{domain}")) == 1
-        await right.stop()  # a graceful quit de-registers
+class TestWrongPassword:
+    @pytest.fixture
+    def sip_settings(self) -> dict[str, object]:
+        return {"auth_block_seconds": 1.0}  # the default 60 s, shortened for the test
 
-        async def deregistered() -> bool:
-            return await get_bindings(sip.pool, f"alice@{domain}") == []
+    async def test_baresip_with_a_wrong_password_is_refused_and_quit_deregisters(
+        self, sip: SipServer, tmp_path: Path
+    ) -> None:
+        """baresip answers each 401 with its (wrong) credentials again: after
+        IMSTACK_AUTH_MAX_FAILURES of them it gets 403 and stops. The right password from the
+        same address gets in once the block is over."""
+        domain = sip.settings.domain
+        server = sip.settings.sip_port
+        wrong = Baresip(
+            tmp_path / "wrong", "alice", "guess", domain, server, free_port_block(), "udp"
+        )
+        right = Baresip(
+            tmp_path / "right",
+            "alice",
+            PASSWORDS["alice"],
+            domain,
+            server,
+            free_port_block(),
+            "udp",
+        )
+        try:
+            await wrong.start()
+            assert wrong.output is not None
+            await wrong.output.wait_for(f"reg: sip:alice@{domain}: 403 Too Many Failed Attempts")
+            assert await get_bindings(sip.pool, f"alice@{domain}") == []
+            await asyncio.sleep(1.1)
+            await right.start()
+            assert right.output is not None
+            await right.output.wait_for("registered successfully")
+            assert len(await get_bindings(sip.pool, f"alice@{domain}")) == 1
+            await right.stop()  # a graceful quit de-registers
 
-        await eventually(deregistered, "binding removed")
-    finally:
-        print("wrong:", wrong.output.text() if wrong.output else None, sep="\n")
-        await wrong.stop()
-        await right.stop()
+            async def deregistered() -> bool:
+                return await get_bindings(sip.pool, f"alice@{domain}") == []
+
+            await eventually(deregistered, "binding removed")
+        finally:
+            print("wrong:", wrong.output.text() if wrong.output else None, sep="\n")
+            await wrong.stop()
+            await right.stop()

@@ -51,6 +51,34 @@ async def test_a_wrong_password_is_refused_and_binds_nothing(sip: SipServer) -> 
     assert await get_bindings(sip.pool, "alice@example.test") == []
 
 
+class TestPasswordGuessing:
+    @pytest.fixture
+    def sip_settings(self) -> dict[str, object]:
+        return {"auth_max_failures": 3, "auth_block_seconds": 1.0}
+
+    async def test_guesses_from_one_address_are_braked(
+        self, sip: SipServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """G8: after 3 wrong passwords for alice from 127.0.0.1, even the right one is refused
+        403 from there until the block ends; alice from 127.0.0.2 gets in meanwhile."""
+        mallory = await sip.ua("alice", password="guess")
+        assert [(await mallory.register()).status for _ in range(3)] == [401, 401, 401]
+        alice = await sip.ua("alice")
+        blocked = await alice.register()
+        assert (blocked.status, blocked.reason) == (403, "Too Many Failed Attempts")
+        assert await get_bindings(sip.pool, "alice@example.test") == []
+        warnings = [r.getMessage() for r in caplog.records if "not checking" in r.getMessage()]
+        assert warnings == [
+            "SIP: 3 failed password checks for alice from 127.0.0.1; not checking its "
+            "credentials from there for 1 s (IMSTACK_AUTH_MAX_FAILURES)"
+        ]
+
+        elsewhere = await sip.ua("alice", local_host="127.0.0.2")
+        assert (await elsewhere.register()).status == 200
+        await asyncio.sleep(1.1)
+        assert (await alice.register()).status == 200
+
+
 async def test_a_disabled_user_is_forbidden(sip: SipServer) -> None:
     dave = await sip.ua("dave")
     assert (await dave.register()).status == 403

@@ -121,7 +121,7 @@ class MsrpAuthenticator:
             conn.auth_failures += 1
             self.stats.auth_failed += 1
             log.info("%s: AUTH for %s refused (%s)", conn.peer, address, result.value)
-            if stored is not None:  # a wrong password (for no such user there is none to guess)
+            if result is AuthResult.BAD_RESPONSE and stored is not None:  # a wrong password
                 self.guard.failed(
                     credentials.username, source, asyncio.get_running_loop().time(), "MSRP"
                 )

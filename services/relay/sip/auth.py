@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from services.relay.guesses import GuessGuard
 from services.relay.sip.caches import CredentialCache
 from services.relay.sip.transport import Flow
 from shared.config import Settings
@@ -49,11 +50,17 @@ def nonce_binding(flow: Flow) -> str:
 
 class DigestAuthenticator:
     def __init__(
-        self, settings: Settings, credentials: CredentialCache, nonces: NonceManager
+        self,
+        settings: Settings,
+        credentials: CredentialCache,
+        nonces: NonceManager,
+        guard: GuessGuard | None = None,
     ) -> None:
         self.settings = settings
         self.credentials = credentials
         self.nonces = nonces
+        #: Shared with the MSRP side of the relay: guesses over both protocols add up.
+        self.guard = guard or GuessGuard(settings.auth_max_failures, settings.auth_block_seconds)
 
     def challenge(
         self, request: SipRequest, flow: Flow, *, proxy: bool, stale: bool = False
@@ -93,6 +100,9 @@ class DigestAuthenticator:
             )
             return make_response(request, 400, "Digest URI Does Not Match Request-URI")
         address = Address(credentials.username, self.settings.domain)
+        guard = self.guard
+        if guard.pairs and guard.blocked(credentials.username, flow.host, time.monotonic()):
+            return make_response(request, 403, "Too Many Failed Attempts")
         held = self.credentials.peek(address)
         stored = held.value if held is not None else await self.credentials.get(address)
         result = self._verify(request, flow, credentials, stored)
@@ -105,12 +115,16 @@ class DigestAuthenticator:
             if stored.disabled:
                 log.info("%s: user %s is disabled", flow, credentials.username)
                 return make_response(request, 403, "Account Disabled")
+            if guard.pairs:
+                guard.succeeded(credentials.username, flow.host)
             return Authenticated(credentials.username)
         if result is AuthResult.STALE_NONCE:
             return self.challenge(request, flow, proxy=proxy, stale=True)
         log.info(
             "%s: %s for %s refused (%s)", flow, request.method, credentials.username, result.value
         )
+        if result is AuthResult.BAD_RESPONSE and stored is not None:  # a wrong password
+            guard.failed(credentials.username, flow.host, time.monotonic(), "SIP")
         return self.challenge(request, flow, proxy=proxy)
 
     def _verify(

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from services.relay.guesses import GuessGuard
 from services.relay.sip.auth import DigestAuthenticator
 from services.relay.sip.caches import BindingCache, CredentialCache, MailboxCache
 from services.relay.sip.flood import RateLimiter
@@ -65,7 +66,13 @@ def format_host(host: str) -> str:
 
 
 class SipEdge:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, database_url: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        database_url: str,
+        guard: GuessGuard | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.loop = asyncio.get_running_loop()
@@ -78,13 +85,14 @@ class SipEdge:
         )
         self.bindings = BindingCache(pool, ttl=settings.sip_bindings_cache_ttl)
         self.mailboxes = MailboxCache(pool, database_url, ttl=settings.sip_credentials_cache_ttl)
-        self.auth = DigestAuthenticator(settings, self.credentials, self.nonces)
+        self.auth = DigestAuthenticator(settings, self.credentials, self.nonces, guard)
         self.transports = TransportLayer(
             on_message=self._on_message,
             on_closed=self._on_closed,
             idle_timeout=settings.sip_tcp_idle_timeout,
             rate_limiter=RateLimiter(settings.sip_rate_limit, settings.sip_rate_window),
             max_connections=settings.sip_max_connections,
+            max_connections_per_source=settings.sip_max_connections_per_source,
             max_message_size=settings.sip_max_message_size,
         )
         self.transactions = TransactionLayer(self.transports, self._on_request, self._on_ack)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from services.relay import tls
+from services.relay.guesses import GuessGuard
 from services.relay.sip.delivery import DeliveryWorker, purge_stale_rows
 from services.relay.sip.edge import SipEdge
 from services.relay.sip.router import Router
@@ -30,11 +31,13 @@ async def run_sip(
     *,
     started: asyncio.Event | None = None,
     msrp_factory: Callable[[bool], asyncio.Protocol] | None = None,
+    guard: GuessGuard | None = None,
 ) -> None:
     """Serve SIP until ``ctx.stop``; ``started`` (for tests) is set once listening. With
-    ``msrp_factory``, the TCP and TLS listeners also accept MSRP connections (one port)."""
+    ``msrp_factory``, the TCP and TLS listeners also accept MSRP connections (one port);
+    ``guard``: the password guessing brake shared with MSRP (default: SIP's own)."""
     settings = ctx.settings
-    edge = SipEdge(settings, ctx.pool, ctx.database_url)
+    edge = SipEdge(settings, ctx.pool, ctx.database_url, guard)
     edge.transports.msrp_factory = msrp_factory
     router = Router(edge)
     edge.handle_request = router.handle

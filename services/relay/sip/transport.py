@@ -21,6 +21,7 @@ from typing import cast
 
 from services.relay.sip.flood import RateLimiter
 from services.relay.sniff import ProtocolSniffer
+from services.relay.sources import SourceLimit
 from shared.sip.errors import LocalProtocolError, RemoteProtocolError
 from shared.sip.headers import make_response, parse_via, stamp_rport
 from shared.sip.message import SipRequest, SipResponse, split_comma_list
@@ -235,6 +236,7 @@ class TransportLayer:
         idle_timeout: float,
         rate_limiter: RateLimiter | None = None,
         max_connections: int = 0,
+        max_connections_per_source: int = 0,
         max_message_size: int = DEFAULT_MAX_DATAGRAM_SIZE,
     ) -> None:
         self.loop = asyncio.get_running_loop()
@@ -245,6 +247,9 @@ class TransportLayer:
         self.max_connections = max_connections  # TCP + TLS; 0: no limit
         self.max_message_size = max_message_size
         self._refusing_connections = False
+        self.sources = SourceLimit(
+            max_connections_per_source, "SIP", "IMSTACK_SIP_MAX_CONNECTIONS_PER_SOURCE"
+        )
         self.udp: UdpProtocol | None = None
         self.servers: list[asyncio.Server] = []
         self.connections: dict[str, StreamConnection] = {}
@@ -303,11 +308,14 @@ class TransportLayer:
                 )
             return False
         self._refusing_connections = False
+        if not self.sources.admit(conn.flow.host):
+            return False
         self.connections[conn.connection_id] = conn
         return True
 
     def closed(self, conn: StreamConnection) -> None:
         if self.connections.pop(conn.connection_id, None) is not None:
+            self.sources.release(conn.flow.host)
             self.on_closed(conn.flow)
 
     def flood_blocked(self, host: str) -> bool:
