@@ -267,7 +267,9 @@ async def store_message_once(
         extra_headers,
         None,
     )
-    _, row = await conn.fetchmany(_STORE_ONCE, [[*args, max_messages, 0], [*args, max_messages, 1]])
+    # Execution 0 only locks: it needs the recipient alone (no body sent twice).
+    lock_args = [recipient, *[None] * (len(args) - 1), max_messages, 0]
+    _, row = await conn.fetchmany(_STORE_ONCE, [lock_args, [*args, max_messages, 1]])
     new_id = row["id"]
     return None if new_id is None else int(new_id)
 
@@ -371,9 +373,9 @@ async def store_messages_once(
             strict=True,
         ):
             column.append(value)
-    _, row = await conn.fetchmany(
-        _STORE_MANY, [[*columns, max_messages, 0], [*columns, max_messages, 1]]
-    )
+    # Execution 0 only locks: it needs the recipients alone (no body sent twice).
+    lock_args = [columns[0], *[[] for _ in columns[1:]], max_messages, 0]
+    _, row = await conn.fetchmany(_STORE_MANY, [lock_args, [*columns, max_messages, 1]])
     ids: list[int | None] = [None] * len(messages)
     for position, new_id in zip(row["positions"] or (), row["ids"] or (), strict=True):
         ids[position - 1] = int(new_id)
