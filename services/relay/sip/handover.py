@@ -4,7 +4,8 @@ Each is ONE function, so the issue that implements the other side changes only i
 
 * :func:`store_offline` — the offline store (msilo): commit an ``offline_messages`` row,
   then answer 202 Accepted (Kamailio's ``m_store`` + ``t_reply("202")``); 480 Mailbox Full
-  over the quota; 503 when the database fails — never 202 for a row not committed.
+  over the quota; 503 when the database fails — never 202 for a row not committed. Stores
+  arriving together share one statement and one commit (:class:`StoreBatcher`).
 * :func:`deliver_to_room` — the rooms (imc): commit a ``room_inbox`` row (+ NOTIFY) for the
   room worker, then answer 202 Accepted; 503 when the database fails.
 
@@ -227,7 +228,7 @@ class StoreBatcher:
         self.max_messages = max_messages
         self._waiting: list[tuple[NewMessage, asyncio.Future[int | None]]] = []
         self._running = False  # a batch is being sent, or is about to be
-        self.batches = 0  # statements sent (for tests)
+        self.batches = 0  # batches sent
 
     async def store(self, message: NewMessage) -> int | None:
         """Store ``message`` (committed when this returns); its id, or None when the
