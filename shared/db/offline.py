@@ -213,10 +213,7 @@ async def store_message(
 # commit: ids in commit order and an exact quota, as with ``store_message``. The stored
 # messages are read as a (recipient, id) range, which only the (recipient, id) index
 # serves: one generic plan, whatever one recipient with thousands of rows does to the
-# statistics (the API's send does the same). A message stored for a recipient who has a
-# binding (registered by another relay since the store was decided, a race) is announced
-# to msilo on ``offline_stored`` at the commit, so that it is delivered at once, not at
-# msilo's next sweep.
+# statistics (the API's send does the same).
 # $1 recipient .. $9 not_before as in store_message, $10 quota (0: none), $11 execution.
 _STORE_ONCE = f"""
 WITH arg AS MATERIALIZED (
@@ -238,15 +235,8 @@ stored AS (
                 AND m.expires_at > now()
               ORDER BY m.recipient, m.id LIMIT arg.quota) AS live) < arg.quota)
     RETURNING id
-),
-told AS (
-    SELECT count(pg_notify('{STORED_CHANNEL}',
-                           json_build_object('type', 'stored', 'id', arg.aor)::text)) AS n
-    FROM stored, arg
-    WHERE EXISTS (SELECT 1 FROM locations l WHERE l.aor = arg.aor AND l.expires_at > now())
 )
-SELECT (SELECT id FROM stored) AS id, (SELECT count(*) FROM locked) AS locked,
-       (SELECT n FROM told) AS told
+SELECT (SELECT id FROM stored) AS id, (SELECT count(*) FROM locked) AS locked
 """
 
 
@@ -305,12 +295,11 @@ class NewMessage:
 # snapshot taken under the locks, counts each recipient's live messages once and inserts
 # the messages in the order given, a recipient's first (quota - live) ones only (0: no
 # quota). The ids are drawn in that order before the insert (a recipient's messages get
-# increasing ids in the order given, the storage and delivery order). Recipients with a
-# binding are announced to msilo (``offline_stored``), as by _STORE_ONCE. Execution 1's row:
+# increasing ids in the order given, the storage and delivery order). Execution 1's row:
 # the positions (1-based) and the ids of the messages stored; a message missing was
 # refused (mailbox full).
 # $1..$8 the arrays of recipient .. lifetime, $9 quota, $10 execution.
-_STORE_MANY = f"""
+_STORE_MANY = """
 WITH arg AS MATERIALIZED (
     SELECT $10::int AS step, $9::int AS quota, 9223372036854775807::bigint AS last_id
 ),
@@ -353,14 +342,8 @@ stored AS (
            i.extra_headers::jsonb
     FROM accepted a JOIN input i USING (n)
     ORDER BY a.id
-),
-told AS (
-    SELECT count(pg_notify('{STORED_CHANNEL}',
-                           json_build_object('type', 'stored', 'id', r.recipient)::text)) AS n
-    FROM (SELECT DISTINCT i.recipient FROM accepted a JOIN input i USING (n)) AS r
-    WHERE EXISTS (SELECT 1 FROM locations l WHERE l.aor = r.recipient AND l.expires_at > now())
 )
-SELECT (SELECT n FROM locked) AS locked, (SELECT n FROM told) AS told,
+SELECT (SELECT n FROM locked) AS locked,
        (SELECT array_agg(a.n ORDER BY a.n) FROM accepted a) AS positions,
        (SELECT array_agg(a.id ORDER BY a.n) FROM accepted a) AS ids
 """

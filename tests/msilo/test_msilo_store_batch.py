@@ -9,12 +9,10 @@ import asyncio
 
 import asyncpg
 
-from services.msilo.worker import MsiloWorker
 from services.relay.sip import handover
 from shared.config import Settings
 from shared.db.offline import list_messages
 from shared.sip.message import SipRequest, SipResponse
-from tests.relay_sip.conftest import SipServer, eventually
 from tests.relay_sip.sip_ua import SipUA
 
 BOB = "bob@example.test"
@@ -112,26 +110,3 @@ async def test_a_database_failure_answers_every_store_of_the_batch_503(
     finally:
         await pool.close()
     assert [r.status for r in responses] == [503] * 6
-
-
-async def test_a_message_stored_for_a_user_who_just_registered_is_delivered_at_once(
-    sip: SipServer, msilo: MsiloWorker, settings: Settings
-) -> None:
-    """A relay decided bob was offline (its cache, before another relay's NOTIFY arrived)
-    while bob registered: msilo is told at the commit, not at its next sweep (an hour)."""
-    bob = await sip.ua("bob")
-    assert (await bob.register()).status == 200
-
-    async def drained() -> bool:  # msilo has handled bob's registration (nothing stored)
-        return msilo.stats.registrations >= 1
-
-    await eventually(drained, "msilo saw bob register")
-    for batch in ([b"alone"], [b"together 1", b"together 2"]):
-        requests = [(offline_request(body, BOB), BOB) for body in batch]
-        responses = await store_together(sip.pool, sip.settings, requests)
-        assert [r.status for r in responses] == [202] * len(batch)
-        for body in batch:
-            received = await bob.next_request()
-            assert received.body.endswith(body)
-            bob.answer(received, 200)
-    assert bob.requests.empty()
