@@ -255,9 +255,10 @@ class Settings(BaseSettings):
     sip_bindings_cache_ttl: float = Field(
         2.0,
         ge=0,
-        description="Seconds the SIP edge reuses an AoR's bindings when routing. Changes "
-        "made by this relay apply at once; bindings added or removed by another relay "
-        "instance (or the control API) are seen only after this delay. 0: read the "
+        description="Seconds the SIP edge reuses an AoR's bindings (or their absence: "
+        "an offline user) when routing. Changes made by this relay apply at once, and so "
+        "do bindings added by another relay instance (or the control API: a NOTIFY); "
+        "bindings removed elsewhere are seen only after this delay. 0: read the "
         "locations table for every request (several relays sharing one database and "
         "needing every change at once).",
     )

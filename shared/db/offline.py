@@ -267,9 +267,119 @@ async def store_message_once(
         extra_headers,
         None,
     )
-    _, row = await conn.fetchmany(_STORE_ONCE, [[*args, max_messages, 0], [*args, max_messages, 1]])
+    # Execution 0 only locks: it needs the recipient alone (no body sent twice).
+    lock_args = [recipient, *[None] * (len(args) - 1), max_messages, 0]
+    _, row = await conn.fetchmany(_STORE_ONCE, [lock_args, [*args, max_messages, 1]])
     new_id = row["id"]
     return None if new_id is None else int(new_id)
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """One message to store (the values :func:`store_message` takes)."""
+
+    recipient: str
+    sender_uri: str
+    sender_display: str | None
+    call_id: str
+    content_type: str
+    body: bytes
+    extra_headers: list[tuple[str, str]]
+    lifetime: int
+
+
+# ``store_message_once`` for several messages at once: ONE statement executed twice in one
+# pipelined batch (one round trip, one implicit transaction, one commit), as _STORE_ONCE.
+# Execution 0 takes the lock of every recipient of the batch (in the order of their lock
+# keys: two batches never wait for each other crosswise); execution 1, with a fresh
+# snapshot taken under the locks, counts each recipient's live messages once and inserts
+# the messages in the order given, a recipient's first (quota - live) ones only (0: no
+# quota). The ids are drawn in that order before the insert (a recipient's messages get
+# increasing ids in the order given, the storage and delivery order). Execution 1's row:
+# the positions (1-based) and the ids of the messages stored; a message missing was
+# refused (mailbox full).
+# $1..$8 the arrays of recipient .. lifetime, $9 quota, $10 execution.
+_STORE_MANY = """
+WITH arg AS MATERIALIZED (
+    SELECT $10::int AS step, $9::int AS quota, 9223372036854775807::bigint AS last_id
+),
+input AS MATERIALIZED (
+    SELECT i.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                           $6::bytea[], $7::text[], $8::float8[])
+        WITH ORDINALITY AS i(recipient, sender_uri, sender_display, call_id, content_type,
+                             body, extra_headers, lifetime, n)
+),
+locked AS MATERIALIZED (
+    SELECT count(pg_advisory_xact_lock(k.key)) AS n FROM (
+        SELECT DISTINCT hashtextextended(input.recipient, 5) AS key
+        FROM input, arg WHERE arg.step = 0 ORDER BY 1) AS k
+),
+room AS MATERIALIZED (
+    SELECT r.recipient, arg.quota - (SELECT count(*) FROM (
+               SELECT 1 FROM offline_messages m
+               WHERE (m.recipient, m.id) BETWEEN (r.recipient, 0) AND (r.recipient, arg.last_id)
+                 AND m.expires_at > now()
+               ORDER BY m.recipient, m.id LIMIT arg.quota) AS live) AS free
+    FROM (SELECT DISTINCT recipient FROM input) AS r, arg
+    WHERE arg.step = 1 AND arg.quota > 0
+),
+accepted AS MATERIALIZED (
+    SELECT a.n, nextval(pg_get_serial_sequence('offline_messages', 'id')) AS id
+    FROM (SELECT ranked.n FROM (
+              SELECT input.n, input.recipient,
+                     row_number() OVER (PARTITION BY input.recipient ORDER BY input.n) AS rank
+              FROM input, arg WHERE arg.step = 1) AS ranked
+          LEFT JOIN room USING (recipient)
+          WHERE room.free IS NULL OR ranked.rank <= room.free
+          ORDER BY ranked.n) AS a
+),
+stored AS (
+    INSERT INTO offline_messages (id, recipient, sender_uri, sender_display, call_id,
+        received_at, expires_at, content_type, body, extra_headers)
+    OVERRIDING SYSTEM VALUE
+    SELECT a.id, i.recipient, i.sender_uri, i.sender_display, i.call_id, now(),
+           now() + make_interval(secs => i.lifetime), i.content_type, i.body,
+           i.extra_headers::jsonb
+    FROM accepted a JOIN input i USING (n)
+    ORDER BY a.id
+)
+SELECT (SELECT n FROM locked) AS locked,
+       (SELECT array_agg(a.n ORDER BY a.n) FROM accepted a) AS positions,
+       (SELECT array_agg(a.id ORDER BY a.n) FROM accepted a) AS ids
+"""
+
+
+async def store_messages_once(
+    conn: Executor, messages: list[NewMessage], *, max_messages: int = 0
+) -> list[int | None]:
+    """:func:`store_message_once` for each of ``messages``, in ONE round trip and ONE
+    transaction (``conn`` must not be in one: they are committed when this returns, or
+    none is); per message, in the same order, its id or None (its recipient's mailbox is
+    full). A recipient's messages are stored in the order given."""
+    columns: list[list[object]] = [[] for _ in range(8)]
+    for m in messages:
+        for column, value in zip(
+            columns,
+            (
+                m.recipient,
+                m.sender_uri,
+                m.sender_display,
+                m.call_id,
+                m.content_type,
+                m.body,
+                json.dumps([list(pair) for pair in m.extra_headers]),
+                float(m.lifetime),
+            ),
+            strict=True,
+        ):
+            column.append(value)
+    # Execution 0 only locks: it needs the recipients alone (no body sent twice).
+    lock_args = [columns[0], *[[] for _ in columns[1:]], max_messages, 0]
+    _, row = await conn.fetchmany(_STORE_MANY, [lock_args, [*columns, max_messages, 1]])
+    ids: list[int | None] = [None] * len(messages)
+    for position, new_id in zip(row["positions"] or (), row["ids"] or (), strict=True):
+        ids[position - 1] = int(new_id)
+    return ids
 
 
 async def drain_pending(conn: Executor, recipient: str) -> bool:

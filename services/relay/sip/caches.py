@@ -11,9 +11,13 @@
   so that a MESSAGE for them needs no query to learn whether it would overtake stored ones.
   Every INSERT into ``offline_messages`` NOTIFYs ``offline_inserted`` (a trigger, whoever
   stores), which drops the recipient; the same LISTEN rules as for credentials apply.
-* :class:`BindingCache` — an AoR's bindings for routing. This relay drops an AoR's entry
-  whenever it changes that AoR's bindings itself (REGISTER, closed connection, purge);
-  bindings changed by another relay instance are seen once the entry's TTL has run out.
+* :class:`BindingCache` — an AoR's bindings for routing, and "no binding" (a MESSAGE for an
+  offline user needs no query to learn it must be stored). This relay drops an AoR's entry
+  whenever it changes that AoR's bindings itself (REGISTER, closed connection, purge).
+  Every binding that appears — inserted, or an expired row brought back — NOTIFYs
+  ``location_added`` (a trigger, whoever writes: another relay, the API), which drops the
+  AoR's entry; "no binding" is only trusted while that LISTEN connection is up. Bindings
+  removed by another relay instance are seen once the entry's TTL has run out.
 
 A lookup that races with an invalidation does not store its (possibly stale) result.
 Concurrent lookups of one missing key share one load (one query, not one per request).
@@ -273,21 +277,74 @@ class MailboxCache:
         self.cache.clear()
 
 
-class BindingCache:
-    """An AoR's current bindings for routing. Empty results are not kept (a MESSAGE for an
-    unregistered user goes to the database anyway), nor are bindings past their expiry."""
+#: NOTIFYed by a trigger with the AoR of every binding that appears (0014).
+LOCATION_ADDED_CHANNEL = "location_added"
 
-    def __init__(self, pool: asyncpg.Pool, *, ttl: float, clock: Clock = time.monotonic) -> None:
+
+class BindingCache:
+    """An AoR's current bindings for routing; bindings past their expiry are never served.
+    An empty result ("offline") is kept only with ``database_url`` given and its LISTEN
+    connection (:meth:`run`) up, and served only while it is: without it, a binding added
+    by another relay would not be heard of."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        ttl: float,
+        database_url: str | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.pool = pool
         self.clock = clock
         self.cache: TtlCache[str, tuple[float, list[Binding]]] = TtlCache(
-            self._load, ttl=ttl, keep=lambda loaded: bool(loaded[1]), clock=clock
+            self._load,
+            ttl=ttl,
+            keep=lambda loaded: bool(loaded[1]) or self._listening(),
+            clock=clock,
+        )
+        self.listener = (
+            None
+            if database_url is None
+            else Listener(
+                database_url, [LOCATION_ADDED_CHANNEL], self._on_notify, catch_up=self._catch_up
+            )
         )
 
-    async def get(self, aor: str) -> list[Binding]:
+    def _listening(self) -> bool:
+        return self.listener is not None and self.listener.connected.is_set()
+
+    def _held(self, aor: str) -> tuple[float, list[Binding]] | None:
+        """The entry to serve for ``aor``, or None: load it."""
         entry = self.cache.peek(aor)
-        loaded_at, bindings = entry.value if entry is not None else await self.cache.get(aor)
+        if entry is None:
+            return None
+        if not entry.value[1] and not self._listening():
+            # "Offline" kept while listening: a binding added since may not have been heard.
+            self.cache.invalidate(aor)
+            return None
+        return entry.value
+
+    async def get(self, aor: str) -> list[Binding]:
+        held = self._held(aor)
+        loaded_at, bindings = held if held is not None else await self.cache.get(aor)
         return self._current(aor, loaded_at, bindings)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """LISTEN for new bindings until ``stop`` (reconnecting as needed)."""
+        if self.listener is not None and self.cache.ttl > 0:
+            await self.listener.run(stop)
+
+    def _on_notify(self, notification: Notification) -> None:
+        if notification.id is None:
+            log.warning("unexpected %s notification %r", LOCATION_ADDED_CHANNEL, notification.raw)
+            self.cache.clear()
+            return
+        self.cache.invalidate(notification.id)
+
+    async def _catch_up(self) -> None:
+        # Bindings added while we were not listening were never announced: forget "offline".
+        self.cache.clear()
 
     async def get_many(self, aors: Iterable[str]) -> dict[str, list[Binding]]:
         """:meth:`get` for each of ``aors`` (a fan-out's recipients): those not in memory
@@ -295,11 +352,11 @@ class BindingCache:
         found: dict[str, list[Binding]] = {}
         missing: list[str] = []
         for aor in dict.fromkeys(aors):
-            entry = self.cache.peek(aor)
-            if entry is None:
+            held = self._held(aor)
+            if held is None:
                 missing.append(aor)
             else:
-                found[aor] = self._current(aor, *entry.value)
+                found[aor] = self._current(aor, *held)
         if missing:
             started, loaded_at = self.cache.mark(), self.clock()
             self.cache.misses += len(missing)

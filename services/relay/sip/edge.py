@@ -83,7 +83,9 @@ class SipEdge:
         self.credentials = CredentialCache(
             pool, database_url, ttl=settings.sip_credentials_cache_ttl
         )
-        self.bindings = BindingCache(pool, ttl=settings.sip_bindings_cache_ttl)
+        self.bindings = BindingCache(
+            pool, ttl=settings.sip_bindings_cache_ttl, database_url=database_url
+        )
         self.mailboxes = MailboxCache(pool, database_url, ttl=settings.sip_credentials_cache_ttl)
         self.auth = DigestAuthenticator(settings, self.credentials, self.nonces, guard)
         self.transports = TransportLayer(

@@ -4,7 +4,8 @@ Each is ONE function, so the issue that implements the other side changes only i
 
 * :func:`store_offline` — the offline store (msilo): commit an ``offline_messages`` row,
   then answer 202 Accepted (Kamailio's ``m_store`` + ``t_reply("202")``); 480 Mailbox Full
-  over the quota; 503 when the database fails — never 202 for a row not committed.
+  over the quota; 503 when the database fails — never 202 for a row not committed. Stores
+  arriving together share one statement and one commit (:class:`StoreBatcher`).
 * :func:`deliver_to_room` — the rooms (imc): commit a ``room_inbox`` row (+ NOTIFY) for the
   room worker, then answer 202 Accepted; 503 when the database fails.
 
@@ -15,6 +16,7 @@ instead of overtaking them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import asyncpg
@@ -25,9 +27,11 @@ from shared.db.offline import (
     GENERATED_HEADER,
     NOTICE_SOURCE,
     STORED_CHANNEL,
+    NewMessage,
     drain_pending,
     store_message,
     store_message_once,
+    store_messages_once,
 )
 from shared.db.outbound import queue_message
 from shared.db.pool import DATABASE_ERRORS
@@ -156,17 +160,17 @@ async def store_offline(
     )
     try:
         if notice_to is None and not registered:  # the common case: one round trip
-            stored = await store_message_once(
-                pool,
-                recipient=aor,
-                sender_uri=sender_uri,
-                sender_display=sender.display_name,
-                call_id=request.get("Call-ID") or "",
-                content_type=content_type,
-                body=request.body,
-                extra_headers=_stored_headers(request),
-                lifetime=lifetime,
-                max_messages=settings.msilo_max_messages,
+            stored = await _batcher(pool, settings.msilo_max_messages).store(
+                NewMessage(
+                    recipient=aor,
+                    sender_uri=sender_uri,
+                    sender_display=sender.display_name,
+                    call_id=request.get("Call-ID") or "",
+                    content_type=content_type,
+                    body=request.body,
+                    extra_headers=_stored_headers(request),
+                    lifetime=lifetime,
+                )
             )
         else:
             stored = await _store_with_follow_ups(
@@ -191,6 +195,140 @@ async def store_offline(
     log.info("MESSAGE for %s stored offline (id %d, %d s)", aor, stored, lifetime)
     for_service("relay").inc("messages_stored")
     return make_response(request, 202)
+
+
+#: Errors a statement gets for what one of its rows holds, or for its bad luck with another
+#: transaction (a deadlock), not for the database's state: a batch failing so is retried
+#: one message at a time.
+_ROW_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.TransactionRollbackError,
+)
+
+
+class StoreBatcher:
+    """Offline stores (:func:`store_message_once`) gathered into one statement, one
+    transaction and one commit per batch (:func:`store_messages_once`: group commit).
+
+    A batch starts at once when no other is under way (after the stores of the same loop
+    iteration have joined it), otherwise when the one under way ends: stores arriving
+    together share a commit, and a lone store waits for nothing. Every store of a batch
+    is answered once the batch committed (or failed); a recipient's messages are stored
+    in the order they arrived here. A mailbox found full refuses its messages alone
+    (None). A batch the database refuses for what one message holds (a data error) is
+    retried one store at a time, so that one sender's bad MESSAGE fails no other; when
+    the database is unavailable every store of the batch gets the error (never 202)."""
+
+    MAX_BATCH = 100
+
+    def __init__(self, pool: asyncpg.Pool, *, max_messages: int) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.max_messages = max_messages
+        self._waiting: list[tuple[NewMessage, asyncio.Future[int | None]]] = []
+        self._running = False  # a batch is being sent, or is about to be
+        self.batches = 0  # batches sent
+
+    async def store(self, message: NewMessage) -> int | None:
+        """Store ``message`` (committed when this returns); its id, or None when the
+        recipient's mailbox is full."""
+        future: asyncio.Future[int | None] = self.loop.create_future()
+        self._waiting.append((message, future))
+        if not self._running:
+            self._running = True
+            self.loop.call_soon(self._start)
+        return await future
+
+    def _start(self) -> None:
+        batch = self._waiting[: self.MAX_BATCH]
+        del self._waiting[: self.MAX_BATCH]
+        task = self.loop.create_task(self._send(batch))
+        task.add_done_callback(self._sent)
+
+    def _sent(self, _task: asyncio.Task[None]) -> None:
+        if self._waiting:
+            self._start()
+        else:
+            self._running = False
+            key = (id(self.pool), self.max_messages)
+            if _batchers.get(key) is self:
+                del _batchers[key]  # idle: nothing keeps the pool alive
+
+    async def _alone(self, message: NewMessage) -> int | None:
+        return await store_message_once(
+            self.pool,
+            recipient=message.recipient,
+            sender_uri=message.sender_uri,
+            sender_display=message.sender_display,
+            call_id=message.call_id,
+            content_type=message.content_type,
+            body=message.body,
+            extra_headers=message.extra_headers,
+            lifetime=message.lifetime,
+            max_messages=self.max_messages,
+        )
+
+    async def _send(self, batch: list[tuple[NewMessage, asyncio.Future[int | None]]]) -> None:
+        self.batches += 1
+        try:
+            if len(batch) == 1:
+                results = [await self._alone(batch[0][0])]
+            else:
+                results = await store_messages_once(
+                    self.pool, [message for message, _ in batch], max_messages=self.max_messages
+                )
+        except _ROW_ERRORS as exc:
+            if len(batch) == 1:
+                self._fail(batch, exc)
+            else:  # what one message holds: each store on its own, in order
+                for message, future in batch:
+                    await self._retry(message, future)
+            return
+        except Exception as exc:  # the database is unavailable: every store fails
+            self._fail(batch, exc)
+            return
+        except BaseException:
+            for _, future in batch:
+                future.cancel()
+            raise
+        for (_, future), stored in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(stored)
+
+    @staticmethod
+    def _fail(batch: list[tuple[NewMessage, asyncio.Future[int | None]]], exc: Exception) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _retry(self, message: NewMessage, future: asyncio.Future[int | None]) -> None:
+        try:
+            stored = await self._alone(message)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(stored)
+
+
+#: The batchers of this process at work, by pool and quota (a batcher leaves when it has
+#: nothing to do). A pool cannot be weakly referenced: a batcher is found by ``id(pool)``
+#: and checked to be for that very pool.
+_batchers: dict[tuple[int, int], StoreBatcher] = {}
+
+
+def _batcher(pool: asyncpg.Pool, max_messages: int) -> StoreBatcher:
+    key = (id(pool), max_messages)
+    batcher = _batchers.get(key)
+    if (
+        batcher is None
+        or batcher.pool is not pool
+        or batcher.loop is not asyncio.get_running_loop()
+    ):
+        batcher = _batchers[key] = StoreBatcher(pool, max_messages=max_messages)
+    return batcher
 
 
 async def _store_with_follow_ups(

@@ -51,6 +51,7 @@ async def run_sip(
         asyncio.create_task(worker.run(ctx.stop), name="sip-delivery"),
         asyncio.create_task(edge.credentials.run(ctx.stop), name="sip-credentials-listen"),
         asyncio.create_task(edge.mailboxes.run(ctx.stop), name="sip-mailboxes-listen"),
+        asyncio.create_task(edge.bindings.run(ctx.stop), name="sip-bindings-listen"),
         asyncio.create_task(purge_stale_rows(edge, ctx.stop, PURGE_INTERVAL), name="sip-purge"),
     ]
     if started is not None:
