@@ -14,9 +14,10 @@ dropped alone, in a transaction of its own.
 
 A chat message costs seven round trips to the database whatever the room's size: BEGIN,
 take the row, lock the room, read it with its members, remember it in the history, queue
-the copies for the members with a binding (one statement, the shared fields sent once,
-:func:`shared.db.rooms.queue_fanout`), COMMIT. Outcomes are collected in batches, one
-statement each (the delivered rows are deleted without reading their bodies back).
+ONE fan-out row carrying the members with a binding (:func:`shared.db.rooms.queue_fanout`,
+``migrations/0015_outbound_fanout.sql``: the relay claims it once and sends the copies),
+COMMIT. Finished rows are collected in batches, one statement each (without reading the
+bodies of delivered rows back).
 
 When history is kept (the room's history length, else ``IMSTACK_IMC_HISTORY``), each chat
 message is remembered in ``room_messages`` in the same transaction, and a member who joins
@@ -28,11 +29,12 @@ previous one they sent to the room by the time the relay received each (``receiv
 ``room_members.last_chat_at``): in the database, so it holds across imc processes and
 restarts, and a backlog handled at once after an outage is not mistaken for a flood.
 
-Chat for a member with no binding goes straight into the offline store; a chat delivery
-that fails later (408/480/503) is moved there when its outcome arrives. Those stored copies
-carry no offline notice (only the relay's store path sends notices, and it never sees room
-traffic), so nothing echoes back into the room. A failed invitation is withdrawn and the
-inviter told (Kamailio tells the invitee, §3.9).
+Chat for a member with no binding goes straight into the offline store; a chat copy that
+fails later (408/480/503) is stored there by the relay in the transaction that records its
+outcome. Those stored copies carry no offline notice (only the relay's store path for
+MESSAGEs it receives sends notices, and it never sees room traffic), so nothing echoes back
+into the room. A failed invitation is withdrawn and the inviter told (Kamailio tells the
+invitee, §3.9).
 """
 
 from __future__ import annotations
@@ -383,22 +385,28 @@ class ImcWorker:
     async def handle_outcomes(self) -> int:
         """Act on finished deliveries of imc's MESSAGEs, then forget them; how many.
 
-        One statement takes (deletes) a batch; only a failed row's body is read back."""
+        One statement takes (deletes) a batch; only a failed row's body is read back. A
+        chat message's fan-out row needs nothing more: the relay stored the copies that
+        could not be delivered in the offline store as it recorded them."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """DELETE FROM outbound_messages WHERE id IN (
                        SELECT id FROM outbound_messages
                        WHERE source = ANY($1::text[]) AND status IN ('delivered', 'failed')
                        ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                   RETURNING id, source, status, last_status,
+                   RETURNING id, source, last_status,
+                       status = 'failed' AND recipients IS NULL AS failed,
                        CASE WHEN status = 'failed' THEN from_uri END AS from_uri,
                        CASE WHEN status = 'failed' THEN to_aor END AS to_aor,
-                       CASE WHEN status = 'failed' THEN content_type END AS content_type,
-                       CASE WHEN status = 'failed' THEN body END AS body""",
+                       CASE WHEN status = 'failed' AND recipients IS NULL
+                            THEN content_type END AS content_type,
+                       CASE WHEN status = 'failed' AND recipients IS NULL
+                            THEN body END AS body""",
                 SOURCES,
                 OUTCOME_BATCH,
             )
-            for row in sorted((r for r in rows if r["status"] == "failed"), key=_by_id):
+            # A fan-out row's failed copies were stored offline by the relay already.
+            for row in sorted((r for r in rows if r["failed"]), key=_by_id):
                 if row["source"] == Kind.CHAT and row["last_status"] in UNREACHABLE:
                     await self._store_offline(
                         conn,

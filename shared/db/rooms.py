@@ -390,12 +390,13 @@ async def queue_fanout(
     extra_headers: Sequence[tuple[str, str]],
     source: str,
 ) -> list[str]:
-    """Queue one MESSAGE (the same From, body, type and headers) for each of ``recipients``
-    that has an unexpired binding, in ``recipients`` order, and wake the relay: ONE
-    statement (the rows' ``outbound_messages`` INSERT and the ``outbound`` NOTIFY, sent
-    when the transaction commits, as :func:`shared.db.outbound.queue_messages` does). The
-    shared fields travel once, not once per row. Returns the recipients with no binding,
-    in order: nothing was queued for them."""
+    """Queue one MESSAGE (the same From, body, type and headers) for those of
+    ``recipients`` that have an unexpired binding, in ``recipients`` order, and wake the
+    relay: ONE statement, ONE fan-out row (``migrations/0015_outbound_fanout.sql``: the
+    relay claims it once and sends a copy to each), its ``outbound`` NOTIFY sent when the
+    transaction commits. ``to_aor`` of the row is the sender's AoR (``from_uri`` without
+    its scheme: the room). Returns the recipients with no binding, in order: nothing was
+    queued for them."""
     if not recipients:
         return []
     row = await conn.fetchrow(
@@ -404,13 +405,16 @@ async def queue_fanout(
                    SELECT 1 FROM locations l WHERE l.aor = t.aor AND l.expires_at > now()
                ) AS online
                FROM unnest($1::text[]) WITH ORDINALITY AS t(aor, n)),
+           online AS (
+               SELECT array_agg(aor ORDER BY n) AS aors FROM wanted WHERE online),
            queued AS (
                INSERT INTO outbound_messages (from_uri, to_aor, content_type, body,
-                   extra_headers, source)
-               SELECT $2, aor, $3, $4, $5::jsonb, $6 FROM wanted WHERE online ORDER BY n
+                   extra_headers, source, recipients)
+               SELECT $2, $8, $3, $4, $5::jsonb, $6, aors FROM online
+               WHERE aors IS NOT NULL
                RETURNING id)
-           SELECT (SELECT pg_notify($7, json_build_object('type', 'queued', 'id', min(id))::text)
-                   FROM queued HAVING count(*) > 0) AS notified,
+           SELECT (SELECT pg_notify($7, json_build_object('type', 'queued', 'id', id)::text)
+                   FROM queued) AS notified,
                   (SELECT coalesce(array_agg(aor ORDER BY n), '{}') FROM wanted
                    WHERE NOT online) AS offline""",
         list(recipients),
@@ -420,6 +424,7 @@ async def queue_fanout(
         json.dumps([list(pair) for pair in extra_headers]),
         source,
         QUEUED_CHANNEL,
+        from_uri.split(":", 1)[-1],
     )
     assert row is not None  # (an aggregate query: always one row)
     return list(row["offline"])
