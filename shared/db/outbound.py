@@ -29,8 +29,11 @@ import asyncpg
 from shared.db.listen import notify
 from shared.db.types import Connection, Executor
 
-#: NOTIFY channel woken when a row is queued (payload {"type": "queued", "id": ...}).
+#: NOTIFY channel woken when a row is queued (payload {"type": "queued", "id": ...}; a
+#: fan-out row: {"type": "fanout", "id": ...}, claimable by id: :func:`claim_fanout`).
 QUEUED_CHANNEL = "outbound"
+#: ``type`` of the ``outbound`` NOTIFY of a fan-out row.
+FANOUT_QUEUED = "fanout"
 #: NOTIFY channel told the outcome (payload {"type": "delivered" | "failed", "id": ...}).
 DONE_CHANNEL = "outbound_done"
 #: ``source`` of the control API's sends (``POST /api/v1/messages``) to a registered user:
@@ -276,6 +279,27 @@ async def claim_batch(
            RETURNING *""",
         limit,
         lease,
+        claimed_by,
+    )
+    return sorted((_message(row) for row in rows), key=lambda m: m.id)
+
+
+async def claim_fanout(
+    conn: Executor, ids: Sequence[int], *, claimed_by: str
+) -> list[OutboundMessage]:
+    """Mark those of fan-out rows ``ids`` (from their ``fanout`` NOTIFYs) still queued and
+    not being claimed by someone else right now as being sent by ``claimed_by``; them, by
+    id. A look-up by primary key instead of :func:`claim_batch`'s scan: a fan-out row has no
+    chain to respect. One statement, atomic by itself."""
+    rows = await conn.fetch(
+        """UPDATE outbound_messages SET status = 'sending', attempts = attempts + 1,
+               updated_at = now(), claimed_by = $2
+           WHERE id IN (
+               SELECT id FROM outbound_messages
+               WHERE id = ANY($1::bigint[]) AND status = 'queued' AND recipients IS NOT NULL
+               FOR UPDATE SKIP LOCKED)
+           RETURNING *""",
+        list(ids),
         claimed_by,
     )
     return sorted((_message(row) for row in rows), key=lambda m: m.id)

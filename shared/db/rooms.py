@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from shared.db.outbound import QUEUED_CHANNEL
+from shared.db.outbound import FANOUT_QUEUED, QUEUED_CHANNEL
 from shared.db.types import Executor
 
 #: NOTIFY channel woken when a room MESSAGE is queued (payload {"type": "queued", "id": ...}).
@@ -393,10 +393,10 @@ async def queue_fanout(
     """Queue one MESSAGE (the same From, body, type and headers) for those of
     ``recipients`` that have an unexpired binding, in ``recipients`` order, and wake the
     relay: ONE statement, ONE fan-out row (``migrations/0015_outbound_fanout.sql``: the
-    relay claims it once and sends a copy to each), its ``outbound`` NOTIFY sent when the
-    transaction commits. ``to_aor`` of the row is the sender's AoR (``from_uri`` without
-    its scheme: the room). Returns the recipients with no binding, in order: nothing was
-    queued for them."""
+    relay claims it once, by id, and sends a copy to each), its ``outbound`` NOTIFY (type
+    ``fanout``) sent when the transaction commits. ``to_aor`` of the row is the sender's
+    AoR (``from_uri`` without its scheme: the room). Returns the recipients with no
+    binding, in order: nothing was queued for them."""
     if not recipients:
         return []
     row = await conn.fetchrow(
@@ -413,7 +413,7 @@ async def queue_fanout(
                SELECT $2, $8, $3, $4, $5::jsonb, $6, aors FROM online
                WHERE aors IS NOT NULL
                RETURNING id)
-           SELECT (SELECT pg_notify($7, json_build_object('type', 'queued', 'id', id)::text)
+           SELECT (SELECT pg_notify($7, json_build_object('type', $9::text, 'id', id)::text)
                    FROM queued) AS notified,
                   (SELECT coalesce(array_agg(aor ORDER BY n), '{}') FROM wanted
                    WHERE NOT online) AS offline""",
@@ -425,6 +425,7 @@ async def queue_fanout(
         source,
         QUEUED_CHANNEL,
         from_uri.split(":", 1)[-1],
+        FANOUT_QUEUED,
     )
     assert row is not None  # (an aggregate query: always one row)
     return list(row["offline"])

@@ -154,7 +154,7 @@ async def test_fan_out_queues_members_with_a_binding_in_order_and_wakes_the_rela
                 break
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.1)  # a second NOTIFY would be here by now
-        assert [(n.type, n.id) for n in woken] == [("queued", str(rows[0]["id"]))]
+        assert [(n.type, n.id) for n in woken] == [("fanout", str(rows[0]["id"]))]
 
         # Nobody reachable: nothing queued, nobody woken.
         woken.clear()

@@ -11,6 +11,7 @@ import json
 
 import asyncpg
 
+from shared.db import rooms
 from shared.db.listen import Listener, Notification
 from shared.db.outbound import DONE_CHANNEL, OutboundStatus, get_message, notified_ids
 from shared.sip.message import SipRequest
@@ -177,3 +178,37 @@ async def test_a_row_no_member_could_take_is_failed_and_stored_for_all(sip: SipS
     )
     stored = await sip.pool.fetch("SELECT recipient FROM offline_messages ORDER BY id")
     assert [r["recipient"] for r in stored] == ["erin@example.test", "frank@example.test"]
+
+
+async def test_a_row_imc_queues_is_claimed_by_its_id_and_sent_at_once(sip: SipServer) -> None:
+    """imc's fan-out NOTIFY names the row (type ``fanout``): the relay claims it by id,
+    at once, with no poll (its poll interval here is 30 s)."""
+    bob, carol = await sip.ua("bob"), await sip.ua("carol", "tcp")
+    for ua in (bob, carol):
+        assert (await ua.register()).status == 200
+    async with sip.pool.acquire() as conn, conn.transaction():
+        offline = await rooms.queue_fanout(
+            conn,
+            from_uri=f"sip:{ROOM}",
+            recipients=["bob@example.test", "erin@example.test", "carol@example.test"],
+            body=BODY,
+            content_type="text/plain;charset=UTF-8",
+            extra_headers=HEADERS,
+            source="imc-chat",
+        )
+    assert offline == ["erin@example.test"]  # (no binding: imc stores it itself)
+    row_id = await sip.pool.fetchval("SELECT id FROM outbound_messages")
+    for ua in (bob, carol):
+        request = await one_request(ua)
+        assert request.body == BODY
+        ua.answer(request, 200)
+    await eventually(lambda: finished(sip.pool, row_id), "the row finished")
+    row = await get_message(sip.pool, row_id)
+    assert row is not None
+    assert (row.status, row.attempts, row.last_reason) == (
+        OutboundStatus.DELIVERED,
+        1,
+        "2 of 2 delivered",
+    )
+    await asyncio.sleep(0.2)
+    assert bob.requests.empty() and carol.requests.empty()

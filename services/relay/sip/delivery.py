@@ -75,10 +75,11 @@ from typing import Any
 from services.relay.sip.edge import SipEdge, format_host
 from services.relay.sip.handover import RELAY_WRITTEN_HEADERS
 from services.relay.sip.proxy import Fork, Target
-from shared.db.listen import Listener
+from shared.db.listen import Listener, Notification
 from shared.db.locations import Binding, delete_expired
 from shared.db.offline import store_message
 from shared.db.outbound import (
+    FANOUT_QUEUED,
     FANOUT_STORE_STATUSES,
     QUEUED_CHANNEL,
     STORE_ON_FAILURE_SOURCE,
@@ -87,6 +88,7 @@ from shared.db.outbound import (
     Outcome,
     cancel_chain,
     claim_batch,
+    claim_fanout,
     finish_many,
     notify_finished,
     purge_finished,
@@ -445,10 +447,14 @@ class DeliveryWorker:
         self.claimed_by = f"{edge.relay_instance}/{secrets.token_hex(6)}"
         #: Whether the rows a previous run of this relay left 'sending' were put back.
         self.released = False
+        #: Fan-out rows NOTIFYed since the last claim (claimed by id), and whether anything
+        #: else woke us (a general claim: :func:`claim_batch`).
+        self.fanout_ids: list[int] = []
+        self.scan = True
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = Listener(
-            self.database_url, [QUEUED_CHANNEL], lambda _n: self.wakeup.wake(), catch_up=self._kick
+            self.database_url, [QUEUED_CHANNEL], self._on_notify, catch_up=self._kick
         )
         listening = asyncio.create_task(listener.run(stop), name="sip-delivery-listen")
         writing = asyncio.create_task(self.writer.run(stop), name="sip-delivery-outcomes")
@@ -456,16 +462,31 @@ class DeliveryWorker:
             while True:
                 claimed = await self._claim()
                 if claimed == BATCH:
+                    self.scan = True
                     continue  # more may be waiting
-                if await self.wakeup.wait(self.poll_interval, stop) is WakeReason.STOP:
+                reason = await self.wakeup.wait(self.poll_interval, stop)
+                if reason is WakeReason.STOP:
                     break
+                if reason is WakeReason.TIMEOUT:
+                    self.scan = True
         finally:
             await listening
             if self.in_flight:
                 await asyncio.wait(self.in_flight)
             await writing
 
+    def _on_notify(self, notification: Notification) -> None:
+        if notification.type == FANOUT_QUEUED and notification.id is not None:
+            try:
+                self.fanout_ids.append(int(notification.id))
+            except ValueError:
+                self.scan = True
+        else:
+            self.scan = True
+        self.wakeup.wake()
+
     async def _kick(self) -> None:
+        self.scan = True
         self.wakeup.wake()
 
     async def _claim(self) -> int:
@@ -473,7 +494,14 @@ class DeliveryWorker:
             try:
                 async with self.edge.pool.acquire() as conn:
                     released = 0
-                    if self.released:
+                    fanout_ids, self.fanout_ids = self.fanout_ids, []
+                    scan, self.scan = self.scan, False
+                    if self.released and not scan:
+                        # Only fan-out rows were queued: claimed by id (one statement).
+                        if not fanout_ids:
+                            return 0
+                        messages = await claim_fanout(conn, fanout_ids, claimed_by=self.claimed_by)
+                    elif self.released:
                         # One statement, atomic by itself: no BEGIN/COMMIT round trips.
                         messages = await claim_batch(
                             conn, limit=BATCH, lease=LEASE, claimed_by=self.claimed_by
@@ -488,6 +516,7 @@ class DeliveryWorker:
                             )
             except DATABASE_ERRORS as exc:
                 log.warning("cannot claim outbound messages: %s", exc)
+                self.scan = True  # (what was NOTIFYed is claimed by the next scan)
                 return 0
             if not self.released:
                 self.released = True
