@@ -12,9 +12,10 @@ fan-out; a crash rolls everything back and the row is handled again. A message t
 for a reason other than the database being away (a bug, a value the schema refuses) is
 dropped alone, in a transaction of its own.
 
-A chat message costs seven round trips to the database whatever the room's size: BEGIN,
-take the row, lock the room, read it with its members, remember it in the history, queue
-ONE fan-out row carrying the members with a binding (:func:`shared.db.rooms.queue_fanout`,
+A chat message costs five round trips to the database whatever the room's size: BEGIN,
+take the row (and, for chat, its room's lock, in the same statement), read the room with its
+members, queue ONE fan-out row carrying the members with a binding and remember the message
+in the history (one statement: :func:`shared.db.rooms.queue_fanout`,
 ``migrations/0015_outbound_fanout.sql``: the relay claims it once and sends the copies),
 COMMIT. Finished rows are collected in batches, one statement each (without reading the
 bodies of delivered rows back).
@@ -145,6 +146,7 @@ class ImcWorker:
             database_url, [INBOX_CHANNEL, DONE_CHANNEL], self._on_notify, catch_up=self._catch_up
         )
         self.stats = ImcStats()
+        self._command_prefix = self.config.command_char.encode()
         self._outcomes = True  # look at finished deliveries on the next pass
 
     def _on_notify(self, notification: Notification) -> None:
@@ -193,7 +195,7 @@ class ImcWorker:
         message: InboxMessage | None = None
         try:
             async with conn.transaction():
-                message = await rooms.claim_next(conn)
+                message = await rooms.claim_next(conn, chat_lock=self._command_prefix)
                 if message is None:
                     return False
                 await self._handle(conn, message)
@@ -238,7 +240,8 @@ class ImcWorker:
             effects: list[Effect] = [refusal(incoming, refused)]
         else:
             if key is not None:
-                await rooms.lock_room(conn, key)
+                if not (message.locked and key == message.room):  # (chat: locked with it)
+                    await rooms.lock_room(conn, key)
                 room = await rooms.get_room(conn, key)
             visible = None
             if command is not None and command.name is Name.ROOMS:
@@ -258,7 +261,13 @@ class ImcWorker:
     ) -> None:
         ids: dict[str, int] = {} if room is None else {room.key: room.id}
         sends: list[Send] = []
+        #: A chat message for the history: kept by the fan-out's statement (one round trip
+        #: less), else on its own before anything reads the history.
+        remembered: rooms.Remembered | None = None
         for effect in effects:
+            if remembered is not None and isinstance(effect, Replay):
+                await self._remember(conn, remembered)
+                remembered = None
             match effect:
                 case CreateRoom(key, owner, private):
                     ids[key] = await rooms.create_room(conn, key, owner=owner, private=private)
@@ -279,14 +288,9 @@ class ImcWorker:
                     await rooms.unban_member(conn, ids[key], aor)
                     log.info("imc: %s unbanned from %s by %s", aor, key, incoming.sender)
                 case Remember(key, sender, content_type, body, keep):
-                    await rooms.remember(
-                        conn,
-                        ids[key],
-                        sender=sender,
-                        content_type=content_type,
-                        body=body,
-                        keep=keep,
-                    )
+                    if remembered is not None:
+                        await self._remember(conn, remembered)
+                    remembered = rooms.Remembered(ids[key], sender, content_type, body, keep)
                 case Replay(key, aor, limit):
                     kept = await rooms.history(conn, ids[key], limit)
                     sends.extend(
@@ -312,8 +316,10 @@ class ImcWorker:
             headers.append(("In-Reply-To", incoming.call_id))
         headers.append((GENERATED_HEADER, GENERATED_VALUE))
         if _fanout(sends):
-            await self._fan_out(conn, sends, headers)
+            await self._fan_out(conn, sends, headers, remembered)
             return
+        if remembered is not None:
+            await self._remember(conn, remembered)
         chat_to = [send.to for send in sends if send.kind is Kind.CHAT]
         online = await rooms.reachable(conn, chat_to) if chat_to else set()
         queue: list[NewOutbound] = []
@@ -338,8 +344,22 @@ class ImcWorker:
         # One INSERT and one NOTIFY for the whole fan-out.
         await queue_messages(conn, queue)
 
+    async def _remember(self, conn: Connection, remembered: rooms.Remembered) -> None:
+        await rooms.remember(
+            conn,
+            remembered.room_id,
+            sender=remembered.sender,
+            content_type=remembered.content_type,
+            body=remembered.body,
+            keep=remembered.keep,
+        )
+
     async def _fan_out(
-        self, conn: Connection, sends: list[Send], headers: list[tuple[str, str]]
+        self,
+        conn: Connection,
+        sends: list[Send],
+        headers: list[tuple[str, str]],
+        remembered: rooms.Remembered | None,
     ) -> None:
         """A chat message's copies (the same From, body and type for every member): one
         statement queues those for the members with a binding; the others' copies go into
@@ -353,6 +373,7 @@ class ImcWorker:
             content_type=first.content_type,
             extra_headers=headers,
             source=Kind.CHAT.value,
+            remember=remembered,
         )
         for to in offline:
             await self._store_offline(conn, first.from_uri, to, first.content_type, first.body)

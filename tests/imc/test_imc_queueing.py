@@ -103,6 +103,31 @@ async def test_claim_takes_the_head_of_a_room_and_a_rollback_puts_it_back(
     assert await rooms.inbox_count(pool) == 0
 
 
+async def test_claiming_chat_takes_its_room_lock_and_a_command_does_not(
+    pool: asyncpg.Pool,
+) -> None:
+    await enqueue(pool, "alice@example.test", b"hello")
+    await enqueue(pool, "alice@example.test", b"#members", room="ops@conference.example.test")
+
+    async def room_is_locked(room: str) -> bool:
+        async with pool.acquire() as other, other.transaction():
+            free = await other.fetchval(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 6))", room
+            )
+            return not free
+
+    for room, chat in ((ROOM, True), ("ops@conference.example.test", False)):
+        async with pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            taken = await rooms.claim_next(conn, chat_lock=b"#")
+            assert taken is not None and taken.room == room and taken.locked is chat
+            # Another imc reading or changing the room waits until this one commits.
+            assert await room_is_locked(room) is chat
+            await transaction.commit()
+        assert not await room_is_locked(room)
+
+
 async def test_fan_out_queues_members_with_a_binding_in_order_and_wakes_the_relay_once(
     pool: asyncpg.Pool, database_url: str
 ) -> None:
@@ -284,3 +309,35 @@ async def test_a_message_that_fails_is_dropped_alone(
     assert await rooms.inbox_count(pool) == 0
     bodies = await pool.fetch("SELECT body FROM outbound_messages ORDER BY id")
     assert [bytes(r["body"]) for r in bodies] == [b"[alice]: after"]
+
+
+async def test_the_fan_out_statement_keeps_the_history_bounded(pool: asyncpg.Pool) -> None:
+    room_id = await rooms.create_room(pool, ROOM, owner="alice@example.test", private=False)
+    await bind(pool, "bob@example.test")
+    for n, recipients in enumerate(
+        (["bob@example.test"], ["carol@example.test"], [], ["bob@example.test"])
+    ):
+        async with pool.acquire() as conn, conn.transaction():
+            await rooms.queue_fanout(
+                conn,
+                from_uri=f"sip:{ROOM}",
+                recipients=recipients,
+                body=f"[alice]: m{n}".encode(),
+                content_type="text/plain",
+                extra_headers=[],
+                source="imc-chat",
+                remember=rooms.Remembered(
+                    room_id, "alice@example.test", "text/plain", f"m{n}".encode(), keep=2
+                ),
+            )
+    # Kept whether anyone was online or not; the newest two.
+    kept = await rooms.history(pool, room_id, 20)
+    assert [(m.sender, m.body) for m in kept] == [
+        ("alice@example.test", b"m2"),
+        ("alice@example.test", b"m3"),
+    ]
+    queued = await pool.fetch("SELECT recipients, body FROM outbound_messages ORDER BY id")
+    assert [(r["recipients"], bytes(r["body"])) for r in queued] == [
+        (["bob@example.test"], b"[alice]: m0"),
+        (["bob@example.test"], b"[alice]: m3"),
+    ]
