@@ -230,17 +230,24 @@ class ImcWorker:
     ) -> int:
         """Handle queued room MESSAGEs until there are none (or ``stop``), on one
         connection; how many. Not ``until_empty``: stop once as many were handled as were
-        NOTIFYed (each queued row NOTIFYs when it commits, so no look that finds the inbox
-        empty is needed: three round trips saved per wake-up)."""
+        NOTIFYed since the inbox was last seen empty (each queued row NOTIFYs every imc when
+        it commits, so no look that finds the inbox empty is needed: three round trips saved
+        per wake-up). Each imc's count stays at least the number of MESSAGEs still queued,
+        so with several imc processes one of them always goes on while any is left."""
         handled = 0
         async with self.pool.acquire() as conn:
             while stop is None or not stop.is_set():
                 if not until_empty and self._inbox_pending <= 0:
                     break
-                self._inbox_pending = max(self._inbox_pending - 1, 0)
                 if not await self.handle_next(conn):
-                    self._inbox_pending = 0  # (those NOTIFYed were taken by others)
+                    # Nothing to take: the inbox is empty (those NOTIFYed were taken by
+                    # others), or another imc is at the head of every room that has
+                    # MESSAGEs: it goes on with them, and the count is kept for the next
+                    # wake-up (forgotten, it could leave a MESSAGE waiting for the poll).
+                    if self._inbox_pending and await rooms.inbox_count(conn) == 0:
+                        self._inbox_pending = 0
                     break
+                self._inbox_pending = max(self._inbox_pending - 1, 0)
                 handled += 1
         return handled
 
