@@ -12,11 +12,13 @@ fan-out; a crash rolls everything back and the row is handled again. A message t
 for a reason other than the database being away (a bug, a value the schema refuses) is
 dropped alone, in a transaction of its own.
 
-A chat message costs seven round trips to the database whatever the room's size: BEGIN,
-take the row, lock the room, read it with its members, remember it in the history, queue
-the copies for the members with a binding (one statement, the shared fields sent once,
-:func:`shared.db.rooms.queue_fanout`), COMMIT. Outcomes are collected in batches, one
-statement each (the delivered rows are deleted without reading their bodies back).
+A chat message costs five round trips to the database whatever the room's size: BEGIN,
+take the row (and, for chat, its room's lock, in the same statement), read the room with its
+members, queue ONE fan-out row carrying the members with a binding and remember the message
+in the history (one statement: :func:`shared.db.rooms.queue_fanout`,
+``migrations/0015_outbound_fanout.sql``: the relay claims it once and sends the copies),
+COMMIT. Finished rows are collected in batches, one statement each (without reading the
+bodies of delivered rows back).
 
 When history is kept (the room's history length, else ``IMSTACK_IMC_HISTORY``), each chat
 message is remembered in ``room_messages`` in the same transaction, and a member who joins
@@ -28,11 +30,12 @@ previous one they sent to the room by the time the relay received each (``receiv
 ``room_members.last_chat_at``): in the database, so it holds across imc processes and
 restarts, and a backlog handled at once after an outage is not mistaken for a flood.
 
-Chat for a member with no binding goes straight into the offline store; a chat delivery
-that fails later (408/480/503) is moved there when its outcome arrives. Those stored copies
-carry no offline notice (only the relay's store path sends notices, and it never sees room
-traffic), so nothing echoes back into the room. A failed invitation is withdrawn and the
-inviter told (Kamailio tells the invitee, §3.9).
+Chat for a member with no binding goes straight into the offline store; a chat copy that
+fails later (408/480/503) is stored there by the relay in the transaction that records its
+outcome. Those stored copies carry no offline notice (only the relay's store path for
+MESSAGEs it receives sends notices, and it never sees room traffic), so nothing echoes back
+into the room. A failed invitation is withdrawn and the inviter told (Kamailio tells the
+invitee, §3.9).
 """
 
 from __future__ import annotations
@@ -143,15 +146,24 @@ class ImcWorker:
             database_url, [INBOX_CHANNEL, DONE_CHANNEL], self._on_notify, catch_up=self._catch_up
         )
         self.stats = ImcStats()
+        #: room_inbox NOTIFYs not yet matched by a MESSAGE handled, and whether to look
+        #: until the inbox is empty (at start, after a poll, a reconnection or an error)
+        #: rather than stop once as many MESSAGEs were handled as were NOTIFYed.
+        self._inbox_pending = 0
+        self._probe = True
+        self._command_prefix = self.config.command_char.encode()
         self._outcomes = True  # look at finished deliveries on the next pass
 
     def _on_notify(self, notification: Notification) -> None:
         if notification.channel == DONE_CHANNEL:
             self._outcomes = True
+        else:
+            self._inbox_pending += 1
         self.wakeup.wake()
 
     async def _catch_up(self) -> None:
         self._outcomes = True
+        self._probe = True
         self.wakeup.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -161,15 +173,18 @@ class ImcWorker:
             while not stop.is_set():
                 poll = self.settings.imc_poll_interval
                 try:
-                    await self.handle_queued(stop)
+                    probe, self._probe = self._probe, False
+                    if probe or self._inbox_pending > 0:
+                        await self.handle_queued(stop, until_empty=probe)
                     if self._outcomes:
                         self._outcomes = False
-                        while await self.handle_outcomes() == OUTCOME_BATCH:
+                        while await self.handle_outcomes() >= OUTCOME_BATCH:
                             pass
                     backoff = ERROR_BACKOFF
                 except DATABASE_ERRORS as exc:
                     log.warning("imc: database unavailable (%s); retry in %.0fs", exc, backoff)
                     self._outcomes = True
+                    self._probe = True
                     poll = backoff
                     backoff = min(backoff * 2, MAX_ERROR_BACKOFF)
                 reason = await self.wakeup.wait(poll, stop)
@@ -177,6 +192,7 @@ class ImcWorker:
                     break
                 if reason is WakeReason.TIMEOUT:
                     self._outcomes = True
+                    self._probe = True
         finally:
             await listening
 
@@ -191,7 +207,7 @@ class ImcWorker:
         message: InboxMessage | None = None
         try:
             async with conn.transaction():
-                message = await rooms.claim_next(conn)
+                message = await rooms.claim_next(conn, chat_lock=self._command_prefix)
                 if message is None:
                     return False
                 await self._handle(conn, message)
@@ -209,12 +225,29 @@ class ImcWorker:
         self.stats.handled += 1
         return True
 
-    async def handle_queued(self, stop: asyncio.Event | None = None) -> int:
+    async def handle_queued(
+        self, stop: asyncio.Event | None = None, *, until_empty: bool = True
+    ) -> int:
         """Handle queued room MESSAGEs until there are none (or ``stop``), on one
-        connection; how many."""
+        connection; how many. Not ``until_empty``: stop once as many were handled as were
+        NOTIFYed since the inbox was last seen empty (each queued row NOTIFYs every imc when
+        it commits, so no look that finds the inbox empty is needed: three round trips saved
+        per wake-up). Each imc's count stays at least the number of MESSAGEs still queued,
+        so with several imc processes one of them always goes on while any is left."""
         handled = 0
         async with self.pool.acquire() as conn:
-            while (stop is None or not stop.is_set()) and await self.handle_next(conn):
+            while stop is None or not stop.is_set():
+                if not until_empty and self._inbox_pending <= 0:
+                    break
+                if not await self.handle_next(conn):
+                    # Nothing to take: the inbox is empty (those NOTIFYed were taken by
+                    # others), or another imc is at the head of every room that has
+                    # MESSAGEs: it goes on with them, and the count is kept for the next
+                    # wake-up (forgotten, it could leave a MESSAGE waiting for the poll).
+                    if self._inbox_pending and await rooms.inbox_count(conn) == 0:
+                        self._inbox_pending = 0
+                    break
+                self._inbox_pending = max(self._inbox_pending - 1, 0)
                 handled += 1
         return handled
 
@@ -236,7 +269,8 @@ class ImcWorker:
             effects: list[Effect] = [refusal(incoming, refused)]
         else:
             if key is not None:
-                await rooms.lock_room(conn, key)
+                if not (message.locked and key == message.room):  # (chat: locked with it)
+                    await rooms.lock_room(conn, key)
                 room = await rooms.get_room(conn, key)
             visible = None
             if command is not None and command.name is Name.ROOMS:
@@ -256,7 +290,13 @@ class ImcWorker:
     ) -> None:
         ids: dict[str, int] = {} if room is None else {room.key: room.id}
         sends: list[Send] = []
+        #: A chat message for the history: kept by the fan-out's statement (one round trip
+        #: less), else on its own before anything reads the history.
+        remembered: rooms.Remembered | None = None
         for effect in effects:
+            if remembered is not None and isinstance(effect, Replay):
+                await self._remember(conn, remembered)
+                remembered = None
             match effect:
                 case CreateRoom(key, owner, private):
                     ids[key] = await rooms.create_room(conn, key, owner=owner, private=private)
@@ -277,14 +317,9 @@ class ImcWorker:
                     await rooms.unban_member(conn, ids[key], aor)
                     log.info("imc: %s unbanned from %s by %s", aor, key, incoming.sender)
                 case Remember(key, sender, content_type, body, keep):
-                    await rooms.remember(
-                        conn,
-                        ids[key],
-                        sender=sender,
-                        content_type=content_type,
-                        body=body,
-                        keep=keep,
-                    )
+                    if remembered is not None:
+                        await self._remember(conn, remembered)
+                    remembered = rooms.Remembered(ids[key], sender, content_type, body, keep)
                 case Replay(key, aor, limit):
                     kept = await rooms.history(conn, ids[key], limit)
                     sends.extend(
@@ -310,8 +345,10 @@ class ImcWorker:
             headers.append(("In-Reply-To", incoming.call_id))
         headers.append((GENERATED_HEADER, GENERATED_VALUE))
         if _fanout(sends):
-            await self._fan_out(conn, sends, headers)
+            await self._fan_out(conn, sends, headers, remembered)
             return
+        if remembered is not None:
+            await self._remember(conn, remembered)
         chat_to = [send.to for send in sends if send.kind is Kind.CHAT]
         online = await rooms.reachable(conn, chat_to) if chat_to else set()
         queue: list[NewOutbound] = []
@@ -336,8 +373,22 @@ class ImcWorker:
         # One INSERT and one NOTIFY for the whole fan-out.
         await queue_messages(conn, queue)
 
+    async def _remember(self, conn: Connection, remembered: rooms.Remembered) -> None:
+        await rooms.remember(
+            conn,
+            remembered.room_id,
+            sender=remembered.sender,
+            content_type=remembered.content_type,
+            body=remembered.body,
+            keep=remembered.keep,
+        )
+
     async def _fan_out(
-        self, conn: Connection, sends: list[Send], headers: list[tuple[str, str]]
+        self,
+        conn: Connection,
+        sends: list[Send],
+        headers: list[tuple[str, str]],
+        remembered: rooms.Remembered | None,
     ) -> None:
         """A chat message's copies (the same From, body and type for every member): one
         statement queues those for the members with a binding; the others' copies go into
@@ -351,6 +402,7 @@ class ImcWorker:
             content_type=first.content_type,
             extra_headers=headers,
             source=Kind.CHAT.value,
+            remember=remembered,
         )
         for to in offline:
             await self._store_offline(conn, first.from_uri, to, first.content_type, first.body)
@@ -383,22 +435,48 @@ class ImcWorker:
     async def handle_outcomes(self) -> int:
         """Act on finished deliveries of imc's MESSAGEs, then forget them; how many.
 
-        One statement takes (deletes) a batch; only a failed row's body is read back."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                """DELETE FROM outbound_messages WHERE id IN (
-                       SELECT id FROM outbound_messages
-                       WHERE source = ANY($1::text[]) AND status IN ('delivered', 'failed')
-                       ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                   RETURNING id, source, status, last_status,
-                       CASE WHEN status = 'failed' THEN from_uri END AS from_uri,
-                       CASE WHEN status = 'failed' THEN to_aor END AS to_aor,
-                       CASE WHEN status = 'failed' THEN content_type END AS content_type,
-                       CASE WHEN status = 'failed' THEN body END AS body""",
+        Rows that need nothing more (delivered; a chat message's fan-out row, whose copies
+        that could not be delivered the relay stored offline as it recorded them) are
+        deleted by ONE statement, atomic by itself, which also tells whether failed rows of
+        their own wait; those are taken in a transaction that acts on them (only their
+        bodies are read back)."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """WITH gone AS (
+                       DELETE FROM outbound_messages WHERE id IN (
+                           SELECT id FROM outbound_messages
+                           WHERE source = ANY($1::text[])
+                             AND (status = 'delivered'
+                                  OR (status = 'failed' AND recipients IS NOT NULL))
+                           ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                       RETURNING id)
+                   SELECT (SELECT count(*) FROM gone) AS gone, EXISTS (
+                       SELECT 1 FROM outbound_messages
+                       WHERE source = ANY($1::text[]) AND status = 'failed'
+                         AND recipients IS NULL) AS failed""",
                 SOURCES,
                 OUTCOME_BATCH,
             )
-            for row in sorted((r for r in rows if r["status"] == "failed"), key=_by_id):
+            assert row is not None  # (an aggregate query: always one row)
+            handled = int(row["gone"])
+            if row["failed"]:
+                handled += await self._handle_failed(conn)
+        return handled
+
+    async def _handle_failed(self, conn: Connection) -> int:
+        """Take a batch of failed rows of imc's (each one MESSAGE) and act on them."""
+        async with conn.transaction():
+            rows = await conn.fetch(
+                """DELETE FROM outbound_messages WHERE id IN (
+                       SELECT id FROM outbound_messages
+                       WHERE source = ANY($1::text[]) AND status = 'failed'
+                         AND recipients IS NULL
+                       ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                   RETURNING id, source, last_status, from_uri, to_aor, content_type, body""",
+                SOURCES,
+                OUTCOME_BATCH,
+            )
+            for row in sorted(rows, key=_by_id):
                 if row["source"] == Kind.CHAT and row["last_status"] in UNREACHABLE:
                     await self._store_offline(
                         conn,

@@ -3,8 +3,10 @@
 The contract (statuses, NOTIFY channels, lease) is documented in
 ``migrations/0003_outbound_messages.sql``, ordered chains (``order_key``) in
 ``migrations/0009_scheduled_messages.sql``. Workers call :func:`queue_message` (one row) or
-:func:`queue_messages` (many rows, one statement, one NOTIFY); the relay calls
-:func:`claim_batch`, then :func:`finish_many` (or :func:`finish`) and :func:`cancel_chain`.
+:func:`queue_messages` (many rows, one statement, one NOTIFY), or queue a fan-out row (one
+MESSAGE for many AoRs, ``migrations/0015_outbound_fanout.sql``; imc's
+:func:`shared.db.rooms.queue_fanout`); the relay calls :func:`claim_batch`, then
+:func:`finish_many` (or :func:`finish`), :func:`record_fanout` and :func:`cancel_chain`.
 A relay starting calls :func:`release_previous_runs` first: the rows its killed predecessor
 (same ``relay_instance``) left 'sending' are sent again at once rather than after the lease.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -27,8 +29,11 @@ import asyncpg
 from shared.db.listen import notify
 from shared.db.types import Connection, Executor
 
-#: NOTIFY channel woken when a row is queued (payload {"type": "queued", "id": ...}).
+#: NOTIFY channel woken when a row is queued (payload {"type": "queued", "id": ...}; a
+#: fan-out row: {"type": "fanout", "id": ...}, claimable by id: :func:`claim_fanout`).
 QUEUED_CHANNEL = "outbound"
+#: ``type`` of the ``outbound`` NOTIFY of a fan-out row.
+FANOUT_QUEUED = "fanout"
 #: NOTIFY channel told the outcome (payload {"type": "delivered" | "failed", "id": ...}).
 DONE_CHANNEL = "outbound_done"
 #: ``source`` of the control API's sends (``POST /api/v1/messages``) to a registered user:
@@ -64,6 +69,22 @@ class OutboundMessage:
     finished_at: datetime | None
     order_key: str | None = None
     claimed_by: str | None = None
+    #: A fan-out row (``migrations/0015_outbound_fanout.sql``): the AoRs to send a copy to
+    #: (None: an ordinary row for ``to_aor``), those whose copy has an outcome already, and
+    #: how many of those were delivered.
+    recipients: tuple[str, ...] | None = None
+    recipients_done: tuple[str, ...] = ()
+    recipients_delivered: int = 0
+
+    def pending_recipients(self) -> list[str]:
+        """A fan-out row's AoRs still owed a copy, in order (each once)."""
+        done = set(self.recipients_done)
+        pending: list[str] = []
+        for aor in self.recipients or ():
+            if aor not in done:
+                done.add(aor)
+                pending.append(aor)
+        return pending
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,18 @@ class NewOutbound:
     order_key: str | None = None
 
 
+@dataclass
+class FanoutProgress:
+    """Outcomes of some copies of a fan-out row, for :func:`record_fanout`."""
+
+    id: int
+    done: list[str] = field(default_factory=list)  # AoRs whose copy has an outcome
+    delivered: int = 0  # how many of them got a 2xx
+    #: Every recipient has an outcome now: finish the row with this batch.
+    final: bool = False
+    last_failure: int | None = None  # the last failing copy's code (a row none took)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The final result of one delivery, for :func:`finish_many`."""
@@ -91,6 +124,9 @@ class Outcome:
     reason: str
 
 
+#: Final statuses of a fan-out copy that mean "the AoR cannot take it now": the copy is
+#: stored in the offline store (``migrations/0015_outbound_fanout.sql``).
+FANOUT_STORE_STATUSES = frozenset({408, 480, 503})
 #: Most ids in one ``outbound_done`` NOTIFY (payloads are limited to 8000 bytes).
 NOTIFY_IDS = 400
 #: ``last_reason`` of the rows of a chain not sent because an earlier one failed.
@@ -124,6 +160,10 @@ def _message(row: asyncpg.Record) -> OutboundMessage:
     data["extra_headers"] = _headers(data["extra_headers"])
     data["status"] = OutboundStatus(data["status"])
     data["body"] = bytes(data["body"])
+    recipients = data.get("recipients")
+    if recipients is not None:
+        data["recipients"] = tuple(recipients)
+    data["recipients_done"] = tuple(data.get("recipients_done") or ())
     return OutboundMessage(**data)
 
 
@@ -244,6 +284,27 @@ async def claim_batch(
     return sorted((_message(row) for row in rows), key=lambda m: m.id)
 
 
+async def claim_fanout(
+    conn: Executor, ids: Sequence[int], *, claimed_by: str
+) -> list[OutboundMessage]:
+    """Mark those of fan-out rows ``ids`` (from their ``fanout`` NOTIFYs) still queued and
+    not being claimed by someone else right now as being sent by ``claimed_by``; them, by
+    id. A look-up by primary key instead of :func:`claim_batch`'s scan: a fan-out row has no
+    chain to respect. One statement, atomic by itself."""
+    rows = await conn.fetch(
+        """UPDATE outbound_messages SET status = 'sending', attempts = attempts + 1,
+               updated_at = now(), claimed_by = $2
+           WHERE id IN (
+               SELECT id FROM outbound_messages
+               WHERE id = ANY($1::bigint[]) AND status = 'queued' AND recipients IS NOT NULL
+               FOR UPDATE SKIP LOCKED)
+           RETURNING *""",
+        list(ids),
+        claimed_by,
+    )
+    return sorted((_message(row) for row in rows), key=lambda m: m.id)
+
+
 async def release_previous_runs(conn: Executor, relay_instance: str, claimed_by: str) -> int:
     """Put back to 'queued' the rows an earlier run of relay ``relay_instance`` left
     'sending' (it was killed): ``claimed_by`` is ``<relay_instance>/<run>``, and this run
@@ -311,6 +372,57 @@ async def finish_many(conn: Executor, outcomes: Sequence[Outcome]) -> None:
             DONE_CHANNEL,
             json.dumps(payload),
         )
+
+
+async def record_fanout(conn: Executor, progress: Sequence[FanoutProgress]) -> None:
+    """Record the outcomes of copies of fan-out rows (``recipients_done``,
+    ``recipients_delivered``), finish the rows whose every recipient has one now and tell
+    the queueing workers (``outbound_done``, one NOTIFY for all the finished rows): ONE
+    statement, atomic even outside a transaction. Store the copies that failed as
+    unreachable (:data:`FANOUT_STORE_STATUSES`) in the same transaction."""
+    if not progress:
+        return
+    ids: list[int] = []
+    aors: list[str] = []
+    for item in progress:
+        ids += [item.id] * len(item.done)
+        aors += item.done
+    await conn.execute(
+        """WITH t AS (
+               SELECT * FROM unnest($1::bigint[], $2::int[], $3::bool[], $4::int[])
+                   AS t(id, delivered, final, code)),
+           d AS (
+               SELECT u.id, array_agg(u.aor) AS done
+               FROM unnest($5::bigint[], $6::text[]) AS u(id, aor) GROUP BY u.id),
+           up AS (
+               UPDATE outbound_messages o SET
+                   recipients_done = o.recipients_done || coalesce(d.done, '{}'),
+                   recipients_delivered = o.recipients_delivered + t.delivered,
+                   updated_at = now(),
+                   status = CASE WHEN NOT t.final THEN o.status
+                       WHEN o.recipients_delivered + t.delivered > 0 THEN 'delivered'
+                       ELSE 'failed' END,
+                   last_status = CASE WHEN NOT t.final THEN o.last_status
+                       WHEN o.recipients_delivered + t.delivered > 0 THEN 200
+                       ELSE coalesce(t.code, o.last_status, 480) END,
+                   last_reason = CASE WHEN NOT t.final THEN o.last_reason
+                       ELSE format('%s of %s delivered', o.recipients_delivered + t.delivered,
+                                   cardinality(o.recipients)) END,
+                   finished_at = CASE WHEN t.final THEN now() END
+               FROM t LEFT JOIN d ON d.id = t.id
+               WHERE o.id = t.id AND o.recipients IS NOT NULL
+               RETURNING o.id, t.final)
+           SELECT pg_notify($7, json_build_object('type', 'finished', 'id', min(id),
+                                                  'ids', array_agg(id ORDER BY id))::text)
+           FROM up WHERE final HAVING count(*) > 0""",
+        [item.id for item in progress],
+        [item.delivered for item in progress],
+        [item.final for item in progress],
+        [item.last_failure for item in progress],
+        ids,
+        aors,
+        DONE_CHANNEL,
+    )
 
 
 async def notify_finished(conn: Executor, ids: Sequence[int]) -> None:

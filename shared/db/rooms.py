@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from shared.db.outbound import QUEUED_CHANNEL
+from shared.db.outbound import FANOUT_QUEUED, QUEUED_CHANNEL
 from shared.db.types import Executor
 
 #: NOTIFY channel woken when a room MESSAGE is queued (payload {"type": "queued", "id": ...}).
@@ -87,6 +87,8 @@ class InboxMessage:
     content_type: str
     body: bytes
     received_at: datetime
+    #: Whether :func:`claim_next` took the room's lock (:func:`lock_room`) with the row.
+    locked: bool = False
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -124,7 +126,7 @@ async def enqueue(
     return int(new_id)
 
 
-async def claim_next(conn: Executor) -> InboxMessage | None:
+async def claim_next(conn: Executor, *, chat_lock: bytes | None = None) -> InboxMessage | None:
     """Take the oldest queued MESSAGE of some room (inside a transaction): the row is
     deleted by this transaction, so it is gone once the transaction commits and queued
     again when it rolls back.
@@ -137,18 +139,29 @@ async def claim_next(conn: Executor) -> InboxMessage | None:
     (``synchronous_commit`` off for it alone): everything it does is redone from the row
     should a crash lose it, and whatever it queued for the relay is durable before the
     relay can send it (the relay's claim commits synchronously, which flushes the WAL up
-    to and past this commit). It saves a disk flush per room MESSAGE."""
+    to and past this commit). It saves a disk flush per room MESSAGE.
+
+    With ``chat_lock`` (the command prefix), a row whose body does not start with it (chat:
+    it acts on its own room) also takes its room's lock (:func:`lock_room`) in the same
+    statement: ``locked`` says so, and the caller reads the room in its next statement
+    (which sees everything committed before the lock was granted), a round trip saved."""
     row = await conn.fetchrow(
         """DELETE FROM room_inbox WHERE id = (
                SELECT id FROM room_inbox
                WHERE id IN (SELECT min(id) FROM room_inbox GROUP BY room)
                ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-           RETURNING *, set_config('synchronous_commit', 'off', true) AS relaxed"""
+           RETURNING *, set_config('synchronous_commit', 'off', true) AS relaxed,
+               CASE WHEN length($1::bytea) > 0 AND substring(body FROM 1 FOR length($1)) <> $1
+                    THEN (SELECT true FROM (SELECT pg_advisory_xact_lock(
+                              hashtextextended(room, 6))) AS l)
+                    ELSE false END AS locked""",
+        chat_lock,
     )
     if row is None:
         return None
     data = dict(row)
     del data["relaxed"]
+    data["locked"] = bool(data["locked"])
     data["body"] = bytes(data["body"])
     return InboxMessage(**data)
 
@@ -292,6 +305,17 @@ class HistoryMessage:
     sent_at: datetime
 
 
+@dataclass(frozen=True)
+class Remembered:
+    """A chat message for the room's history (:func:`remember`, :func:`queue_fanout`)."""
+
+    room_id: int
+    sender: str
+    content_type: str
+    body: bytes
+    keep: int
+
+
 async def remember(
     conn: Executor, room_id: int, *, sender: str, content_type: str, body: bytes, keep: int
 ) -> None:
@@ -389,14 +413,19 @@ async def queue_fanout(
     content_type: str,
     extra_headers: Sequence[tuple[str, str]],
     source: str,
+    remember: Remembered | None = None,
 ) -> list[str]:
-    """Queue one MESSAGE (the same From, body, type and headers) for each of ``recipients``
-    that has an unexpired binding, in ``recipients`` order, and wake the relay: ONE
-    statement (the rows' ``outbound_messages`` INSERT and the ``outbound`` NOTIFY, sent
-    when the transaction commits, as :func:`shared.db.outbound.queue_messages` does). The
-    shared fields travel once, not once per row. Returns the recipients with no binding,
-    in order: nothing was queued for them."""
-    if not recipients:
+    """Queue one MESSAGE (the same From, body, type and headers) for those of
+    ``recipients`` that have an unexpired binding, in ``recipients`` order, and wake the
+    relay: ONE statement, ONE fan-out row (``migrations/0015_outbound_fanout.sql``: the
+    relay claims it once, by id, and sends a copy to each), its ``outbound`` NOTIFY (type
+    ``fanout``) sent when the transaction commits. ``to_aor`` of the row is the sender's
+    AoR (``from_uri`` without its scheme: the room). Returns the recipients with no
+    binding, in order: nothing was queued for them.
+
+    With ``remember``, the same statement does what :func:`remember` does (call under the
+    room's lock), also when no member has a binding."""
+    if not recipients and remember is None:
         return []
     row = await conn.fetchrow(
         """WITH wanted AS (
@@ -404,13 +433,25 @@ async def queue_fanout(
                    SELECT 1 FROM locations l WHERE l.aor = t.aor AND l.expires_at > now()
                ) AS online
                FROM unnest($1::text[]) WITH ORDINALITY AS t(aor, n)),
+           online AS (
+               SELECT array_agg(aor ORDER BY n) AS aors FROM wanted WHERE online),
            queued AS (
                INSERT INTO outbound_messages (from_uri, to_aor, content_type, body,
-                   extra_headers, source)
-               SELECT $2, aor, $3, $4, $5::jsonb, $6 FROM wanted WHERE online ORDER BY n
+                   extra_headers, source, recipients)
+               SELECT $2, $8, $3, $4, $5::jsonb, $6, aors FROM online
+               WHERE aors IS NOT NULL
+               RETURNING id),
+           added AS (
+               INSERT INTO room_messages (room_id, sender, content_type, body)
+               SELECT $10, $11, $12, $13 WHERE $10::bigint IS NOT NULL
+               RETURNING id),
+           trimmed AS (  -- (does not see the row added: keeps the newest keep - 1 others)
+               DELETE FROM room_messages WHERE $10::bigint IS NOT NULL AND room_id = $10
+                   AND id <= (SELECT id FROM room_messages WHERE room_id = $10
+                              ORDER BY id DESC OFFSET greatest($14::int - 1, 0) LIMIT 1)
                RETURNING id)
-           SELECT (SELECT pg_notify($7, json_build_object('type', 'queued', 'id', min(id))::text)
-                   FROM queued HAVING count(*) > 0) AS notified,
+           SELECT (SELECT pg_notify($7, json_build_object('type', $9::text, 'id', id)::text)
+                   FROM queued) AS notified,
                   (SELECT coalesce(array_agg(aor ORDER BY n), '{}') FROM wanted
                    WHERE NOT online) AS offline""",
         list(recipients),
@@ -420,6 +461,13 @@ async def queue_fanout(
         json.dumps([list(pair) for pair in extra_headers]),
         source,
         QUEUED_CHANNEL,
+        from_uri.split(":", 1)[-1],
+        FANOUT_QUEUED,
+        None if remember is None else remember.room_id,
+        None if remember is None else remember.sender,
+        None if remember is None else remember.content_type,
+        None if remember is None else remember.body,
+        0 if remember is None else remember.keep,
     )
     assert row is not None  # (an aggregate query: always one row)
     return list(row["offline"])

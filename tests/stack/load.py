@@ -265,8 +265,12 @@ class Auditor:
                 """SELECT lower(recipient) AS who, body, 'offline ' || state AS place
                      FROM offline_messages WHERE position($1::bytea IN body) > 0
                    UNION ALL
-                   SELECT lower(to_aor), body, 'outbound ' || status FROM outbound_messages
-                    WHERE status IN ('queued', 'sending') AND position($1::bytea IN body) > 0
+                   SELECT lower(r.aor), o.body, 'outbound ' || o.status
+                     FROM outbound_messages o,  -- a fan-out row: its recipients not done
+                          unnest(coalesce(o.recipients, ARRAY[o.to_aor])) AS r(aor)
+                    WHERE o.status IN ('queued', 'sending')
+                      AND position($1::bytea IN o.body) > 0
+                      AND r.aor <> ALL(o.recipients_done)
                    UNION ALL
                    SELECT '*', body, 'room inbox' FROM room_inbox
                     WHERE position($1::bytea IN body) > 0""",

@@ -14,6 +14,13 @@ an await of its own; each outcome is recorded as its final response arrives. A c
 AoR with no binding, several bindings or a flow that is gone takes the general way. The
 bindings of all the AoRs are looked up at once (those not in memory with one query).
 
+A fan-out row (``recipients``, ``migrations/0015_outbound_fanout.sql``: one row per room
+message, not one per copy) is claimed once and sent the same way to each recipient not yet
+in ``recipients_done``; the outcomes are written a batch at a time (the AoRs appended to
+``recipients_done``, the copies that found their AoR unreachable stored offline in the same
+transaction) and the row is finished with its last batch. A relay that dies mid-fan-out
+leaves the row 'sending': the next claim sends only to the recipients not recorded yet.
+
 Rows of one ordered chain (``order_key``, e.g. msilo's window of one recipient's stored
 messages, ``migrations/0009_scheduled_messages.sql``) are sent by one task, one after the
 other: the next only after the previous got a 2xx. When one fails, the rest of the chain
@@ -56,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets
@@ -67,19 +75,24 @@ from typing import Any
 from services.relay.sip.edge import SipEdge, format_host
 from services.relay.sip.handover import RELAY_WRITTEN_HEADERS
 from services.relay.sip.proxy import Fork, Target
-from shared.db.listen import Listener
+from shared.db.listen import Listener, Notification
 from shared.db.locations import Binding, delete_expired
 from shared.db.offline import store_message
 from shared.db.outbound import (
+    FANOUT_QUEUED,
+    FANOUT_STORE_STATUSES,
     QUEUED_CHANNEL,
     STORE_ON_FAILURE_SOURCE,
+    FanoutProgress,
     OutboundMessage,
     Outcome,
     cancel_chain,
     claim_batch,
+    claim_fanout,
     finish_many,
     notify_finished,
     purge_finished,
+    record_fanout,
     release_previous_runs,
 )
 from shared.db.pool import DATABASE_ERRORS
@@ -238,6 +251,11 @@ class OutcomeWriter:
         self.cancels: list[_Cancel] = []
         #: Failed rows of the control API, stored offline with their outcome.
         self.stores: list[OutboundMessage] = []
+        #: Outcomes of fan-out copies by row, and how many copies each row still awaits.
+        self.fanout: dict[int, FanoutProgress] = {}
+        self.fanout_left: dict[int, int] = {}
+        #: Fan-out copies that found their AoR unreachable, stored offline with the outcome.
+        self.fanout_stores: list[tuple[OutboundMessage, str]] = []
         self.backoff = RETRY_BACKOFF
         self.ready = asyncio.Event()
         self.written = 0  # outcomes recorded (for tests and logs)
@@ -248,6 +266,38 @@ class OutcomeWriter:
             self.stores.append(store)
         self.ready.set()
 
+    def begin_fanout(self, message: OutboundMessage, copies: int) -> None:
+        """Fan-out row ``message`` sends ``copies`` copies now (none: finish it)."""
+        if copies:
+            self.fanout_left[message.id] = copies
+            return
+        self._progress(message.id).final = True
+        self.ready.set()
+
+    def add_copy(self, message: OutboundMessage, aor: str, status: int) -> None:
+        """The outcome of the copy of fan-out row ``message`` for ``aor``."""
+        progress = self._progress(message.id)
+        progress.done.append(aor)
+        if 200 <= status < 300:
+            progress.delivered += 1
+        else:
+            progress.last_failure = status
+            if status in FANOUT_STORE_STATUSES:
+                self.fanout_stores.append((message, aor))
+        left = self.fanout_left[message.id] - 1
+        if left:
+            self.fanout_left[message.id] = left
+        else:
+            del self.fanout_left[message.id]
+            progress.final = True
+        self.ready.set()
+
+    def _progress(self, row_id: int) -> FanoutProgress:
+        progress = self.fanout.get(row_id)
+        if progress is None:
+            progress = self.fanout[row_id] = FanoutProgress(row_id)
+        return progress
+
     def cancel(self, key: str, after: int) -> None:
         self.cancels.append(_Cancel(key, after))
         self.ready.set()
@@ -255,7 +305,7 @@ class OutcomeWriter:
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` and nothing is left to write (or the deliveries are gone)."""
         while True:
-            if not self.outcomes and not self.cancels:
+            if not self.outcomes and not self.cancels and not self.fanout:
                 if stop.is_set() and not self.worker.in_flight:
                     return
                 self.ready.clear()
@@ -277,15 +327,23 @@ class OutcomeWriter:
         outcomes, self.outcomes = self.outcomes, []
         cancels, self.cancels = self.cancels, []
         stores, self.stores = self.stores, []
+        fanout, self.fanout = self.fanout, {}
+        fanout_stores, self.fanout_stores = self.fanout_stores, []
+        progress = list(fanout.values())
         edge = self.worker.edge
         try:
             async with edge.pool.acquire() as conn:
-                if not cancels and not stores:
+                if not cancels and not stores and not fanout_stores and not progress:
                     await finish_many(conn, outcomes)  # atomic: one statement per batch
+                elif not cancels and not stores and not fanout_stores and not outcomes:
+                    await record_fanout(conn, progress)  # atomic: one statement
                 else:
                     async with conn.transaction():
                         # The failed row's own outcome is in ``outcomes`` (written first).
                         await finish_many(conn, outcomes)
+                        await record_fanout(conn, progress)
+                        for message, aor in fanout_stores:
+                            await self._store_copy(conn, message, aor)
                         cancelled: list[int] = []
                         for cancel in cancels:
                             cancelled += await cancel_chain(
@@ -303,6 +361,15 @@ class OutcomeWriter:
             self.outcomes[:0] = outcomes
             self.cancels[:0] = cancels
             self.stores[:0] = stores
+            self.fanout_stores[:0] = fanout_stores
+            for row_id, old in fanout.items():
+                new = self.fanout.get(row_id)
+                if new is not None:  # (outcomes that arrived meanwhile come after)
+                    old.done += new.done
+                    old.delivered += new.delivered
+                    old.final = old.final or new.final
+                    old.last_failure = new.last_failure or old.last_failure
+                self.fanout[row_id] = old
             log.warning(
                 "%d outbound outcome(s) not recorded yet (%s); retrying in %.1fs",
                 len(outcomes),
@@ -313,10 +380,29 @@ class OutcomeWriter:
             self.backoff = min(self.backoff * 2, MAX_RETRY_BACKOFF)
             return
         self.backoff = RETRY_BACKOFF
-        self.written += len(outcomes)
+        self.written += len(outcomes) + sum(len(p.done) for p in progress)
         for cancel in cancels:
             if self.worker.failed_chains.get(cancel.key) == cancel.after:
                 del self.worker.failed_chains[cancel.key]
+
+    async def _store_copy(self, conn: Executor, message: OutboundMessage, aor: str) -> None:
+        """A fan-out copy ``aor`` could not take now: into the offline store, as imc stores
+        the copies of members with no binding (no display name, no extra headers)."""
+        settings = self.worker.edge.settings
+        stored = await store_message(
+            conn,
+            recipient=aor,
+            sender_uri=message.from_uri,
+            sender_display=None,
+            call_id="",
+            content_type=message.content_type,
+            body=message.body,
+            extra_headers=[],
+            lifetime=settings.msilo_expire,
+            max_messages=settings.msilo_max_messages,
+        )
+        if stored is None:
+            log.info("outbound message %d for %s not stored: offline mailbox full", message.id, aor)
 
     async def _store_offline(self, conn: Executor, message: OutboundMessage) -> None:
         """A failed send of the control API: into the offline store (msilo delivers it)."""
@@ -361,10 +447,14 @@ class DeliveryWorker:
         self.claimed_by = f"{edge.relay_instance}/{secrets.token_hex(6)}"
         #: Whether the rows a previous run of this relay left 'sending' were put back.
         self.released = False
+        #: Fan-out rows NOTIFYed since the last claim (claimed by id), and whether anything
+        #: else woke us (a general claim: :func:`claim_batch`).
+        self.fanout_ids: list[int] = []
+        self.scan = True
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = Listener(
-            self.database_url, [QUEUED_CHANNEL], lambda _n: self.wakeup.wake(), catch_up=self._kick
+            self.database_url, [QUEUED_CHANNEL], self._on_notify, catch_up=self._kick
         )
         listening = asyncio.create_task(listener.run(stop), name="sip-delivery-listen")
         writing = asyncio.create_task(self.writer.run(stop), name="sip-delivery-outcomes")
@@ -372,16 +462,31 @@ class DeliveryWorker:
             while True:
                 claimed = await self._claim()
                 if claimed == BATCH:
+                    self.scan = True
                     continue  # more may be waiting
-                if await self.wakeup.wait(self.poll_interval, stop) is WakeReason.STOP:
+                reason = await self.wakeup.wait(self.poll_interval, stop)
+                if reason is WakeReason.STOP:
                     break
+                if reason is WakeReason.TIMEOUT:
+                    self.scan = True
         finally:
             await listening
             if self.in_flight:
                 await asyncio.wait(self.in_flight)
             await writing
 
+    def _on_notify(self, notification: Notification) -> None:
+        if notification.type == FANOUT_QUEUED and notification.id is not None:
+            try:
+                self.fanout_ids.append(int(notification.id))
+            except ValueError:
+                self.scan = True
+        else:
+            self.scan = True
+        self.wakeup.wake()
+
     async def _kick(self) -> None:
+        self.scan = True
         self.wakeup.wake()
 
     async def _claim(self) -> int:
@@ -389,7 +494,14 @@ class DeliveryWorker:
             try:
                 async with self.edge.pool.acquire() as conn:
                     released = 0
-                    if self.released:
+                    fanout_ids, self.fanout_ids = self.fanout_ids, []
+                    scan, self.scan = self.scan, False
+                    if self.released and not scan:
+                        # Only fan-out rows were queued: claimed by id (one statement).
+                        if not fanout_ids:
+                            return 0
+                        messages = await claim_fanout(conn, fanout_ids, claimed_by=self.claimed_by)
+                    elif self.released:
                         # One statement, atomic by itself: no BEGIN/COMMIT round trips.
                         messages = await claim_batch(
                             conn, limit=BATCH, lease=LEASE, claimed_by=self.claimed_by
@@ -404,6 +516,7 @@ class DeliveryWorker:
                             )
             except DATABASE_ERRORS as exc:
                 log.warning("cannot claim outbound messages: %s", exc)
+                self.scan = True  # (what was NOTIFYed is claimed by the next scan)
                 return 0
             if not self.released:
                 self.released = True
@@ -415,7 +528,9 @@ class DeliveryWorker:
                     )
             same: dict[tuple[object, ...], list[OutboundMessage]] = {}
             for message in messages:
-                if message.order_key is None:
+                if message.recipients is not None:
+                    self._start(self._deliver_fanout(message), f"sip-deliver-{message.id}*")
+                elif message.order_key is None:
                     same.setdefault(same_message_key(message), []).append(message)
                 else:
                     self._dispatch(message)
@@ -472,7 +587,7 @@ class DeliveryWorker:
                 self._record(message, 500, f"Unusable message: {exc}"[:200])
             return
         edge = self.edge
-        bindings = await self._bindings_logged(rows)
+        bindings = await self._bindings_logged([m.to_aor for m in rows], rows[0].id)
         waiting: list[asyncio.Future[Any]] = []
         for message in rows:
             targets = [Target.of(edge, binding) for binding in bindings.get(message.to_aor, ())]
@@ -493,6 +608,52 @@ class DeliveryWorker:
         response = final.result()
         self._log_outcome(message, response.status, response.reason)
         self._record(message, response.status, response.reason)
+
+    async def _deliver_fanout(self, message: OutboundMessage) -> None:
+        """Send fan-out row ``message`` to its recipients still owed a copy, as
+        :meth:`_deliver_same` sends rows carrying the same MESSAGE; each outcome goes to the
+        writer as its final response arrives (the row is finished with the last)."""
+        writer = self.writer
+        pending = message.pending_recipients()
+        try:
+            same = SameMessage(self.edge, message)
+        except (LocalProtocolError, ValueError) as exc:
+            log.warning("outbound message %d not sent: unusable (%s)", message.id, exc)
+            writer.begin_fanout(message, len(pending))
+            for aor in pending:
+                writer.add_copy(message, aor, 500)
+            return
+        writer.begin_fanout(message, len(pending))
+        if not pending:
+            return
+        edge = self.edge
+        bindings = await self._bindings_logged(pending, message.id)
+        waiting: list[asyncio.Future[Any]] = []
+        for aor in pending:
+            targets = [Target.of(edge, binding) for binding in bindings.get(aor, ())]
+            flow = targets[0].flow if len(targets) == 1 else None
+            if flow is None:  # no binding, several, or its connection is gone
+                waiting.append(asyncio.ensure_future(self._fanout_to(message, aor, targets)))
+                continue
+            branch = edge.new_branch()
+            request = same.request(aor, targets[0].uri, edge.via(flow, branch))
+            final = edge.transactions.send_request(request, flow, branch=branch).final
+            final.add_done_callback(functools.partial(self._copy_finished, message, aor))
+            waiting.append(final)
+        await asyncio.wait(waiting)
+
+    def _copy_finished(
+        self, message: OutboundMessage, aor: str, final: asyncio.Future[SipResponse]
+    ) -> None:
+        if final.cancelled():
+            return  # (shutdown: the row stays 'sending'; the next run sends what is left)
+        self.writer.add_copy(message, aor, final.result().status)
+
+    async def _fanout_to(self, message: OutboundMessage, aor: str, targets: list[Target]) -> None:
+        copy = dataclasses.replace(message, to_aor=aor, recipients=None, recipients_done=())
+        status, reason = await self._fork(copy, targets)
+        self._log_outcome(copy, status, reason)
+        self.writer.add_copy(message, aor, status)
 
     async def _deliver_to(self, message: OutboundMessage, targets: list[Target]) -> None:
         status, reason = await self._fork(message, targets)
@@ -602,17 +763,17 @@ class DeliveryWorker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_RETRY_BACKOFF)
 
-    async def _bindings_logged(self, rows: list[OutboundMessage]) -> dict[str, list[Binding]]:
-        """The bindings of every row's AoR (those not in memory read with one query),
-        retrying while the database is unavailable (nothing sent yet)."""
+    async def _bindings_logged(self, aors: list[str], first_id: int) -> dict[str, list[Binding]]:
+        """The bindings of ``aors`` (those not in memory read with one query), retrying
+        while the database is unavailable (nothing sent yet)."""
         backoff = RETRY_BACKOFF
         while True:
             try:
-                return await self.edge.bindings.get_many(m.to_aor for m in rows)
+                return await self.edge.bindings.get_many(aors)
             except DATABASE_ERRORS as exc:
                 log.warning(
                     "outbound messages %d..: database unavailable (%s); retrying in %.1fs",
-                    rows[0].id,
+                    first_id,
                     exc,
                     backoff,
                 )
