@@ -470,7 +470,14 @@ class Bundle:
 
     ENV = {"IMSTACK_MSILO_MAX_MESSAGES": "0"}  # thousands of messages on one user
 
-    def __init__(self, workdir: Path, url: str, split: bool, profile: Path | None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        url: str,
+        split: bool,
+        profile: Path | None,
+        python: str | None = None,
+    ) -> None:
         groups = [("relay",), ("msilo",)] if split else [("relay", "msilo")]
         self.processes = [
             Imstack(
@@ -479,6 +486,7 @@ class Bundle:
                 services,
                 self.ENV,
                 None if profile is None else str(profile / f"{'-'.join(services)}.prof"),
+                python,
             )
             for services in groups
         ]
@@ -538,6 +546,11 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="relay and msilo in two processes")
     parser.add_argument("--profile", type=Path, help="cProfile imstack, statistics to this dir")
     parser.add_argument(
+        "--python",
+        help="run imstack with this interpreter (same Python version as this virtualenv, "
+        "whose packages it uses), e.g. a distribution's PGO/LTO build instead of pyenv's",
+    )
+    parser.add_argument(
         "--pg-stats",
         action="store_true",
         help="print the drain's statements (pg_stat_statements: calls, time) per round",
@@ -563,7 +576,7 @@ def main() -> None:
             asyncio.run(enable_pg_stats(database.url))
             database.embedded.stop()
             asyncio.run(create_pg_stats(restart_database(database)))
-        bundle = Bundle(workdir, database.url, args.split, args.profile)
+        bundle = Bundle(workdir, database.url, args.split, args.profile, args.python)
         bundle.start()
         on_cpu(1)  # the load generator: off the server's CPU
         plan = [(f"{n} stored", n, False) for n in counts]
