@@ -38,14 +38,14 @@ class GuessGuard:
         self.block_seconds = block_seconds
         self.pairs: dict[tuple[str, str], _Record] = {}
         self.users: dict[str, _Record] = {}  # per user, all sources: for the warning only
-        self.blocked_checks = 0  # checks refused while blocked (statistics)
 
     def blocked(self, user: str, source: str, now: float) -> float:
         """Seconds left of a block on ``user`` from ``source`` (0: go ahead and check)."""
+        if not self.pairs:  # the common case, asked on every authenticated request
+            return 0.0
         record = self.pairs.get((user.lower(), source))
         if record is None or record.blocked_until <= now:
             return 0.0
-        self.blocked_checks += 1
         return record.blocked_until - now
 
     def failed(self, user: str, source: str, now: float, what: str) -> None:
@@ -81,7 +81,8 @@ class GuessGuard:
             )
 
     def succeeded(self, user: str, source: str) -> None:
-        self.pairs.pop((user.lower(), source), None)
+        if self.pairs:
+            self.pairs.pop((user.lower(), source), None)
 
     def _count(self, record: _Record, now: float) -> int:
         if now - record.since > self.block_seconds:

@@ -20,14 +20,12 @@ class SourceLimit:
         self.setting = setting  # the setting that raises the limit, for the log line
         self.held: dict[str, int] = {}
         self.capped: set[str] = set()
-        self.refused = 0
 
     def admit(self, source: str) -> bool:
         """Count a new connection from ``source``; False (not counted) when the source holds
         ``limit`` already: the caller closes the connection."""
         held = self.held.get(source, 0)
         if self.limit and held >= self.limit:
-            self.refused += 1
             if source not in self.capped:
                 self.capped.add(source)
                 log.warning(

@@ -167,7 +167,6 @@ class MsrpRelay:
         """A connection is up; False when its source holds too many already (the caller
         closes it)."""
         if conn.source is not None and not self.sources.admit(conn.source):
-            conn.source = None  # not counted
             self.stats.connections_refused += 1
             return False
         self.connections.add(conn)

@@ -101,7 +101,7 @@ class DigestAuthenticator:
             return make_response(request, 400, "Digest URI Does Not Match Request-URI")
         address = Address(credentials.username, self.settings.domain)
         guard = self.guard
-        if guard.pairs and guard.blocked(credentials.username, flow.host, time.monotonic()):
+        if guard.blocked(credentials.username, flow.host, time.monotonic()):
             return make_response(request, 403, "Too Many Failed Attempts")
         held = self.credentials.peek(address)
         stored = held.value if held is not None else await self.credentials.get(address)
@@ -115,8 +115,7 @@ class DigestAuthenticator:
             if stored.disabled:
                 log.info("%s: user %s is disabled", flow, credentials.username)
                 return make_response(request, 403, "Account Disabled")
-            if guard.pairs:
-                guard.succeeded(credentials.username, flow.host)
+            guard.succeeded(credentials.username, flow.host)
             return Authenticated(credentials.username)
         if result is AuthResult.STALE_NONCE:
             return self.challenge(request, flow, proxy=proxy, stale=True)
