@@ -60,7 +60,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.proc_cpu import cpu_seconds, postmaster_pid, tree_cpu_seconds  # noqa: E402
 from bench.sip_load import Generator, Pending, md5  # noqa: E402
-from bench.sip_relay import PASSWORD, REALM, Database, Imstack, on_cpu  # noqa: E402
+from bench.sip_relay import (  # noqa: E402
+    PASSWORD,
+    REALM,
+    Database,
+    Imstack,
+    build_compiled,
+    on_cpu,
+)
 
 SENDER_BASE = 100  # senders are user100, user101...; recipients user0, user1...
 _PREFIX_RE = re.compile(rb"^\[Offline message - [^\]]*\] ")
@@ -477,6 +484,7 @@ class Bundle:
         split: bool,
         profile: Path | None,
         python: str | None = None,
+        compiled: str | None = None,
     ) -> None:
         groups = [("relay",), ("msilo",)] if split else [("relay", "msilo")]
         self.processes = [
@@ -487,6 +495,7 @@ class Bundle:
                 self.ENV,
                 None if profile is None else str(profile / f"{'-'.join(services)}.prof"),
                 python,
+                compiled,
             )
             for services in groups
         ]
@@ -551,6 +560,11 @@ def main() -> None:
         "whose packages it uses), e.g. a distribution's PGO/LTO build instead of pyenv's",
     )
     parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run the compiled build of imstack (scripts/compile builds it first)",
+    )
+    parser.add_argument(
         "--pg-stats",
         action="store_true",
         help="print the drain's statements (pg_stat_statements: calls, time) per round",
@@ -576,7 +590,8 @@ def main() -> None:
             asyncio.run(enable_pg_stats(database.url))
             database.embedded.stop()
             asyncio.run(create_pg_stats(restart_database(database)))
-        bundle = Bundle(workdir, database.url, args.split, args.profile, args.python)
+        compiled = build_compiled() if args.compiled else None
+        bundle = Bundle(workdir, database.url, args.split, args.profile, args.python, compiled)
         bundle.start()
         on_cpu(1)  # the load generator: off the server's CPU
         plan = [(f"{n} stored", n, False) for n in counts]

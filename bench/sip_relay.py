@@ -132,6 +132,15 @@ class Database:
         self.embedded.stop()
 
 
+def build_compiled() -> str:
+    """Build the compiled variant (scripts/compile) and return the folder to run it from."""
+    print("building the compiled variant (scripts/compile)...", file=sys.stderr, flush=True)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "compile")], check=True, capture_output=True, text=True
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
 class Imstack:
     """``imstack serve <services>`` pinned to CPU 0 (``extra_env``: more IMSTACK_* settings)."""
 
@@ -143,10 +152,12 @@ class Imstack:
         extra_env: dict[str, str] | None = None,
         profile: str | None = None,
         python: str | None = None,
+        compiled: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.profile = profile
         self.python = python
+        self.compiled = compiled
         self.services = services
         self.port = free_port()
         self.env = {
@@ -181,6 +192,9 @@ class Imstack:
             site = [p for p in sys.path if p.endswith("site-packages")]
             self.env["PYTHONPATH"] = os.pathsep.join([*site, str(ROOT)])
             command = [self.python, "-c", RUN_IMSTACK, "serve", *self.services]
+        if self.compiled:  # its modules first (the .py and, for some, C extensions)
+            paths = [self.compiled, *filter(None, self.env.get("PYTHONPATH", "").split(os.pathsep))]
+            self.env["PYTHONPATH"] = os.pathsep.join(paths)
         self.proc = subprocess.Popen(
             [*pinned(0), *command],
             env=self.env,
@@ -252,6 +266,11 @@ def main() -> None:
         "whose packages it uses), e.g. a distribution's PGO/LTO build instead of pyenv's",
     )
     parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run the compiled build of the relay (scripts/compile builds it first)",
+    )
+    parser.add_argument(
         "--tests", default="register,message,rates", help="which runs (register,message,rates)"
     )
     args = parser.parse_args()
@@ -272,7 +291,10 @@ def main() -> None:
                 flush=True,
             )
             profile = str(Path(args.profile).resolve()) if args.profile else None
-            server = Imstack(workdir, database.url, profile=profile, python=args.python)
+            compiled = build_compiled() if args.compiled else None
+            server = Imstack(
+                workdir, database.url, profile=profile, python=args.python, compiled=compiled
+            )
             server.start()
             target, args.realm, args.password = server.target, REALM, PASSWORD
         pid = server.pid if server is not None else None

@@ -178,10 +178,18 @@ class Headers:
 
     # _keys[i] is the lower-case canonical name of _items[i]: lookups compare it directly.
     __slots__ = ("_items", "_keys")
+    _items: list[tuple[str, str]]
+    _keys: list[str]
 
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = []
-        self._keys: list[str] = []
+    def __init__(
+        self, items: Iterable[tuple[str, str]] = (), keys: list[str] | None = None
+    ) -> None:
+        if keys is not None:  # with_keys: canonical names, their keys given, taken over
+            self._items = items if isinstance(items, list) else list(items)
+            self._keys = keys
+            return
+        self._items = []
+        self._keys = []
         for n, v in items:
             canonical, key = _name_key(n)
             self._items.append((canonical, v))
@@ -191,10 +199,7 @@ class Headers:
     def with_keys(cls, items: list[tuple[str, str]], keys: Iterable[str]) -> Headers:
         """Headers from canonically named ``items`` and their lower-case names ``keys``
         (a sender's own, constant lines: no name lookups). ``items`` is taken over."""
-        new = cls.__new__(cls)
-        new._items = items
-        new._keys = list(keys)
-        return new
+        return cls(items, list(keys))
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -336,19 +341,14 @@ class Headers:
     def copy_without(self, name: str, drop: Callable[[str], bool]) -> Headers:
         """A copy without the ``name`` lines whose value ``drop`` accepts."""
         key = _name_key(name)[1]
-        new = Headers.__new__(Headers)
         if key not in self._keys:
-            new._items = list(self._items)
-            new._keys = list(self._keys)
-            return new
+            return Headers(list(self._items), list(self._keys))
         kept = [
             (k, item)
             for k, item in zip(self._keys, self._items, strict=True)
             if k != key or not drop(item[1])
         ]
-        new._keys = [k for k, _ in kept]
-        new._items = [item for _, item in kept]
-        return new
+        return Headers([item for _, item in kept], [k for k, _ in kept])
 
     def forwarded(
         self,
@@ -392,10 +392,7 @@ class Headers:
         return Headers.with_keys(items, keys)
 
     def copy(self) -> Headers:
-        new = Headers.__new__(Headers)
-        new._items = list(self._items)
-        new._keys = list(self._keys)
-        return new
+        return Headers(list(self._items), list(self._keys))
 
 
 _GOOD_NAMES: set[str] = set()  # header names already checked (they repeat)

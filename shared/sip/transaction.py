@@ -296,7 +296,7 @@ def _response_input(status: int) -> Input:
 _INITIAL_INTERVALS: dict[tuple[bool, float, float], dict[Timer, float | None]] = {}
 
 
-class _Transaction:
+class Transaction:
     def __init__(
         self,
         table: Table,
@@ -414,7 +414,7 @@ class _Transaction:
         raise NotImplementedError
 
 
-class ClientTransaction(_Transaction):
+class ClientTransaction(Transaction):
     """Sends ``request`` and follows it to a final response (§17.1)."""
 
     def __init__(
@@ -483,7 +483,7 @@ class ClientTransaction(_Transaction):
         return SipRequest(method="ACK", uri=req.uri, headers=headers)
 
 
-class ServerTransaction(_Transaction):
+class ServerTransaction(Transaction):
     """Absorbs retransmissions of ``request`` and sends the TU's responses (§17.2).
 
     For INVITE a 100 Trying is sent at once unless ``send_trying`` is False

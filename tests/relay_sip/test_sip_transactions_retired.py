@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import pytest
+
 from services.relay.sip.transactions import ServerTxn, TransactionLayer
 from services.relay.sip.transport import Flow, TransportLayer
 from shared.sip.headers import make_response
@@ -57,6 +59,7 @@ class Clock:
         return getattr(self.loop, name)
 
 
+@pytest.mark.interpreted
 async def test_a_retransmission_gets_the_same_response_until_timer_j_then_is_new() -> None:
     transports = Sent()
     requests: list[ServerTxn] = []

@@ -116,6 +116,7 @@ def _careful(value: str) -> tuple[str, dict[str, str], set[str]] | str:
 PIECES = ['username="a"', "realm=x", 'nonce="n o"', "nc=00000001", 'uri="sip:b@c"', 'x="a\\"b"']
 
 
+@pytest.mark.interpreted  # it swaps a function the compiled build calls directly
 @settings(max_examples=500, deadline=None)
 @given(
     pieces=st.lists(
@@ -133,6 +134,7 @@ def test_credentials_split_the_short_way_equal_the_careful_split(
         assert plain == _careful(value)
 
 
+@pytest.mark.interpreted  # it swaps a function the compiled build calls directly
 @pytest.mark.parametrize(
     "value",
     [

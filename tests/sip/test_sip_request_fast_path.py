@@ -115,6 +115,7 @@ def described(message: object) -> object:
     return message
 
 
+@pytest.mark.interpreted  # it swaps a function the compiled build calls directly
 @settings(max_examples=800, deadline=None)
 @given(data=requests(), limits=st.sampled_from([{}, {"max_headers": 7}, {"max_line_length": 40}]))
 def test_the_short_way_accepts_rejects_and_reads_as_the_careful_parse(
@@ -123,6 +124,7 @@ def test_the_short_way_accepts_rejects_and_reads_as_the_careful_parse(
     assert parse(data, short=True, **limits) == parse(data, short=False, **limits)
 
 
+@pytest.mark.interpreted  # it swaps a function the compiled build calls directly
 @settings(max_examples=200, deadline=None)
 @given(data=requests(), cut=st.integers(0, 400))
 def test_the_stream_parser_frames_requests_as_the_careful_parse(data: bytes, cut: int) -> None:
@@ -147,6 +149,7 @@ def test_the_stream_parser_frames_requests_as_the_careful_parse(data: bytes, cut
     assert results[0] == results[1]
 
 
+@pytest.mark.interpreted
 def test_what_clients_send_takes_the_short_way(monkeypatch: pytest.MonkeyPatch) -> None:
     data = (
         b"MESSAGE sip:bob@example.com SIP/2.0\r\n"

@@ -25,6 +25,7 @@ from services.relay.sip.caches import BindingCache, CredentialCache, MailboxCach
 from services.relay.sip.flood import RateLimiter
 from services.relay.sip.transactions import ServerTxn, TransactionLayer
 from services.relay.sip.transport import Flow, TransportLayer
+from shared.compiled import MODULES, compiled_modules
 from shared.config import Settings
 from shared.db.locations import Binding, delete_connection_bindings
 from shared.digest import NonceManager
@@ -116,6 +117,11 @@ class SipEdge:
     async def start(self, tls_context: ssl.SSLContext | None) -> None:
         s = self.settings
         await self.transports.start(s.sip_host, s.sip_port, s.sip_tls_port, tls_context)
+        compiled = compiled_modules()
+        if compiled:
+            log.info("SIP core compiled: %d of %d modules", len(compiled), len(MODULES))
+        else:
+            log.info("SIP core interpreted (the compiled build: docs/performance.md)")
         # What exists now (modules, settings, pools) lives as long as the process: keep it
         # out of every future garbage collection, which then only walks request state.
         gc.freeze()

@@ -24,6 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from services.relay.sip.transport import Flow, TransportLayer, response_flow
 from shared.sip.errors import LocalProtocolError
@@ -36,6 +37,7 @@ from shared.sip.transaction import (
     ServerTransaction,
     Terminated,
     TimedOut,
+    Transaction,
     TransactionEvent,
     TransportFailed,
     client_key,
@@ -72,8 +74,13 @@ def _server_key(request: SipRequest) -> ServerKey:
     )
 
 
-class _Txn:
-    tx: ServerTransaction | ClientTransaction
+_T = TypeVar("_T", bound=Transaction)
+
+
+class _Txn(Generic[_T]):
+    # Generic rather than narrowed in the subclasses: mypyc compiles this module
+    # (setup.py), and a compiled class may not narrow an attribute's type.
+    tx: _T
 
     def __init__(self, layer: TransactionLayer, flow: Flow) -> None:
         self.layer = layer
@@ -96,10 +103,8 @@ class _Txn:
         pass
 
 
-class ServerTxn(_Txn):
+class ServerTxn(_Txn[ServerTransaction]):
     """A request we must answer; ``respond`` hands a response to its transaction."""
-
-    tx: ServerTransaction
 
     def __init__(
         self, layer: TransactionLayer, tx: ServerTransaction, source: Flow, key: ServerKey
@@ -135,10 +140,8 @@ class ServerTxn(_Txn):
             del self.layer.server[self.key]
 
 
-class ClientTxn(_Txn):
+class ClientTxn(_Txn[ClientTransaction]):
     """A request we sent; ``final`` resolves to its final response (408/503 synthesised)."""
-
-    tx: ClientTransaction
 
     def __init__(
         self,
@@ -211,7 +214,7 @@ class TransactionLayer:
         #: The timer heap holds (due time, sequence) only, and ``_armed`` the transaction
         #: of each live entry: a stale entry keeps no transaction alive until it is due.
         self._timers: list[tuple[float, int]] = []
-        self._armed: dict[int, _Txn] = {}
+        self._armed: dict[int, _Txn[Any]] = {}
         self._timer_seq = itertools.count()
         self._wakeup: asyncio.TimerHandle | None = None
         self._wakeup_when = math.inf
@@ -305,7 +308,7 @@ class TransactionLayer:
 
     # -- driving ------------------------------------------------------------------------
 
-    def drive(self, txn: _Txn, events: list[TransactionEvent]) -> None:
+    def drive(self, txn: _Txn[Any], events: list[TransactionEvent]) -> None:
         for event in events:
             if type(event) is SendBytes:  # final event classes: identity, not isinstance
                 if not self.transports.send(txn.flow, event.data):
@@ -325,7 +328,7 @@ class TransactionLayer:
         else:
             self._rearm(txn)
 
-    def _retire(self, txn: _Txn) -> None:
+    def _retire(self, txn: _Txn[Any]) -> None:
         """Forget an answered non-INVITE transaction over UDP (see the module docstring)."""
         self._disarm(txn)
         if type(txn) is ClientTxn:
@@ -348,7 +351,7 @@ class TransactionLayer:
         self.answered[txn.key] = (response, txn.flow.host, txn.flow.port, deadline)
         order.append((deadline, txn.key))
 
-    def _transport_error(self, txn: _Txn) -> None:
+    def _transport_error(self, txn: _Txn[Any]) -> None:
         try:
             events = txn.tx.transport_error(self.loop.time())
         except LocalProtocolError:
@@ -361,7 +364,7 @@ class TransactionLayer:
     # A transaction re-armed, retired or ended leaves its old entry behind, stale (its
     # sequence is no longer in ``_armed``), holding no reference to the transaction.
 
-    def _rearm(self, txn: _Txn) -> None:
+    def _rearm(self, txn: _Txn[Any]) -> None:
         when = txn.tx.get_timer() if txn.tx.state != "terminated" else None
         if when == txn.timer_when:
             return  # the timer already set is the right one
@@ -374,7 +377,7 @@ class TransactionLayer:
             if when < self._wakeup_when:
                 self._schedule(when)
 
-    def _disarm(self, txn: _Txn) -> None:
+    def _disarm(self, txn: _Txn[Any]) -> None:
         """Make the transaction's heap entry, if any, stale."""
         if txn.timer_seq is not None:
             self._armed.pop(txn.timer_seq, None)
@@ -418,7 +421,8 @@ class TransactionLayer:
         self._armed.clear()
         self.answered.clear()
         self._answered_order.clear()
-        for txn in [*self.server.values(), *self.client.values()]:
+        txns: list[_Txn[Any]] = [*self.server.values(), *self.client.values()]
+        for txn in txns:
             txn.timer_when = txn.timer_seq = None
 
 
