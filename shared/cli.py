@@ -197,7 +197,9 @@ def _address(settings: Settings, text: str) -> users_db.Address:
         fail(str(exc), EXIT_UNAVAILABLE)
 
 
-def _read_password(password_stdin: bool) -> str:
+def _read_password(settings: Settings, addr: users_db.Address, password_stdin: bool) -> str:
+    """The new password, from standard input or a prompt, checked against the password rule
+    (``IMSTACK_PASSWORD_MIN_LENGTH``) before any database is touched."""
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif not sys.stdin.isatty():
@@ -206,6 +208,10 @@ def _read_password(password_stdin: bool) -> str:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     if not password:
         fail("the password must not be empty")
+    try:
+        users_db.check_password(addr, password, settings.password_min_length)
+    except users_db.WeakPassword as exc:
+        fail(str(exc))
     return password
 
 
@@ -222,10 +228,11 @@ def user_add(
     email: Annotated[str | None, typer.Option(help="E-mail address for notices.")] = None,
     password_stdin: PasswordStdin = False,
 ) -> None:
-    """Create a user (password from a prompt, or --password-stdin)."""
+    """Create a user (password from a prompt, or --password-stdin; at least
+    IMSTACK_PASSWORD_MIN_LENGTH characters, not the user name)."""
     settings = settings_or_exit()
     addr = _address(settings, address)
-    password = _read_password(password_stdin)
+    password = _read_password(settings, addr, password_stdin)
     with database(settings) as url:
         run_async(
             with_connection(
@@ -274,10 +281,11 @@ def user_show(address: AddressArg) -> None:
 
 @user_app.command("passwd")
 def user_passwd(address: AddressArg, password_stdin: PasswordStdin = False) -> None:
-    """Set a user's password."""
+    """Set a user's password (at least IMSTACK_PASSWORD_MIN_LENGTH characters, not the user
+    name)."""
     settings = settings_or_exit()
     addr = _address(settings, address)
-    password = _read_password(password_stdin)
+    password = _read_password(settings, addr, password_stdin)
     with database(settings) as url:
         run_async(
             with_connection(settings, url, lambda c: users_db.set_password(c, addr, password))

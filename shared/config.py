@@ -294,6 +294,15 @@ class Settings(BaseSettings):
         description="Longest MSRP AUTH Expires accepted (above: 423 + Max-Expires); "
         "also granted when the AUTH asks for none.",
     )
+    password_min_length: int = Field(
+        10,
+        ge=1,
+        le=1024,
+        description="Fewest characters of a password set with `imstack user add`/`passwd` or "
+        "through the API (shorter ones are refused, the API answers 422); a password equal to "
+        "the user name or address is refused too. 1: any non-empty password. Existing "
+        "passwords are not checked.",
+    )
     auth_max_failures: int = Field(
         10,
         ge=0,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,11 +46,11 @@ async def test_user_lifecycle_against_the_database(env: dict[str, str], database
         "alice@mail.test",
         "--password-stdin",
         env=env,
-        stdin="s3cret\n",
+        stdin="s3cret-word-1\n",
     )
     assert added.returncode == 0, added.stderr
     assert "created alice@example.test" in added.stdout
-    bare = run_imstack("user", "add", "bob", "--password-stdin", env=env, stdin="pw\n")
+    bare = run_imstack("user", "add", "bob", "--password-stdin", env=env, stdin="bob-secret-1\n")
     assert bare.returncode == 0, bare.stderr  # the default domain is filled in
 
     listed = run_imstack("user", "list", env=env)
@@ -64,16 +65,21 @@ async def test_user_lifecycle_against_the_database(env: dict[str, str], database
     conn = await asyncpg.connect(database_url)
     try:
         row = await conn.fetchrow("SELECT * FROM users WHERE username = 'alice'")
-        assert row["ha1_md5"] == ha1(Algorithm.MD5, "alice", "example.test", "s3cret")
-        assert row["ha1_sha256"] == ha1(Algorithm.SHA256, "alice", "example.test", "s3cret")
+        assert row["ha1_md5"] == ha1(Algorithm.MD5, "alice", "example.test", "s3cret-word-1")
+        assert row["ha1_sha256"] == ha1(Algorithm.SHA256, "alice", "example.test", "s3cret-word-1")
         assert "s3cret" not in repr(dict(row))
 
         changed = run_imstack(
-            "user", "passwd", "alice@example.test", "--password-stdin", env=env, stdin="new\n"
+            "user",
+            "passwd",
+            "alice@example.test",
+            "--password-stdin",
+            env=env,
+            stdin="new-secret-1\n",
         )
         assert changed.returncode == 0, changed.stderr
         assert await conn.fetchval("SELECT ha1_md5 FROM users WHERE username = 'alice'") == ha1(
-            Algorithm.MD5, "alice", "example.test", "new"
+            Algorithm.MD5, "alice", "example.test", "new-secret-1"
         )
 
         assert run_imstack("user", "disable", "alice@example.test", env=env).returncode == 0
@@ -89,9 +95,10 @@ async def test_user_lifecycle_against_the_database(env: dict[str, str], database
 
 
 def test_user_errors_are_one_clear_line(env: dict[str, str]) -> None:
-    run_imstack("user", "add", "carol@example.test", "--password-stdin", env=env, stdin="x\n")
+    carol = "carol-secret-1\n"
+    run_imstack("user", "add", "carol@example.test", "--password-stdin", env=env, stdin=carol)
     again = run_imstack(
-        "user", "add", "carol@example.test", "--password-stdin", env=env, stdin="x\n"
+        "user", "add", "carol@example.test", "--password-stdin", env=env, stdin=carol
     )
     assert again.returncode == 1
     assert again.stderr.strip() == "imstack: user carol@example.test already exists"
@@ -112,6 +119,54 @@ def test_user_errors_are_one_clear_line(env: dict[str, str]) -> None:
     empty = run_imstack("user", "add", "erin@example.test", "--password-stdin", env=env, stdin="\n")
     assert empty.returncode == 1
     assert "must not be empty" in empty.stderr
+
+
+async def test_weak_passwords_are_refused_with_one_line_and_exit_1(
+    env: dict[str, str], database_url: str
+) -> None:
+    def add(address: str, password: str, **settings: str) -> subprocess.CompletedProcess[str]:
+        return run_imstack(
+            "user", "add", address, "--password-stdin", env={**env, **settings}, stdin=password
+        )
+
+    short = add("alice@example.test", "nine-char\n")
+    assert short.returncode == 1
+    assert short.stderr.strip() == "imstack: the password must be at least 10 characters long"
+    for weak in ("alexander-the-great\n", "Alexander-The-Great@EXAMPLE.test\n"):
+        named = add("alexander-the-great", weak)
+        assert named.returncode == 1, weak
+        assert named.stderr.strip() == "imstack: the password must not be the user name or address"
+    assert add("alice@example.test", "ten-chars!\n").returncode == 0
+
+    def passwd(password: str) -> subprocess.CompletedProcess[str]:
+        return run_imstack(
+            "user", "passwd", "alice@example.test", "--password-stdin", env=env, stdin=password
+        )
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM users") == 1
+        for weak in ("short\n", "alice\n"):
+            refused = passwd(weak)
+            assert refused.returncode == 1
+            assert refused.stderr.startswith("imstack: the password must")
+        assert await conn.fetchval("SELECT ha1_md5 FROM users") == ha1(
+            Algorithm.MD5, "alice", "example.test", "ten-chars!"
+        )
+        assert passwd("a-longer-secret\n").returncode == 0
+        assert await conn.fetchval("SELECT ha1_md5 FROM users") == ha1(
+            Algorithm.MD5, "alice", "example.test", "a-longer-secret"
+        )
+    finally:
+        await conn.close()
+
+    # The minimum is IMSTACK_PASSWORD_MIN_LENGTH; 0 is not a valid value (1: any non-empty).
+    assert add("bob", "b\n", IMSTACK_PASSWORD_MIN_LENGTH="1").returncode == 0
+    strict = add("carol", "fifteen-chars-!\n", IMSTACK_PASSWORD_MIN_LENGTH="16")
+    assert strict.stderr.strip() == "imstack: the password must be at least 16 characters long"
+    off = add("dave", "d\n", IMSTACK_PASSWORD_MIN_LENGTH="0")
+    assert off.returncode == 2
+    assert "IMSTACK_PASSWORD_MIN_LENGTH" in off.stderr
 
 
 @pytest.mark.parametrize("command", [["serve"], ["migrate"], ["user", "list"]])
@@ -257,7 +312,7 @@ async def test_rooms_from_the_cli_are_the_apis_and_imcs_rooms(
 
 
 async def test_messages_count_and_purge(env: dict[str, str], database_url: str) -> None:
-    run_imstack("user", "add", "bob", "--password-stdin", env=env, stdin="pw\n")
+    run_imstack("user", "add", "bob", "--password-stdin", env=env, stdin="bob-secret-1\n")
     conn = await asyncpg.connect(database_url)
     try:
         for age in (timedelta(days=10), timedelta(days=5), timedelta(minutes=1)):

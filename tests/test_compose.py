@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import yaml
 from shared.cli import app
 from shared.config import Settings, env_name
 from shared.lifecycle import SERVICES
+from tests.stack.topology import MissingVariable, substitute
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+COMPOSE_TEXT = (ROOT / "compose.yaml").read_text()
+COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
 IMSTACK_SERVICES = {
     name: spec
     for name, spec in COMPOSE["services"].items()
@@ -100,3 +103,28 @@ def test_dockerfile_builds_a_slim_non_root_image() -> None:
     assert "USER imstack" in final_stage
     assert "[dev]" not in dockerfile
     assert 'ENTRYPOINT ["imstack"]' in final_stage
+
+
+def test_no_secret_has_a_default_and_the_database_password_must_be_set() -> None:
+    # G13: compose.yaml used to default POSTGRES_PASSWORD to "imstack".
+    uses = re.findall(r"\$\{(\w+)([^}]*)\}", COMPOSE_TEXT)
+    secrets = [(name, rest) for name, rest in uses if re.search("PASSWORD|SECRET|TOKEN|KEY", name)]
+    assert [name for name, _ in secrets].count("POSTGRES_PASSWORD") >= 2
+    for name, rest in secrets:
+        assert rest.startswith(":?"), f"${{{name}{rest}}} must be required, without a default"
+
+    database_urls = [
+        spec["environment"]["IMSTACK_DATABASE_URL"] for spec in IMSTACK_SERVICES.values()
+    ]
+    postgres = COMPOSE["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    for env_file in ({}, {"POSTGRES_PASSWORD": ""}):  # no .env, or an empty value
+        for value in (postgres, *database_urls):
+            with pytest.raises(MissingVariable, match=r"set POSTGRES_PASSWORD in \.env"):
+                substitute(value, env_file)
+
+    env_file = {"POSTGRES_PASSWORD": "0f3a9c2e7b1d4a6c8e0f2a4c6e8a0c2e"}
+    assert substitute(postgres, env_file) == env_file["POSTGRES_PASSWORD"]
+    for url in database_urls:
+        assert substitute(url, env_file) == (
+            f"postgresql://imstack:{env_file['POSTGRES_PASSWORD']}@postgres:5432/imstack"
+        )

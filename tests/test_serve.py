@@ -144,7 +144,9 @@ def test_embedded_database_serves_persists_and_stops(tmp_path: Path) -> None:
     proc = start(env)
     startup = wait_ready(proc, port, timeout=60)
     # A CLI command joins the running embedded server rather than starting another.
-    added = run_imstack("user", "add", "alice", "--password-stdin", env=env, stdin="pw\n")
+    added = run_imstack(
+        "user", "add", "alice", "--password-stdin", env=env, stdin="alice-secret-1\n"
+    )
     assert added.returncode == 0, added.stderr
     code, out = stop(proc, signal.SIGINT)
     assert code == 0, out

@@ -80,6 +80,7 @@ class InvalidInput(ApiError):
 DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     users_db.UserNotFound: (404, "user_not_found"),
     users_db.UserExists: (409, "user_exists"),
+    users_db.WeakPassword: (422, "weak_password"),
     users_db.InvalidUser: (422, "invalid_user"),
     users_db.UserError: (422, "invalid_user"),
     room_ops.RoomNotFound: (404, "room_not_found"),

@@ -24,6 +24,10 @@ class InvalidUser(UserError):
     """An address, password or field that cannot be accepted."""
 
 
+class WeakPassword(InvalidUser):
+    """A password a person chose that the password rule (``check_password``) refuses."""
+
+
 class UserExists(UserError):
     """A user with that address exists already."""
 
@@ -100,6 +104,22 @@ _PUBLIC = (
 
 def _user(row: asyncpg.Record) -> User:
     return User(**dict(row))
+
+
+def check_password(address: Address, password: str, min_length: int) -> None:
+    """The password rule for passwords people choose (``IMSTACK_PASSWORD_MIN_LENGTH``).
+
+    At least ``min_length`` characters (Unicode code points), and not the user name or the
+    address itself, in any case. Raises ``WeakPassword`` with a message naming the rule, never
+    the password. The API and the CLI call this before they create a user or set a password;
+    ``create_user`` and ``set_password`` themselves only refuse an empty password, so programs
+    that make accounts (tests, benchmarks) are not bound by an operator's setting.
+    """
+    if len(password) < min_length:
+        unit = "character" if min_length == 1 else "characters"
+        raise WeakPassword(f"the password must be at least {min_length} {unit} long")
+    if password.casefold() in (address.username.casefold(), str(address).casefold()):
+        raise WeakPassword("the password must not be the user name or address")
 
 
 def _ha1s(address: Address, password: str) -> tuple[str, str]:

@@ -24,7 +24,9 @@ JSON = {"Content-Type": "application/json"}
 @pytest.fixture
 async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(settings, pool, token=await new_token(pool)) as client:
-        created = await client.post("/api/v1/users", json={"address": "bob", "password": "pw"})
+        created = await client.post(
+            "/api/v1/users", json={"address": "bob", "password": "bob-secret-1"}
+        )
         assert created.status_code == 201
         yield client
 

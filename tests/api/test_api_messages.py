@@ -24,7 +24,9 @@ PURGE = "/api/v1/messages/purge"
 async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(settings, pool, token=await new_token(pool)) as client:
         for user in ("alice", "bob"):
-            response = await client.post(USERS, json={"address": user, "password": "pw"})
+            response = await client.post(
+                USERS, json={"address": user, "password": f"{user}-secret-1"}
+            )
             assert response.is_success
         yield client
 

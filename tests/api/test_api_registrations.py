@@ -20,7 +20,9 @@ USERS = "/api/v1/users"
 @pytest.fixture
 async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(settings, pool, token=await new_token(pool)) as client:
-        assert (await client.post(USERS, json={"address": "alice", "password": "pw"})).is_success
+        assert (
+            await client.post(USERS, json={"address": "alice", "password": "alice-secret-1"})
+        ).is_success
         yield client
 
 

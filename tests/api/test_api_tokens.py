@@ -13,7 +13,7 @@ from tests.api.api_client import client_for, new_token
 from tests.cli_helpers import imstack_env, run_imstack
 
 USERS = "/api/v1/users"
-NEW_USER = {"address": "alice@example.test", "password": "pw"}
+NEW_USER = {"address": "alice@example.test", "password": "alice-secret-1"}
 
 
 async def test_without_a_token_the_api_answers_401_with_a_bearer_challenge(
@@ -122,9 +122,9 @@ async def test_a_read_only_token_reads_but_gets_403_for_changes(
         assert (await client.get(USERS)).status_code == 200
         assert (await client.get(f"{USERS}/alice@example.test")).status_code == 200
         writes = [
-            ("POST", USERS, {"address": "bob@example.test", "password": "pw"}),
+            ("POST", USERS, {"address": "bob@example.test", "password": "bob-secret-1"}),
             ("PATCH", f"{USERS}/alice@example.test", {"display_name": "A"}),
-            ("PUT", f"{USERS}/alice@example.test/password", {"password": "new"}),
+            ("PUT", f"{USERS}/alice@example.test/password", {"password": "alice-secret-2"}),
             ("POST", f"{USERS}/alice@example.test/disable", None),
             ("DELETE", f"{USERS}/alice@example.test", None),
         ]

@@ -14,6 +14,7 @@ from shared.digest import Algorithm, ha1
 from tests.api.api_client import client_for, new_token
 
 USERS = "/api/v1/users"
+PASSWORD = "s3cret-word-1"
 SECRET_WORDS = ("password", "ha1", "s3cret")
 
 
@@ -24,7 +25,7 @@ async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.
 
 
 async def create(client: httpx.AsyncClient, **body: object) -> httpx.Response:
-    body.setdefault("password", "s3cret")
+    body.setdefault("password", PASSWORD)
     return await client.post(USERS, json=body)
 
 
@@ -51,8 +52,8 @@ async def test_create_returns_201_with_the_public_profile_and_stores_only_ha1s(
     assert response.headers["Location"] == "http://api/api/v1/users/alice@example.test"
     assert_no_credentials(response)
     row = await pool.fetchrow("SELECT ha1_md5, ha1_sha256 FROM users")
-    assert row["ha1_md5"] == ha1(Algorithm.MD5, "alice", "example.test", "s3cret")
-    assert row["ha1_sha256"] == ha1(Algorithm.SHA256, "alice", "example.test", "s3cret")
+    assert row["ha1_md5"] == ha1(Algorithm.MD5, "alice", "example.test", PASSWORD)
+    assert row["ha1_sha256"] == ha1(Algorithm.SHA256, "alice", "example.test", PASSWORD)
 
 
 async def test_create_takes_username_and_domain_or_the_server_domain(
@@ -112,6 +113,76 @@ async def test_a_rejected_password_is_not_echoed_back(client: httpx.AsyncClient)
     assert response.json()["errors"][0]["loc"] == ["body", "password"]
 
 
+async def test_a_password_shorter_than_the_minimum_is_422_naming_it(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    short = await create(client, address="alice@example.test", password="nine-char")
+    assert short.status_code == 422, short.text
+    assert short.json() == {
+        "detail": "the password must be at least 10 characters long",
+        "code": "weak_password",
+    }
+    assert "nine-char" not in short.text
+    assert await pool.fetchval("SELECT count(*) FROM users") == 0
+    enough = await create(client, address="alice@example.test", password="ten-chars!")
+    assert enough.status_code == 201, enough.text
+    row = await pool.fetchrow("SELECT ha1_md5 FROM users")
+    assert row["ha1_md5"] == ha1(Algorithm.MD5, "alice", "example.test", "ten-chars!")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"username": "alexander-the-great", "password": "alexander-the-great"},
+        {"username": "alexander-the-great", "password": "Alexander-The-Great"},
+        {"address": "alex@example.test", "password": "ALEX@example.test"},
+    ],
+)
+async def test_a_password_equal_to_the_user_name_or_address_is_422(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, body: dict[str, str]
+) -> None:
+    response = await client.post(USERS, json=body)
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "detail": "the password must not be the user name or address",
+        "code": "weak_password",
+    }
+    assert await pool.fetchval("SELECT count(*) FROM users") == 0
+
+
+async def test_a_password_change_follows_the_same_rule(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    await create(client, address="alice@example.test")
+    before = await pool.fetchval("SELECT ha1_sha256 FROM users")
+    path = f"{USERS}/alice@example.test/password"
+    for weak in ("short", "alice", "Alice@Example.test"):
+        refused = await client.put(path, json={"password": weak})
+        assert refused.status_code == 422, (weak, refused.text)
+        assert refused.json()["code"] == "weak_password"
+        assert weak not in refused.text
+    assert await pool.fetchval("SELECT ha1_sha256 FROM users") == before
+    changed = await client.put(path, json={"password": "a-longer-secret"})
+    assert changed.status_code == 204, changed.text
+    assert await pool.fetchval("SELECT ha1_sha256 FROM users") == ha1(
+        Algorithm.SHA256, "alice", "example.test", "a-longer-secret"
+    )
+
+
+async def test_the_minimum_length_is_a_setting(settings: Settings, pool: asyncpg.Pool) -> None:
+    token = await new_token(pool)
+    strict = settings.model_copy(update={"password_min_length": 16})
+    async with client_for(strict, pool, token=token) as client:
+        refused = await create(client, address="alice@example.test", password="fifteen-chars-!")
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == "the password must be at least 16 characters long"
+        assert (await create(client, address="alice", password="sixteen-chars-!!")).is_success
+    lax = settings.model_copy(update={"password_min_length": 1})
+    async with client_for(lax, pool, token=token) as client:
+        assert (await create(client, address="bob", password="b")).status_code == 201
+        assert (await create(client, address="carol", password="carol")).status_code == 422
+
+
 async def test_list_is_paginated_and_counts_all_matches(client: httpx.AsyncClient) -> None:
     for name in ("erin", "dave", "carol", "bob", "alice"):
         assert (await create(client, address=f"{name}@example.test")).status_code == 201
@@ -160,7 +231,7 @@ async def test_unknown_users_are_404_everywhere(client: httpx.AsyncClient) -> No
     for method, path, body in [
         ("GET", who, None),
         ("PATCH", who, {"display_name": "N"}),
-        ("PUT", f"{who}/password", {"password": "pw"}),
+        ("PUT", f"{who}/password", {"password": PASSWORD}),
         ("POST", f"{who}/disable", None),
         ("POST", f"{who}/enable", None),
         ("DELETE", who, None),
@@ -193,11 +264,13 @@ async def test_set_password_replaces_the_ha1s(
     client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     await create(client, address="alice@example.test")
-    response = await client.put(f"{USERS}/alice@example.test/password", json={"password": "new"})
+    response = await client.put(
+        f"{USERS}/alice@example.test/password", json={"password": "new-secret-1"}
+    )
     assert response.status_code == 204
     assert response.content == b""
     assert await pool.fetchval("SELECT ha1_sha256 FROM users") == ha1(
-        Algorithm.SHA256, "alice", "example.test", "new"
+        Algorithm.SHA256, "alice", "example.test", "new-secret-1"
     )
     empty = await client.put(f"{USERS}/alice@example.test/password", json={"password": ""})
     assert empty.status_code == 422
@@ -271,7 +344,7 @@ async def test_changes_are_notified_on_the_users_channel(
         )
         await create(client, address="alice@example.test")
         await client.patch(f"{USERS}/alice@example.test", json={"display_name": "A"})
-        await client.put(f"{USERS}/alice@example.test/password", json={"password": "x"})
+        await client.put(f"{USERS}/alice@example.test/password", json={"password": "new-secret-1"})
         await client.post(f"{USERS}/alice@example.test/disable")
         await client.post(f"{USERS}/alice@example.test/enable")
         await client.delete(f"{USERS}/alice@example.test")

@@ -23,13 +23,13 @@ ABORTED = ("aborted after", "shutdown timeout", "still in flight")
 
 
 async def msrp_pair(stack: Stack, tag: str) -> tuple[MsrpTestClient, MsrpTestClient]:
-    await create_users(stack, [f"{tag}m1", f"{tag}m2"], password="msrp-pw-1")
+    await create_users(stack, [f"{tag}m1", f"{tag}m2"], password="msrp-secret-1")
     host, port = stack.msrp
     relay = parse_uri(f"msrp://{host}:{port};tcp")
     clients = []
     for name in (f"{tag}m1", f"{tag}m2"):
         client = await MsrpTestClient.connect(host, port, name=name)
-        assert (await client.auth(relay, name, "msrp-pw-1")).head.status == 200  # type: ignore[union-attr]
+        assert (await client.auth(relay, name, "msrp-secret-1")).head.status == 200  # type: ignore[union-attr]
         clients.append(client)
     return clients[0], clients[1]
 

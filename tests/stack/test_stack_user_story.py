@@ -122,15 +122,17 @@ async def test_alice_and_bob_chat_directly_offline_and_in_a_room(
 async def test_msrp_session_carries_5_mb_through_the_relay(stack: Stack) -> None:
     async with api(stack) as client:
         for user in ("dora", "ed"):
-            made = await client.post("/users", json={"username": user, "password": f"{user}-pw-1"})
+            made = await client.post(
+                "/users", json={"username": user, "password": f"{user}-secret-1"}
+            )
             assert made.status_code == 201, made.text
     host, port = stack.msrp
     relay = parse_uri(f"msrp://{host}:{port};tcp")
     dora = await MsrpTestClient.connect(host, port, name="dora")
     ed = await MsrpTestClient.connect(host, port, name="ed")
     try:
-        assert (await dora.auth(relay, "dora", "dora-pw-1")).head.status == 200  # type: ignore[union-attr]
-        assert (await ed.auth(relay, "ed", "ed-pw-1")).head.status == 200  # type: ignore[union-attr]
+        assert (await dora.auth(relay, "dora", "dora-secret-1")).head.status == 200  # type: ignore[union-attr]
+        assert (await ed.auth(relay, "ed", "ed-secret-1")).head.status == 200  # type: ignore[union-attr]
         payload = os.urandom(5 * 1024 * 1024)
         to_path = (*dora.use_path, *ed.use_path, ed.uri)
         answer = await dora.send_text(to_path, payload)

@@ -6,7 +6,8 @@ What is changed from compose, and only this: the ``postgres:5432`` host of the d
 becomes the harness's own PostgreSQL on a free loopback port; every ``*_PORT`` setting gets a
 free loopback port (equal compose ports stay equal); every ``0.0.0.0`` host becomes
 ``127.0.0.1``; ``IMSTACK_DATA_DIR`` (the Dockerfile's ``ENV``) is a folder per service. Tests
-may add settings (``TEST_SETTINGS`` below, and per start) on top.
+may add settings (``TEST_SETTINGS`` below, and per start) on top. The compose variables (what
+an operator's ``.env`` holds) are a random ``POSTGRES_PASSWORD`` unless a test gives others.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shlex
 import signal
 import socket
@@ -48,20 +50,28 @@ TEST_SETTINGS = {
 }
 START_TIMEOUT = 30.0  # seconds for a service to become ready (a busy 2-core machine)
 
-_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?)-([^}]*))?\}")
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?)([-?])([^}]*))?\}")
+
+
+class MissingVariable(ValueError):
+    """A ``${VAR:?message}`` (or ``${VAR?message}``) variable is not set: compose refuses to
+    start with the message."""
 
 
 def substitute(value: str, variables: Mapping[str, str]) -> str:
     """Compose's interpolation: ``${VAR}``, ``${VAR:-default}`` (unset or empty),
-    ``${VAR-default}`` (unset)."""
+    ``${VAR-default}`` (unset), ``${VAR:?message}`` (error when unset or empty),
+    ``${VAR?message}`` (error when unset)."""
 
     def one(match: re.Match[str]) -> str:
-        name, colon, default = match.group(1), match.group(2), match.group(3)
+        name, colon, kind, text = match.groups()
         given = variables.get(name)
-        if default is None:
+        if kind is None:
             return given or ""
         if given is None or (colon and given == ""):
-            return default
+            if kind == "?":
+                raise MissingVariable(f"required variable {name} is missing a value: {text}")
+            return str(text)
         return given
 
     return _VARIABLE.sub(one, value)
@@ -136,6 +146,13 @@ def compose_services(pg_port: int, variables: Mapping[str, str]) -> dict[str, Se
     return specs
 
 
+def postgres_password(variables: Mapping[str, str]) -> str:
+    """The password compose gives the ``postgres`` service."""
+    compose: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    raw = compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    return substitute(str(raw), variables)
+
+
 class PostgresServer:
     """compose's ``postgres`` service: the embedded server's binaries and data folder, run on
     a loopback TCP port so that it can be stopped and started again under the services."""
@@ -192,11 +209,13 @@ class Stack:
 
     def __init__(self, folder: Path, variables: Mapping[str, str] | None = None) -> None:
         self.folder = folder
-        self.variables = dict(variables or {})
+        # The operator's .env (compose.yaml has no default for the database password).
+        self.variables = {"POSTGRES_PASSWORD": secrets.token_hex(16), **(variables or {})}
         self.logs = folder / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        password = substitute("${POSTGRES_PASSWORD:-imstack}", self.variables)
-        self.pg = PostgresServer(folder / "pg", "imstack", password, "imstack")
+        self.pg = PostgresServer(
+            folder / "pg", "imstack", postgres_password(self.variables), "imstack"
+        )
         self.specs = compose_services(self.pg.port, self.variables)
         self.running: dict[str, Running] = {}
         self.command = entrypoint()

@@ -45,6 +45,14 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such user."}
 }
 
+_WEAK_PASSWORD: dict[int | str, dict[str, Any]] = {
+    422: {
+        "model": ErrorBody,
+        "description": "Invalid input; code weak_password: the password is shorter than "
+        "IMSTACK_PASSWORD_MIN_LENGTH or is the user name or address.",
+    }
+}
+
 
 def _address(settings: Settings, text: str) -> Address:
     return parse_address(text, settings.domain)
@@ -53,7 +61,10 @@ def _address(settings: Settings, text: str) -> Address:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"model": ErrorBody, "description": "The user exists already."}},
+    responses={
+        409: {"model": ErrorBody, "description": "The user exists already."},
+        **_WEAK_PASSWORD,
+    },
 )
 async def create_user(
     body: UserCreate,
@@ -68,11 +79,13 @@ async def create_user(
         address = _address(settings, body.address)
     else:
         address = parse_address(f"{body.username}@{body.domain or settings.domain}")
+    password = body.password.get_secret_value()
+    users_db.check_password(address, password, settings.password_min_length)
     async with pool.acquire() as conn, conn.transaction():
         user = await users_db.create_user(
             conn,
             address,
-            body.password.get_secret_value(),
+            password,
             display_name=body.display_name,
             email=body.email,
             notify_email=body.notify_email,
@@ -135,14 +148,20 @@ async def update_user(
     return UserPublic.of(user)
 
 
-@router.put("/{address}/password", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND)
+@router.put(
+    "/{address}/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**_NOT_FOUND, **_WEAK_PASSWORD},
+)
 async def set_password(
     address: AddressPath, body: PasswordSet, pool: PoolDep, settings: SettingsDep, _: AdminDep
 ) -> None:
     """Set a new password (for SIP and MSRP alike)."""
     addr = _address(settings, address)
+    password = body.password.get_secret_value()
+    users_db.check_password(addr, password, settings.password_min_length)
     async with pool.acquire() as conn, conn.transaction():
-        await users_db.set_password(conn, addr, body.password.get_secret_value())
+        await users_db.set_password(conn, addr, password)
         await notify(conn, USERS_CHANNEL, "password", str(addr))
 
 

@@ -23,7 +23,13 @@ Email = Annotated[
     ),
 ]
 Password = Annotated[
-    SecretStr, Field(min_length=1, max_length=1024, description="Write-only; never returned.")
+    SecretStr,
+    Field(
+        min_length=1,
+        max_length=1024,
+        description="Write-only; never returned. At least IMSTACK_PASSWORD_MIN_LENGTH "
+        "(default 10) characters and not the user name or address, else 422 weak_password.",
+    ),
 ]
 AddressText = Annotated[
     str,
