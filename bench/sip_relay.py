@@ -195,9 +195,17 @@ class Imstack:
         if self.compiled:  # its modules first (the .py and, for some, C extensions)
             paths = [self.compiled, *filter(None, self.env.get("PYTHONPATH", "").split(os.pathsep))]
             self.env["PYTHONPATH"] = os.pathsep.join(paths)
+            check = "from shared.compiled import *; assert len(compiled_modules()) == len(MODULES)"
+            subprocess.run(
+                [self.python or sys.executable, "-c", check],
+                env=self.env,
+                cwd=self.workdir,
+                check=True,
+            )
         self.proc = subprocess.Popen(
             [*pinned(0), *command],
             env=self.env,
+            cwd=self.workdir,  # not this checkout: with ``-c``, the first place imports look
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / f"{'-'.join(self.services)}.log", "ab"),  # noqa: SIM115
         )
