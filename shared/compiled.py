@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib
 
-#: The modules every relayed SIP request runs through. ``shared.sip.message`` is not among
-#: them: ``LazyResponse`` replaces a dataclass field by a property, which compiled code
-#: would read past.
+#: The modules every relayed SIP request runs through.
 MODULES = (
     "shared.digest",
     "shared.sip.errors",
     "shared.sip.headers",
+    "shared.sip.message",
     "shared.sip.parser",
     "shared.sip.status",
     "shared.sip.transaction",

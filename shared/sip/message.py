@@ -10,7 +10,6 @@ Content-Length is always recomputed from the body.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 from shared.sip.errors import LocalProtocolError
 
@@ -409,10 +408,38 @@ def _check_header(name: str, value: str) -> None:
         raise LocalProtocolError(f"invalid characters in header {name!r}")
 
 
-@dataclass(eq=True, kw_only=True)
 class SipMessage:
-    headers: Headers = field(default_factory=Headers)
-    body: bytes = b""
+    """Headers and body; :class:`SipRequest` and :class:`SipResponse` add the start line.
+    Messages compare equal when of the same class with the same fields."""
+
+    # ``headers`` is a property (over ``_headers``) in every class, not a field that
+    # LazyResponse alone turns into one: compiled code (shared/compiled.py) reads a field
+    # directly, past a subclass's property.
+    def __init__(self, *, headers: Headers | None = None, body: bytes = b"") -> None:
+        self._headers: Headers = Headers() if headers is None else headers
+        self.body = body
+
+    @property
+    def headers(self) -> Headers:
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers = value
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.headers, self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, SipMessage)
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it was
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self._fields()!r}"
 
     def get(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name, default)
@@ -455,10 +482,16 @@ class SipMessage:
         return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + self.body
 
 
-@dataclass(eq=True, kw_only=True)
 class SipRequest(SipMessage):
-    method: str = ""
-    uri: str = ""
+    def __init__(
+        self, *, method: str = "", uri: str = "", headers: Headers | None = None, body: bytes = b""
+    ) -> None:
+        super().__init__(headers=headers, body=body)
+        self.method = method
+        self.uri = uri
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.method, self.uri, self.headers, self.body)
 
     def start_line(self) -> str:
         if not self.method or " " in self.method or not self.uri or " " in self.uri:
@@ -466,10 +499,21 @@ class SipRequest(SipMessage):
         return f"{self.method} {self.uri} {SIP_VERSION}"
 
 
-@dataclass(eq=True, kw_only=True)
 class SipResponse(SipMessage):
-    status: int = 200
-    reason: str = "OK"
+    def __init__(
+        self,
+        *,
+        status: int = 200,
+        reason: str = "OK",
+        headers: Headers | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers=headers, body=body)
+        self.status = status
+        self.reason = reason
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.status, self.reason, self.headers, self.body)
 
     def start_line(self) -> str:
         if not 100 <= self.status <= 699:
@@ -503,7 +547,7 @@ class LazyResponse(SipResponse):
         body: bytes = b"",
         content_length: int | None = None,
     ) -> None:
-        # Not the dataclass __init__: it would assign ``headers``.
+        # Not SipResponse's __init__: the headers stay unparsed (``_headers`` unset).
         self.status = status
         self.reason = reason
         self.body = body
@@ -513,22 +557,21 @@ class LazyResponse(SipResponse):
         #: lower-case canonical name of each; None once ``headers`` was parsed.
         self._lines: list[str] | None = lines
         self._keys = keys
-        self._headers: Headers | None = None
 
     @property
     def headers(self) -> Headers:
-        headers = self._headers
-        if headers is None:
+        lines = self._lines
+        if lines is not None:
             headers = Headers()
             headers.extend_parsed(
                 [
                     (name.rstrip(" \t"), value.strip(" \t"))
-                    for name, _, value in (line.partition(":") for line in self._lines or ())
+                    for name, _, value in (line.partition(":") for line in lines)
                 ]
             )
             self._headers = headers
             self._lines = None
-        return headers
+        return self._headers
 
     @headers.setter
     def headers(self, value: Headers) -> None:
