@@ -21,6 +21,8 @@ MODULES = (
     "shared.sip.transaction",
     "shared.sip.uri",
     "services.relay.sip.auth",
+    "services.relay.sip.caches",
+    "services.relay.sip.delivery",
     "services.relay.sip.edge",
     "services.relay.sip.flood",
     "services.relay.sip.handover",

@@ -29,7 +29,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -46,10 +45,13 @@ V = TypeVar("V")
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True)
 class _Entry(Generic[V]):
-    value: V
-    expires: float  # clock time
+    # Not a frozen dataclass: mypyc (shared/compiled.py) does not compile a generic one.
+    __slots__ = ("expires", "value")
+
+    def __init__(self, value: V, expires: float) -> None:
+        self.value = value
+        self.expires = expires  # clock time
 
 
 class TtlCache(Generic[K, V]):
