@@ -427,7 +427,8 @@ def drain(
 
 
 async def pg_statements(url: str, *, reset: bool = False) -> list[str]:
-    """``--pg-stats``: the statements of the drain (pg_stat_statements), most time first:
+    """``--pg-stats``: the statements of a store or drain phase (pg_stat_statements), most
+    time first:
     calls (= round trips), total and mean milliseconds, rows, the start of the query."""
     conn = await asyncpg.connect(url)
     try:
@@ -567,7 +568,7 @@ def main() -> None:
     parser.add_argument(
         "--pg-stats",
         action="store_true",
-        help="print the drain's statements (pg_stat_statements: calls, time) per round",
+        help="print the store's and the drain's statements (pg_stat_statements) per round",
     )
     parser.add_argument("--window", type=int, default=8, help="MESSAGEs in flight when storing")
     parser.add_argument("--idle-timeout", type=float, default=30.0)
@@ -600,9 +601,12 @@ def main() -> None:
         for recipient, (name, count, restart) in enumerate(plan):
             result = Round(f"{name} ({args.transport})", count, args.window)
             meter = Meter(bundle.pids(), database.embedded.pgdata)
+            if args.pg_stats:
+                asyncio.run(pg_statements(database.url, reset=True))
             result.store = store(
                 bundle.target, recipient, count, args.window, f"r{recipient}", meter
             )
+            stored_by = asyncio.run(pg_statements(database.url)) if args.pg_stats else []
             if restart:
                 bundle.stop()
                 url = None
@@ -626,8 +630,11 @@ def main() -> None:
                 json.dumps({"round": result.name, "store": result.store, "drain": result.drain}),
                 flush=True,
             )
-            for line in statements or []:  # type: ignore[attr-defined]
-                print("   ", line, flush=True)
+            for heading, lines in (("store", stored_by), ("drain", statements or [])):
+                if lines:
+                    print(f"  the {heading}'s statements:", flush=True)
+                for line in lines:  # type: ignore[attr-defined]
+                    print("   ", line, flush=True)
             results.append(result)
     finally:
         if bundle is not None:
