@@ -11,7 +11,7 @@ import asyncpg
 
 from services.relay.sip import handover
 from shared.config import Settings
-from shared.db.offline import list_messages
+from shared.db.offline import NewMessage, list_messages
 from shared.sip.message import SipRequest, SipResponse
 from tests.relay_sip.sip_ua import SipUA
 
@@ -110,3 +110,28 @@ async def test_a_database_failure_answers_every_store_of_the_batch_503(
     finally:
         await pool.close()
     assert [r.status for r in responses] == [503] * 6
+
+
+def new_message(body: bytes) -> NewMessage:
+    return NewMessage(BOB, "sip:alice@example.test", None, "c", "text/plain", body, [], 3600)
+
+
+async def test_under_load_a_store_waits_for_the_others_sent_with_it(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    # Senders answered by one commit send again nearly together: the first of them, just
+    # after that commit, waits a little for the rest rather than taking a commit alone.
+    idle = handover._batcher(pool, 0)
+    assert await idle.store(new_message(b"first")) is not None  # it started at once
+    for _ in range(10):  # its stores answered, the batcher goes idle on the next turns
+        await asyncio.sleep(0)
+    batcher = handover._batcher(pool, 0)  # the next one knows the last went idle just now
+    assert batcher is not idle and batcher.idle_since > 0
+    batcher.busy, batcher.linger = 5.0, 1.0  # margins for a slow machine, not the defaults
+    first = asyncio.ensure_future(batcher.store(new_message(b"next 1")))
+    await asyncio.sleep(0.05)  # long after a batch would have started without waiting
+    second = batcher.store(new_message(b"next 2"))
+    ids = await asyncio.gather(first, second)
+    assert None not in ids
+    assert [m.body for m in await list_messages(pool, BOB)] == [b"first", b"next 1", b"next 2"]
+    assert await commits(pool) == 2  # "next 1" waited for "next 2": one commit for both

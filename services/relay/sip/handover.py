@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import asyncpg
 
@@ -212,23 +213,32 @@ class StoreBatcher:
     transaction and one commit per batch (:func:`store_messages_once`: group commit).
 
     A batch starts at once when no other is under way (after the stores of the same loop
-    iteration have joined it), otherwise when the one under way ends: stores arriving
-    together share a commit, and a lone store waits for nothing. Every store of a batch
-    is answered once the batch committed (or failed); a recipient's messages are stored
-    in the order they arrived here. A mailbox found full refuses its messages alone
-    (None). A batch the database refuses for what one message holds (a data error) is
-    retried one store at a time, so that one sender's bad MESSAGE fails no other; when
-    the database is unavailable every store of the batch gets the error (never 202)."""
+    iteration have joined it; under load, after ``linger``), otherwise when the one under
+    way ends: stores arriving together share a commit, and a lone store waits for nothing.
+    Every store of a batch is answered once the batch committed (or failed); a recipient's
+    messages are stored in the order they arrived here. A mailbox found full refuses its
+    messages alone (None). A batch the database refuses for what one message holds (a data
+    error) is retried one store at a time, so that one sender's bad MESSAGE fails no other;
+    when the database is unavailable every store of the batch gets the error (never 202)."""
 
     MAX_BATCH = 100
 
-    def __init__(self, pool: asyncpg.Pool, *, max_messages: int) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, max_messages: int, idle_since: float = -math.inf
+    ) -> None:
         self.pool = pool
         self.loop = asyncio.get_running_loop()
         self.max_messages = max_messages
         self._waiting: list[tuple[NewMessage, asyncio.Future[int | None]]] = []
         self._running = False  # a batch is being sent, or is about to be
         self.batches = 0  # batches sent
+        #: Under load (a store within ``busy`` seconds of the last batch's end), a batch
+        #: waits ``linger`` seconds for more stores before it starts. Senders answered
+        #: together send again within a fraction of a millisecond: without it, their stores
+        #: alternate a batch of one (the first to arrive) and a batch of all the others.
+        self.linger = 0.0005
+        self.busy = 0.002
+        self.idle_since = idle_since  # loop time the last batch ended with nothing waiting
 
     async def store(self, message: NewMessage) -> int | None:
         """Store ``message`` (committed when this returns); its id, or None when the
@@ -237,7 +247,10 @@ class StoreBatcher:
         self._waiting.append((message, future))
         if not self._running:
             self._running = True
-            self.loop.call_soon(self._start)
+            if self.loop.time() - self.idle_since < self.busy:
+                self.loop.call_later(self.linger, self._start)
+            else:
+                self.loop.call_soon(self._start)
         return await future
 
     def _start(self) -> None:
@@ -251,9 +264,11 @@ class StoreBatcher:
             self._start()
         else:
             self._running = False
+            self.idle_since = self.loop.time()
             key = (id(self.pool), self.max_messages)
             if _batchers.get(key) is self:
                 del _batchers[key]  # idle: nothing keeps the pool alive
+                _idle_since[key] = self.idle_since
 
     async def _alone(self, message: NewMessage) -> int | None:
         return await store_message_once(
@@ -317,6 +332,8 @@ class StoreBatcher:
 #: nothing to do). A pool cannot be weakly referenced: a batcher is found by ``id(pool)``
 #: and checked to be for that very pool.
 _batchers: dict[tuple[int, int], StoreBatcher] = {}
+#: When the batcher of a (pool, quota) went idle: the next one knows whether it is under load.
+_idle_since: dict[tuple[int, int], float] = {}
 
 
 def _batcher(pool: asyncpg.Pool, max_messages: int) -> StoreBatcher:
@@ -327,7 +344,9 @@ def _batcher(pool: asyncpg.Pool, max_messages: int) -> StoreBatcher:
         or batcher.pool is not pool
         or batcher.loop is not asyncio.get_running_loop()
     ):
-        batcher = _batchers[key] = StoreBatcher(pool, max_messages=max_messages)
+        batcher = _batchers[key] = StoreBatcher(
+            pool, max_messages=max_messages, idle_since=_idle_since.pop(key, -math.inf)
+        )
     return batcher
 
 
