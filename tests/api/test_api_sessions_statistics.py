@@ -431,10 +431,20 @@ async def test_statistics_follow_delivery_fan_out_and_relaying_across_the_servic
             def grew(after: dict[str, Any], section: str, key: str) -> int:
                 return int(after[section][key]) - int(before[section][key])
 
+            # Each service publishes its own counts on its own schedule: wait for every one
+            # of them (the relay's "relayed" may be published before its "to_rooms" is).
+            expected = [
+                ("messages", "delivered"),
+                ("messages", "stored_since_start"),
+                ("messages", "relayed"),
+                ("messages", "to_rooms"),
+                ("rooms", "fanned_out"),
+                ("rooms", "handled"),
+            ]
+
             async def caught_up() -> dict[str, Any] | None:
                 after = await statistics()
-                done = grew(after, "messages", "delivered") and grew(after, "rooms", "fanned_out")
-                return after if done and grew(after, "messages", "relayed") else None
+                return after if all(grew(after, *counter) for counter in expected) else None
 
             after = await eventually(caught_up, "the services' published counts")
             assert grew(after, "messages", "delivered") == 1
