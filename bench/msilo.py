@@ -58,7 +58,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.proc_cpu import cpu_seconds, postmaster_pid, tree_cpu_seconds  # noqa: E402
+from bench.proc_cpu import by_role, cpu_seconds, postmaster_pid, tree_cpu_by_pid, tree_cpu_seconds  # noqa: E402
 from bench.sip_load import Generator, Pending, md5  # noqa: E402
 from bench.sip_relay import (  # noqa: E402
     PASSWORD,
@@ -118,13 +118,21 @@ class Meter:
     """CPU used by each imstack process and by PostgreSQL (all its processes) between
     :meth:`reset` and :meth:`per_item`."""
 
-    def __init__(self, processes: dict[str, int | None], pgdata: Path) -> None:
+    def __init__(
+        self, processes: dict[str, int | None], pgdata: Path, url: str | None = None
+    ) -> None:
         self.processes = processes
+        self.url = url
         self.pg_pid = postmaster_pid(pgdata)
         self.start = self._read()
+        self.pg_start = self._read_pg()
 
     def reset(self) -> None:
         self.start = self._read()
+        self.pg_start = self._read_pg()
+
+    def _read_pg(self) -> dict[int, tuple[str, float]]:
+        return {} if self.pg_pid is None else tree_cpu_by_pid(self.pg_pid)
 
     def _read(self) -> dict[str, float]:
         cpu = {
@@ -141,6 +149,16 @@ class Meter:
             used = value - self.start[name]
             result[f"{name}_cpu_s"] = round(used, 2)
             result[f"{name}_cpu_ms_per"] = round(used * 1e3 / items, 3) if items > 0 else None
+        roles = by_role(self.pg_start, self._read_pg())
+        if self.url is not None:  # name each backend by the last statement it ran
+            last = asyncio.run(last_statements(self.url))
+            roles = {
+                f"{role}: {last.get(int(role.split()[1]), '?')}"
+                if role.startswith("backend ")
+                else role: cpu
+                for role, cpu in roles.items()
+            }
+        result["postgres_cpu_s_by_role"] = roles  # type: ignore[assignment]
         return result
 
 
@@ -450,6 +468,16 @@ async def pg_statements(url: str, *, reset: bool = False) -> list[str]:
     ]
 
 
+async def last_statements(url: str) -> dict[int, str]:
+    """The start of the statement each PostgreSQL backend ran last, by pid."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT pid, query FROM pg_stat_activity WHERE query <> ''")
+    finally:
+        await conn.close()
+    return {r["pid"]: " ".join(r["query"].split())[:70] for r in rows}
+
+
 async def enable_pg_stats(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
@@ -600,7 +628,7 @@ def main() -> None:
             plan.append((f"{args.restart_count} stored, restart", args.restart_count, True))
         for recipient, (name, count, restart) in enumerate(plan):
             result = Round(f"{name} ({args.transport})", count, args.window)
-            meter = Meter(bundle.pids(), database.embedded.pgdata)
+            meter = Meter(bundle.pids(), database.embedded.pgdata, database.url)
             if args.pg_stats:
                 asyncio.run(pg_statements(database.url, reset=True))
             result.store = store(
@@ -614,7 +642,7 @@ def main() -> None:
                     database.embedded.stop()
                     url = restart_database(database)
                 bundle.start(url)
-                meter = Meter(bundle.pids(), database.embedded.pgdata)
+                meter = Meter(bundle.pids(), database.embedded.pgdata, database.url)
             result.drain = drain(
                 bundle.target,
                 database.url,

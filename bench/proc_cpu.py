@@ -46,6 +46,61 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
+_BACKGROUND = (
+    "checkpointer",
+    "background writer",
+    "walwriter",
+    "autovacuum",
+    "logical replication",
+    "stats collector",
+    "archiver",
+    "walsender",
+    "io worker",
+)
+
+
+def _role(pid: int) -> str:
+    """What a PostgreSQL process is, from its title: ``checkpointer``, ``walwriter``,
+    ``autovacuum worker``..., or ``backend`` for a client connection."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "gone"
+    title = title.removeprefix("postgres: ").strip()
+    if not title or title.startswith("/"):
+        return "postmaster"
+    for role in _BACKGROUND:
+        if title.startswith(role):
+            return role
+    return f"backend {pid}"  # "user database host(port) state": a client's connection
+
+
+def tree_cpu_by_pid(root: int) -> dict[int, tuple[str, float]]:
+    """(role, CPU seconds) of ``root`` and of every live descendant, by pid."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None:
+                stats[int(entry.name)] = stat
+    result: dict[int, tuple[str, float]] = {}
+    for pid, (parent, cpu) in stats.items():
+        if pid == root or parent == root:
+            result[pid] = (_role(pid), cpu)
+    return result
+
+
+def by_role(start: dict[int, tuple[str, float]], end: dict[int, tuple[str, float]]) -> dict:
+    """CPU seconds used between two :func:`tree_cpu_by_pid` readings, by role (a process
+    started in between counts from zero; one that ended in between is not seen)."""
+    used: dict[str, float] = {}
+    for pid, (role, cpu) in end.items():
+        before = start.get(pid)
+        spent = cpu - (before[1] if before is not None and before[0] == role else 0.0)
+        used[role] = used.get(role, 0.0) + spent
+    return {role: round(cpu, 3) for role, cpu in sorted(used.items()) if cpu > 0}
+
+
 def postmaster_pid(pgdata: Path) -> int | None:
     """The PostgreSQL server's pid from ``postmaster.pid`` in ``pgdata``."""
     try:

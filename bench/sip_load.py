@@ -15,8 +15,9 @@ a request without an answer after ``--timeout`` counts as lost.
 
 ``--window N`` runs closed-loop (N transactions outstanding, at most one per user) and
 measures the rate; ``--rate R`` runs open-loop at R per second and measures latency.
-With ``--server-pid`` (a server on this machine) the CPU time that process used during the
-measured phase (utime + stime from /proc/<pid>/stat) is reported per successful request:
+With ``--server-pid`` (a server on this machine) the CPU time that process and its children
+(Kamailio's workers) used during the measured phase (utime + stime from /proc/<pid>/stat) is
+reported per successful request:
 ``server_cpu_us`` — on a busy machine steadier than the rates. Prints one JSON object.
 """
 
@@ -30,9 +31,15 @@ import os
 import re
 import select
 import socket
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.proc_cpu import tree_cpu_seconds
 
 _BRANCH_RE = re.compile(rb"branch=([^;,\s]+)")
 _NONCE_RE = re.compile(r'nonce="([^"]+)"')
@@ -41,16 +48,9 @@ _OPAQUE_RE = re.compile(r'opaque="([^"]*)"')
 
 
 def process_cpu(pid: int | None) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far (None: unknown)."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    # After the command: state is field 3 of stat(5), utime 14 and stime 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of process ``pid`` and its children (Kamailio's
+    workers are processes of their own; None: unknown)."""
+    return None if pid is None else tree_cpu_seconds(pid)
 
 
 def md5(text: str) -> str:

@@ -2,8 +2,9 @@
 
     python bench/sip_relay.py                        # starts `imstack serve relay` itself
     python bench/sip_relay.py --rates 100,2500       # open-loop rates for the latency runs
+    python bench/sip_relay.py --kamailio             # and the same runs against Kamailio
     python bench/sip_relay.py --target 127.0.0.1:5060 --realm example.com --password pw
-                                                     # any running server (Kamailio...)
+                                                     # any running server
 
 Run by hand, never from the test suite. Without ``--target`` it starts an embedded
 PostgreSQL in a temporary folder (on ``--db-cpu``, default 1, or unpinned with
@@ -43,6 +44,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.kamailio import Kamailio  # noqa: E402
 from shared.db.embedded import EmbeddedPostgres  # noqa: E402
 from shared.db.migrate import migrate  # noqa: E402
 from shared.db.users import Address, create_user  # noqa: E402
@@ -254,6 +256,30 @@ def run_load(
     return result
 
 
+def run_tests(
+    args: argparse.Namespace,
+    target: str,
+    realm: str,
+    password: str,
+    pid: int | None,
+    name: str,
+) -> list[dict[str, object]]:
+    """The runs ``--tests`` asks for against the server at ``target`` (``name`` in the table)."""
+    window = ["--window", str(args.window)]
+    tests = {t.strip() for t in args.tests.split(",")}
+    runs: list[tuple[str, ...]] = [
+        (test, *window) for test in ("register", "message") if test in tests
+    ]
+    rates = args.rates.split(",") if "rates" in tests else []
+    runs += [("message", "--rate", f"{float(r):g}") for r in rates if r.strip()]
+    results = []
+    for extra in runs:
+        result = run_load(args, target, realm, password, *extra, server_pid=pid)
+        result["server"] = name
+        results.append(result)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target", help="host:port of a running server (default: start imstack)")
@@ -281,12 +307,28 @@ def main() -> None:
     parser.add_argument(
         "--tests", default="register,message,rates", help="which runs (register,message,rates)"
     )
+    parser.add_argument(
+        "--kamailio", action="store_true", help="then the same runs against Kamailio"
+    )
+    parser.add_argument("--kamailio-children", type=int, default=4)
+    parser.add_argument(
+        "--kamailio-db-mode",
+        type=int,
+        default=1,
+        choices=[0, 1, 2],
+        help="usrloc's db_mode: 1 write-through (as imstack), 2 write-back, 0 memory only",
+    )
+    parser.add_argument("--no-imstack", action="store_true", help="with --kamailio: only it")
     args = parser.parse_args()
+    if args.kamailio and args.target:
+        parser.error("--kamailio starts its own database: not with --target")
 
     server: Imstack | None = None
+    kamailio: Kamailio | None = None
     database: Database | None = None
     workdir: Path | None = None
     target = args.target
+    results: list[dict[str, object]] = []
     try:
         if target is None:
             workdir = Path(tempfile.mkdtemp(prefix="imstack-sip-bench-"))
@@ -298,52 +340,55 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
-            profile = str(Path(args.profile).resolve()) if args.profile else None
-            compiled = build_compiled() if args.compiled else None
-            server = Imstack(
-                workdir, database.url, profile=profile, python=args.python, compiled=compiled
-            )
-            server.start()
-            target, args.realm, args.password = server.target, REALM, PASSWORD
-        pid = server.pid if server is not None else None
-        window = ["--window", str(args.window)]
-        tests = {t.strip() for t in args.tests.split(",")}
-        results = []
-        for test in ("register", "message"):
-            if test in tests:
-                results.append(
-                    run_load(args, target, args.realm, args.password, test, *window, server_pid=pid)
+            if not args.no_imstack:
+                profile = str(Path(args.profile).resolve()) if args.profile else None
+                compiled = build_compiled() if args.compiled else None
+                server = Imstack(
+                    workdir, database.url, profile=profile, python=args.python, compiled=compiled
                 )
-        rates = args.rates.split(",") if "rates" in tests else []
-        for rate in (float(r) for r in rates if r.strip()):
-            results.append(
-                run_load(
-                    args,
-                    target,
-                    args.realm,
-                    args.password,
-                    "message",
-                    "--rate",
-                    f"{rate:g}",
-                    server_pid=pid,
+                server.start()
+                results += run_tests(args, server.target, REALM, PASSWORD, server.pid, "imstack")
+                server.stop()
+            if args.kamailio:
+                kamailio = Kamailio(
+                    workdir,
+                    database.url,
+                    free_port(),
+                    REALM,
+                    PASSWORD,
+                    users=args.users,
+                    user_format=args.user_format,
+                    children=args.kamailio_children,
+                    db_mode=args.kamailio_db_mode,
+                    cpu=pinned(0),
                 )
-            )
+                kamailio.start()
+                results += run_tests(
+                    args, kamailio.target, REALM, PASSWORD, kamailio.pid, "kamailio"
+                )
+        else:
+            results += run_tests(args, target, args.realm, args.password, None, target)
     finally:
         if server is not None:
             server.stop()
+        if kamailio is not None:
+            kamailio.stop()
         if database is not None:
             database.stop()
         if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if os.environ.get("BENCH_KEEP"):
+                print(f"kept {workdir}", file=sys.stderr)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
     print(
-        f"\n{'run':<40} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>10} "
+        f"\n{'server':<10} {'run':<40} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>10} "
         f"{'lost':>6} failed"
     )
     for r in results:
         name = f"{r['test']} ({r['mode']})"
         print(
-            f"{name:<40} {r['rate']!s:>8} {r['p50_ms']!s:>8} {r['p99_ms']!s:>8} "
-            f"{r.get('server_cpu_us', '-')!s:>10} {r['lost']!s:>6} {r['failed']}"
+            f"{r['server']!s:<10} {name:<40} {r['rate']!s:>8} {r['p50_ms']!s:>8} "
+            f"{r['p99_ms']!s:>8} {r.get('server_cpu_us', '-')!s:>10} {r['lost']!s:>6} {r['failed']}"
         )
 
 
