@@ -11,7 +11,8 @@ password and HA1), writes the configuration below and starts ``kamailio`` pinned
 like the imstack registrar, which commits every binding before its 200; ``db_mode`` 2
 writes them back on a timer) + ``auth_db`` on PostgreSQL + ``tm``, and
 ``msilo`` as its README's example configuration has it (``m_store`` and 202 for a MESSAGE
-to a user with no binding, or whose every branch failed; ``m_dump`` after a REGISTER).
+to a user with no binding, or whose every branch failed; ``m_dump`` after a REGISTER, its
+MESSAGEs sent back through Kamailio itself, which relays them to the binding).
 Kamailio reaches PostgreSQL over the same Unix socket as imstack (``PGHOST``).
 """
 
@@ -73,6 +74,8 @@ modparam("auth", "nonce_expire", 300)
 modparam("msilo", "db_url", "{db}")
 modparam("msilo", "add_date", 1)
 modparam("msilo", "expire_time", 259200)
+# m_dump sends to the stored To URI; this host's domain resolves nowhere: back to itself.
+modparam("msilo", "outbound_proxy", "sip:127.0.0.1:{port}")
 
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{
@@ -101,7 +104,7 @@ request_route {{
         m_dump();
         exit;
     }}
-    if (from_uri == myself) {{
+    if (from_uri == myself && src_ip != myself) {{  # not what msilo sends itself
         if (!auth_check("$fd", "subscriber", "1")) {{
             auth_challenge("$fd", "0");
             exit;
@@ -136,6 +139,19 @@ failure_route[MSILO] {{
     else t_reply("503", "Service Unavailable");
 }}
 """
+
+
+async def stored_bodies(url: str, aor: str) -> list[bytes]:
+    """What Kamailio's msilo holds for ``aor``, in storage order (its ``silo`` table)."""
+    user, _, domain = aor.partition("@")
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT body FROM silo WHERE username = $1 AND domain = $2 ORDER BY id", user, domain
+        )
+        return [bytes(row["body"]) for row in rows]
+    finally:
+        await conn.close()
 
 
 def available() -> str | None:
@@ -180,10 +196,11 @@ class Kamailio:
         self.db_mode = db_mode
         self.pinned = cpu or []
         self.proc: subprocess.Popen[bytes] | None = None
-        parts = urlsplit(admin_url)
-        self.socket_dir = parse_qs(parts.query).get("host", [""])[0]
-        self.pg_user = parts.username or "postgres"
-        self.url = admin_url.replace(parts.path, "/kamailio", 1)
+
+    @property
+    def url(self) -> str:
+        """Kamailio's database (asyncpg's URL)."""
+        return self.admin_url.replace(urlsplit(self.admin_url).path, "/kamailio", 1)
 
     @property
     def pid(self) -> int | None:
@@ -221,13 +238,15 @@ class Kamailio:
         finally:
             await conn.close()
 
-    def start(self) -> None:
+    def start(self, *, fresh: bool = True) -> None:
+        """Start Kamailio (``fresh``: on a new database; else on the one it had)."""
         problem = available()
         if problem:
             raise SystemExit(problem)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        self.workdir.mkdir(parents=True)
-        asyncio.run(self._prepare())
+        if fresh:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir.mkdir(parents=True)
+            asyncio.run(self._prepare())
         config = self.workdir / "kamailio.cfg"
         config.write_text(
             CONFIG.format(
@@ -237,10 +256,11 @@ class Kamailio:
                 realm=self.realm,
                 modules=MODULES,
                 # No host: libpq takes PGHOST, the embedded server's socket directory.
-                db=f"postgres://{self.pg_user}@/kamailio",
+                db=f"postgres://{urlsplit(self.admin_url).username or 'postgres'}@/kamailio",
             )
         )
-        env = {**os.environ, "PGHOST": self.socket_dir}
+        socket_dir = parse_qs(urlsplit(self.admin_url).query).get("host", [""])[0]
+        env = {**os.environ, "PGHOST": socket_dir}
         command = [KAMAILIO, "-f", str(config), "-DD", "-E", "-m", "1024", "-M", "16"]
         command += ["-Y", str(self.workdir), "-P", str(self.workdir / "kamailio.pid")]
         log = open(self.workdir / "kamailio.log", "ab")  # noqa: SIM115

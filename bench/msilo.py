@@ -31,6 +31,13 @@ quota (IMSTACK_MSILO_MAX_MESSAGES=0). Each round uses a recipient of its own (``
   again on the same data, imstack started again — and the recipient registers at once
   (``--restart-imstack-only`` keeps PostgreSQL running).
 
+``--kamailio`` then runs the same rounds against Kamailio's msilo (bench/kamailio.py: the
+same PostgreSQL server, a database of its own, pinned to CPU 0, ``--kamailio-children``
+workers; ``--no-imstack``: Kamailio alone), one table each: on a shared machine compare
+these, not figures from different runs. Kamailio's "left" counts delivered rows its
+``check_time`` timer (60 s) has not deleted yet; its MESSAGEs from ``m_dump`` come back
+through itself (``outbound_proxy``) to the binding, as its own README's set-up routes them.
+
 ``--profile DIR`` runs each imstack process under cProfile (slower), statistics in
 ``DIR/<services>.prof`` when it stops. Prints one JSON object per round and a summary table.
 """
@@ -50,6 +57,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +66,9 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.proc_cpu import by_role, cpu_seconds, postmaster_pid, tree_cpu_by_pid, tree_cpu_seconds  # noqa: E402
+from bench.kamailio import Kamailio  # noqa: E402
+from bench.kamailio import stored_bodies as kamailio_stored  # noqa: E402
+from bench.proc_cpu import by_role, postmaster_pid, tree_cpu_by_pid, tree_cpu_seconds  # noqa: E402
 from bench.sip_load import Generator, Pending, md5  # noqa: E402
 from bench.sip_relay import (  # noqa: E402
     PASSWORD,
@@ -66,7 +76,9 @@ from bench.sip_relay import (  # noqa: E402
     Database,
     Imstack,
     build_compiled,
+    free_port,
     on_cpu,
+    pinned,
 )
 
 SENDER_BASE = 100  # senders are user100, user101...; recipients user0, user1...
@@ -135,8 +147,9 @@ class Meter:
         return {} if self.pg_pid is None else tree_cpu_by_pid(self.pg_pid)
 
     def _read(self) -> dict[str, float]:
-        cpu = {
-            name: 0.0 if pid is None else cpu_seconds(pid) for name, pid in self.processes.items()
+        cpu = {  # with children: Kamailio's workers
+            name: 0.0 if pid is None else tree_cpu_seconds(pid)
+            for name, pid in self.processes.items()
         }
         cpu["postgres"] = 0.0 if self.pg_pid is None else tree_cpu_seconds(self.pg_pid)
         return cpu
@@ -349,6 +362,7 @@ async def stored_bodies(url: str, aor: str) -> list[bytes]:
 def drain(
     target: str,
     url: str,
+    stored: Callable[[str], list[bytes]],
     recipient: int,
     transport: str,
     idle_timeout: float,
@@ -357,7 +371,7 @@ def drain(
 ) -> dict[str, object]:
     """Register user{recipient} and take its stored messages; checks and times the drain."""
     aor = f"user{recipient}@{REALM}"
-    expected = asyncio.run(stored_bodies(url, aor))
+    expected = stored(aor)
     udp: OfflineLoad | None = None
     tcp: TcpRecipient | None = None
     if transport == "tcp":
@@ -419,7 +433,7 @@ def drain(
     # The relay's turnaround: from a 200 sent to the next MESSAGE received (one at a time
     # over UDP, this is the relay's part of each step; pipelined, it can be negative).
     turns = sorted(b - a for a, b in zip(ua.answered, times[1:], strict=False))
-    left = asyncio.run(stored_bodies(url, aor))
+    left = stored(aor)
     return {
         "transport": transport,
         "expected": len(expected),
@@ -447,22 +461,25 @@ def drain(
 async def pg_statements(url: str, *, reset: bool = False) -> list[str]:
     """``--pg-stats``: the statements of a store or drain phase (pg_stat_statements), most
     time first:
-    calls (= round trips), total and mean milliseconds, rows, the start of the query."""
+    calls (= round trips), total and mean milliseconds, rows, how often it was planned and
+    the milliseconds planning took, the start of the query."""
     conn = await asyncpg.connect(url)
     try:
         if reset:
             await conn.execute("SELECT pg_stat_statements_reset()")
             return []
         rows = await conn.fetch(
-            """SELECT calls, total_exec_time, mean_exec_time, rows, query
+            """SELECT calls, total_exec_time, mean_exec_time, rows, query, plans,
+                      total_plan_time
                FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'
-               ORDER BY total_exec_time DESC LIMIT 15"""
+               ORDER BY total_exec_time + total_plan_time DESC LIMIT 15"""
         )
     finally:
         await conn.close()
     return [
         f"{r['calls']:>6} calls {r['total_exec_time']:>8.1f} ms "
-        f"({r['mean_exec_time']:.3f} each) {r['rows']:>6} rows  "
+        f"({r['mean_exec_time']:.3f} each) {r['rows']:>6} rows, "
+        f"{r['plans']:>6} plans {r['total_plan_time']:>7.1f} ms  "
         + " ".join(r["query"].split())[:110]
         for r in rows
     ]
@@ -482,6 +499,7 @@ async def enable_pg_stats(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        await conn.execute("ALTER SYSTEM SET pg_stat_statements.track_planning = on")
     finally:
         await conn.close()
 
@@ -535,12 +553,18 @@ class Bundle:
             )
             self.processes[1].port = self.relay.port
 
+    name = "imstack"
+
     @property
     def target(self) -> str:
         return self.relay.target
 
     def pids(self) -> dict[str, int | None]:
         return {"-".join(p.services): p.pid for p in self.processes}
+
+    def stored(self, aor: str) -> list[bytes]:
+        """What msilo holds for ``aor``, in storage order."""
+        return asyncio.run(stored_bodies(self.relay.env["IMSTACK_DATABASE_URL"], aor))
 
     def start(self, url: str | None = None) -> None:
         for process in self.processes:
@@ -552,6 +576,44 @@ class Bundle:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+class KamailioBundle:
+    """Kamailio with msilo (bench/kamailio.py) in the bundle's place, on the same server."""
+
+    name = "kamailio"
+
+    def __init__(self, workdir: Path, url: str, users: int, children: int) -> None:
+        self.kamailio = Kamailio(
+            workdir,
+            url,
+            free_port(),
+            REALM,
+            PASSWORD,
+            users=users,
+            children=children,
+            cpu=pinned(0),
+        )
+        self.fresh = True
+
+    @property
+    def target(self) -> str:
+        return self.kamailio.target
+
+    def pids(self) -> dict[str, int | None]:
+        return {"kamailio": self.kamailio.pid}
+
+    def stored(self, aor: str) -> list[bytes]:
+        return asyncio.run(kamailio_stored(self.kamailio.url, aor))
+
+    def start(self, url: str | None = None) -> None:
+        if url is not None:
+            self.kamailio.admin_url = url
+        self.kamailio.start(fresh=self.fresh)  # a restart keeps its database
+        self.fresh = False
+
+    def stop(self) -> None:
+        self.kamailio.stop()
 
 
 async def msilo_listening(url: str, patience: float = 60.0) -> None:
@@ -603,6 +665,11 @@ def main() -> None:
     parser.add_argument(
         "--db-cpu", default="1", help="CPU for the embedded PostgreSQL, or 'none' (unpinned)"
     )
+    parser.add_argument(
+        "--kamailio", action="store_true", help="then the same rounds against Kamailio's msilo"
+    )
+    parser.add_argument("--kamailio-children", type=int, default=4)
+    parser.add_argument("--no-imstack", action="store_true", help="with --kamailio: only it")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
     if args.profile is not None:
@@ -611,23 +678,67 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="imstack-msilo-bench-"))
     database = Database(workdir, None if args.db_cpu == "none" else int(args.db_cpu))
-    bundle: Bundle | None = None
-    results: list[Round] = []
+    bundle: Bundle | KamailioBundle | None = None
+    tables: list[tuple[list[str], list[Round]]] = []
     try:
         database.start(SENDER_BASE + args.window)
         if args.pg_stats:  # a library loaded at start: restart PostgreSQL once
             asyncio.run(enable_pg_stats(database.url))
             database.embedded.stop()
             asyncio.run(create_pg_stats(restart_database(database)))
-        compiled = build_compiled() if args.compiled else None
-        bundle = Bundle(workdir, database.url, args.split, args.profile, args.python, compiled)
-        bundle.start()
-        on_cpu(1)  # the load generator: off the server's CPU
-        plan = [(f"{n} stored", n, False) for n in counts]
-        if args.restart_count:
-            plan.append((f"{args.restart_count} stored, restart", args.restart_count, True))
+        servers: list[Bundle | KamailioBundle] = []
+        if not args.no_imstack:
+            compiled = build_compiled() if args.compiled else None
+            servers.append(
+                Bundle(workdir, database.url, args.split, args.profile, args.python, compiled)
+            )
+        if args.kamailio:
+            servers.append(
+                KamailioBundle(
+                    workdir, database.url, SENDER_BASE + args.window, args.kamailio_children
+                )
+            )
+        for bundle in servers:
+            bundle.start()
+            results = run_rounds(args, database, bundle, counts)
+            tables.append(([*bundle.pids(), "postgres"], results))
+            bundle.stop()
+        bundle = None
+    finally:
+        if bundle is not None:
+            bundle.stop()
+        database.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    for names, results in tables:
+        print(
+            f"\n{'round':<32} {'202/s':>7} {'drain s':>8} {'ms/msg':>7} {'lost':>5} {'dup':>4} "
+            f"{'order':>6} {'left':>5}  drain cpu ms/msg " + " ".join(names)
+        )
+        for r in results:
+            s, d = r.store, r.drain
+            cpu = " ".join(str(d.get(f"{n}_cpu_ms_per")) for n in names)
+            print(
+                f"{r.name:<32} {s['rate']!s:>7} {d['drain_s']!s:>8} "
+                f"{d['per_message_ms']!s:>7} {d['lost']!s:>5} {d['duplicates']!s:>4} "
+                f"{d['in_order']!s:>6} {d['left_stored']!s:>5}  {cpu}"
+            )
+
+
+def run_rounds(
+    args: argparse.Namespace,
+    database: Database,
+    bundle: Bundle | KamailioBundle,
+    counts: list[int],
+) -> list[Round]:
+    """The store and drain rounds against ``bundle`` (started), each printed as it ends."""
+    previous = on_cpu(1)  # the load generator: off the server's CPU
+    results: list[Round] = []
+    plan = [(f"{n} stored", n, False) for n in counts]
+    if args.restart_count:
+        plan.append((f"{args.restart_count} stored, restart", args.restart_count, True))
+    try:
         for recipient, (name, count, restart) in enumerate(plan):
-            result = Round(f"{name} ({args.transport})", count, args.window)
+            result = Round(f"{bundle.name}: {name} ({args.transport})", count, args.window)
             meter = Meter(bundle.pids(), database.embedded.pgdata, database.url)
             if args.pg_stats:
                 asyncio.run(pg_statements(database.url, reset=True))
@@ -646,6 +757,7 @@ def main() -> None:
             result.drain = drain(
                 bundle.target,
                 database.url,
+                bundle.stored,
                 recipient,
                 args.transport,
                 args.idle_timeout,
@@ -665,23 +777,9 @@ def main() -> None:
                     print("   ", line, flush=True)
             results.append(result)
     finally:
-        if bundle is not None:
-            bundle.stop()
-        database.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    names = [*bundle.pids(), "postgres"] if bundle is not None else ["postgres"]
-    print(
-        f"\n{'round':<32} {'202/s':>7} {'drain s':>8} {'ms/msg':>7} {'lost':>5} {'dup':>4} "
-        f"{'order':>6} {'left':>5}  drain cpu ms/msg " + " ".join(names)
-    )
-    for r in results:
-        s, d = r.store, r.drain
-        cpu = " ".join(str(d.get(f"{n}_cpu_ms_per")) for n in names)
-        print(
-            f"{r.name:<32} {s['rate']!s:>7} {d['drain_s']!s:>8} "
-            f"{d['per_message_ms']!s:>7} {d['lost']!s:>5} {d['duplicates']!s:>4} "
-            f"{d['in_order']!s:>6} {d['left_stored']!s:>5}  {cpu}"
-        )
+        if previous is not None:
+            os.sched_setaffinity(0, previous)
+    return results
 
 
 def restart_database(database: Database) -> str:
