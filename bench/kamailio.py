@@ -104,7 +104,9 @@ request_route {{
         m_dump();
         exit;
     }}
-    if (from_uri == myself && src_ip != myself) {{  # not what msilo sends itself
+    # Every request comes from 127.0.0.1 here: only what msilo sends (from Kamailio's own
+    # port, through outbound_proxy) goes without credentials.
+    if (from_uri == myself && !($si == "127.0.0.1" && $sp == {port})) {{
         if (!auth_check("$fd", "subscriber", "1")) {{
             auth_challenge("$fd", "0");
             exit;
