@@ -671,6 +671,8 @@ def main() -> None:
     parser.add_argument("--kamailio-children", type=int, default=4)
     parser.add_argument("--no-imstack", action="store_true", help="with --kamailio: only it")
     args = parser.parse_args()
+    if args.no_imstack and not args.kamailio:
+        parser.error("--no-imstack leaves nothing to run without --kamailio")
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
     if args.profile is not None:
         args.profile = args.profile.resolve()

@@ -28,14 +28,20 @@ def cpu_seconds(pid: int) -> float:
     return 0.0 if stat is None else stat[1]
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of ``root`` and of every live descendant (finished ones are not counted)."""
-    parents: dict[int, tuple[int, float]] = {}
+def _all_stats() -> dict[int, tuple[int, float]]:
+    """(parent pid, CPU seconds) of every live process, by pid."""
+    stats: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             stat = _stat(int(entry.name))
             if stat is not None:
-                parents[int(entry.name)] = stat
+                stats[int(entry.name)] = stat
+    return stats
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and of every live descendant (finished ones are not counted)."""
+    parents = _all_stats()
     total = 0.0
     for pid, (_, cpu) in parents.items():
         seen = pid
@@ -61,7 +67,7 @@ _BACKGROUND = (
 
 def _role(pid: int) -> str:
     """What a PostgreSQL process is, from its title: ``checkpointer``, ``walwriter``,
-    ``autovacuum worker``..., or ``backend`` for a client connection."""
+    ``autovacuum``..., or ``backend <pid>`` for a client's connection."""
     try:
         title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
@@ -76,13 +82,8 @@ def _role(pid: int) -> str:
 
 
 def tree_cpu_by_pid(root: int) -> dict[int, tuple[str, float]]:
-    """(role, CPU seconds) of ``root`` and of every live descendant, by pid."""
-    stats: dict[int, tuple[int, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _stat(int(entry.name))
-            if stat is not None:
-                stats[int(entry.name)] = stat
+    """(role, CPU seconds) of ``root`` and of each of its children, by pid."""
+    stats = _all_stats()
     result: dict[int, tuple[str, float]] = {}
     for pid, (parent, cpu) in stats.items():
         if pid == root or parent == root:

@@ -21,7 +21,12 @@ the machine is doing. ``--profile FILE`` runs the relay under cProfile (slower) 
 its statistics to FILE when it stops. ``--python /usr/bin/python3.11`` runs the relay with
 another build of the same Python version (this virtualenv's packages on its path): the
 same code took a quarter less CPU per request here with Debian's build than with pyenv's
-(built without --enable-optimizations).
+(built without --enable-optimizations). ``--kamailio`` then runs the same tests against
+Kamailio (bench/kamailio.py: registrar, usrloc, auth_db on the same PostgreSQL server, tm;
+pinned to CPU 0 like the relay; ``--kamailio-children`` worker processes, usrloc's
+``--kamailio-db-mode``; ``--no-imstack``: Kamailio alone), and the table has both, one after
+the other in the same run: on a shared machine compare these, not figures from different
+runs. ``BENCH_KEEP=1`` keeps the temporary folder (logs, Kamailio's configuration).
 """
 
 from __future__ import annotations
@@ -322,6 +327,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.kamailio and args.target:
         parser.error("--kamailio starts its own database: not with --target")
+    if args.no_imstack and not args.kamailio:
+        parser.error("--no-imstack leaves nothing to run without --kamailio")
 
     server: Imstack | None = None
     kamailio: Kamailio | None = None
