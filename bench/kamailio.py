@@ -22,13 +22,15 @@ import asyncio
 import hashlib
 import os
 import shutil
-import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+
+from bench.proc_cpu import stop_process
 
 KAMAILIO = "/usr/sbin/kamailio"
 SCHEMA = Path("/usr/share/kamailio/postgres")
@@ -276,39 +278,14 @@ class Kamailio:
                     "kamailio stopped at start:\n"
                     + (self.workdir / "kamailio.log").read_text()[-3000:]
                 )
-            if _answers_options(self.port, self.realm):
+            try:  # it opens its TCP listener with the UDP one
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
-            time.sleep(0.2)
+            except OSError:
+                time.sleep(0.2)
         raise SystemExit(f"kamailio does not answer on 127.0.0.1:{self.port}")
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
             self.proc = None
-
-
-def _answers_options(port: int, realm: str) -> bool:
-    """Whether a SIP server on UDP 127.0.0.1:``port`` answers an OPTIONS."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(0.5)
-        local = sock.getsockname()[1]
-        request = (
-            f"OPTIONS sip:{realm} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-probe{time.monotonic_ns()}\r\n"
-            f"From: <sip:probe@{realm}>;tag=probe\r\nTo: <sip:{realm}>\r\n"
-            f"Call-ID: probe-{time.monotonic_ns()}\r\nCSeq: 1 OPTIONS\r\n"
-            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        )
-        sock.sendto(request.encode(), ("127.0.0.1", port))
-        try:
-            return sock.recv(4096).startswith(b"SIP/2.0 ")
-        except OSError:
-            return False

@@ -68,7 +68,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.kamailio import Kamailio  # noqa: E402
 from bench.kamailio import stored_bodies as kamailio_stored  # noqa: E402
-from bench.proc_cpu import by_role, postmaster_pid, tree_cpu_by_pid, tree_cpu_seconds  # noqa: E402
+from bench.proc_cpu import (  # noqa: E402
+    all_stats,
+    by_role,
+    postmaster_pid,
+    tree_cpu_by_pid,
+    tree_cpu_seconds,
+)
 from bench.sip_load import Generator, Pending, md5  # noqa: E402
 from bench.sip_relay import (  # noqa: E402
     PASSWORD,
@@ -136,33 +142,32 @@ class Meter:
         self.processes = processes
         self.url = url
         self.pg_pid = postmaster_pid(pgdata)
-        self.start = self._read()
-        self.pg_start = self._read_pg()
+        self.start, self.pg_start = self._read()
 
     def reset(self) -> None:
-        self.start = self._read()
-        self.pg_start = self._read_pg()
+        self.start, self.pg_start = self._read()
 
-    def _read_pg(self) -> dict[int, tuple[str, float]]:
-        return {} if self.pg_pid is None else tree_cpu_by_pid(self.pg_pid)
-
-    def _read(self) -> dict[str, float]:
-        cpu = {  # with children: Kamailio's workers
-            name: 0.0 if pid is None else tree_cpu_seconds(pid)
+    def _read(self) -> tuple[dict[str, float], dict[int, tuple[str, float]]]:
+        """CPU seconds of each process (with its children: Kamailio's workers) and of
+        PostgreSQL, and PostgreSQL's by process: from one reading of /proc."""
+        stats = all_stats()
+        cpu = {
+            name: 0.0 if pid is None else tree_cpu_seconds(pid, stats)
             for name, pid in self.processes.items()
         }
-        cpu["postgres"] = 0.0 if self.pg_pid is None else tree_cpu_seconds(self.pg_pid)
-        return cpu
+        cpu["postgres"] = 0.0 if self.pg_pid is None else tree_cpu_seconds(self.pg_pid, stats)
+        pg = {} if self.pg_pid is None else tree_cpu_by_pid(self.pg_pid, stats)
+        return cpu, pg
 
     def per_item(self, items: int) -> dict[str, float | None]:
         """CPU seconds and milliseconds per item of each, since :meth:`reset`."""
-        end = self._read()
+        end, pg_end = self._read()
         result: dict[str, float | None] = {}
         for name, value in end.items():
             used = value - self.start[name]
             result[f"{name}_cpu_s"] = round(used, 2)
             result[f"{name}_cpu_ms_per"] = round(used * 1e3 / items, 3) if items > 0 else None
-        roles = by_role(self.pg_start, self._read_pg())
+        roles = by_role(self.pg_start, pg_end)
         if self.url is not None:  # name each backend by the last statement it ran
             last = asyncio.run(last_statements(self.url))
             roles = {

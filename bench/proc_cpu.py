@@ -8,6 +8,8 @@ that is steadier than wall-clock throughput. Linux only (``/proc``); elsewhere 0
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -28,7 +30,7 @@ def cpu_seconds(pid: int) -> float:
     return 0.0 if stat is None else stat[1]
 
 
-def _all_stats() -> dict[int, tuple[int, float]]:
+def all_stats() -> dict[int, tuple[int, float]]:
     """(parent pid, CPU seconds) of every live process, by pid."""
     stats: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
@@ -39,9 +41,10 @@ def _all_stats() -> dict[int, tuple[int, float]]:
     return stats
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of ``root`` and of every live descendant (finished ones are not counted)."""
-    parents = _all_stats()
+def tree_cpu_seconds(root: int, stats: dict[int, tuple[int, float]] | None = None) -> float:
+    """CPU seconds of ``root`` and of every live descendant (finished ones are not counted);
+    ``stats``: an :func:`all_stats` reading to use instead of a new one."""
+    parents = all_stats() if stats is None else stats
     total = 0.0
     for pid, (_, cpu) in parents.items():
         seen = pid
@@ -81,9 +84,12 @@ def _role(pid: int) -> str:
     return f"backend {pid}"  # "user database host(port) state": a client's connection
 
 
-def tree_cpu_by_pid(root: int) -> dict[int, tuple[str, float]]:
-    """(role, CPU seconds) of ``root`` and of each of its children, by pid."""
-    stats = _all_stats()
+def tree_cpu_by_pid(
+    root: int, stats: dict[int, tuple[int, float]] | None = None
+) -> dict[int, tuple[str, float]]:
+    """(role, CPU seconds) of ``root`` and of each of its children, by pid (``stats``: as
+    for :func:`tree_cpu_seconds`)."""
+    stats = all_stats() if stats is None else stats
     result: dict[int, tuple[str, float]] = {}
     for pid, (parent, cpu) in stats.items():
         if pid == root or parent == root:
@@ -100,6 +106,16 @@ def by_role(start: dict[int, tuple[str, float]], end: dict[int, tuple[str, float
         spent = cpu - (before[1] if before is not None and before[0] == role else 0.0)
         used[role] = used.get(role, 0.0) + spent
     return {role: round(cpu, 3) for role, cpu in sorted(used.items()) if cpu > 0}
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; returns once it has ended."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def postmaster_pid(pgdata: Path) -> int | None:

@@ -36,7 +36,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.kamailio import Kamailio  # noqa: E402
+from bench.proc_cpu import stop_process  # noqa: E402
 from shared.db.embedded import EmbeddedPostgres  # noqa: E402
 from shared.db.migrate import migrate  # noqa: E402
 from shared.db.users import Address, create_user  # noqa: E402
@@ -220,11 +220,7 @@ class Imstack:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            stop_process(self.proc)
             self.proc = None
 
 
