@@ -13,6 +13,7 @@ import importlib
 #: The modules every relayed SIP request runs through.
 MODULES = (
     "shared.digest",
+    "shared.record",
     "shared.sip.errors",
     "shared.sip.headers",
     "shared.sip.message",

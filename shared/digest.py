@@ -24,11 +24,13 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
 import struct
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import Final
+
+from shared.record import Record
 
 __all__ = [
     "Algorithm",
@@ -79,44 +81,89 @@ _ALGORITHMS = {
 
 # --- header syntax (RFC 7616 §3.3/§3.4, RFC 3261 §25.1 auth-param) -------------
 
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
-_VALUE_CHARS = _TOKEN_CHARS | frozenset("/:@=")  # unquoted values seen in the wild
-_WS = " \t\r\n"
-
-
-_PLAIN_SCHEME_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t\r\n]+")
-_PLAIN_PARAM_RE = re.compile(
-    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t\r\n]*=[ \t\r\n]*"
-    r'(?:"([^"\\]*)"|([A-Za-z0-9\-.!%*_+`\'~/:@=]+))'
-    r"[ \t\r\n]*(?:,[ \t\r\n,]*|\Z)"
-)
+_TOKEN: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+_VALUE: Final = _TOKEN + "/:@="  # unquoted values seen in the wild
+_TOKEN_CHARS: Final = frozenset(_TOKEN)
+_VALUE_CHARS: Final = frozenset(_VALUE)
+_WS: Final = " \t\r\n"
 
 
 def _parse_plain_auth_header(text: str) -> tuple[str, dict[str, str], set[str]] | None:
-    """:func:`_parse_auth_header` by regular expressions for what clients send (no escapes
-    in quoted strings, no leading commas); None for anything else, which the careful
-    parser then reads (and reports)."""
-    m = _PLAIN_SCHEME_RE.match(text)
-    if m is None:
+    """:func:`_parse_auth_header` the short way, for what clients send (a space after the
+    scheme, no escapes in quoted strings, no leading commas); None for anything else, which
+    the careful parser then reads (and reports). String methods, no regular expression:
+    the request's Proxy-Authorization is its longest header."""
+    if "\\" in text:
         return None
+    scheme, space, rest = text.partition(" ")
+    if not space or scheme.strip(_TOKEN):  # what strip leaves is not token characters
+        return None
+    # Outside quotes at even places, quoted values at odd ones.
+    pieces = rest.split('"')
+    last = len(pieces) - 1
+    if last % 2:
+        return None  # a quote left open
     params: dict[str, str] = {}
     quoted: set[str] = set()
-    i, n = m.end(), len(text)
-    while i < n:
-        p = _PLAIN_PARAM_RE.match(text, i)
-        if p is None:
+    for at in range(0, last + 1, 2):
+        items = pieces[at].split(",")
+        if at:
+            if items[0].strip(_WS):
+                return None  # a quoted value is followed by white space, then a comma
+            items[0] = ""
+        elif not items[0].strip(_WS):
+            return None  # no parameter first
+        if at < last:  # the last item names the quoted value that follows
+            if at and len(items) == 1:
+                return None  # no comma between a quoted value and the next name
+            named = _plain_param(items.pop())
+            if named is None or named[1] or named[0] in params:
+                return None
+            params[named[0]] = pieces[at + 1]
+            quoted.add(named[0])
+        for item in items:
+            if not item.strip(_WS):
+                continue  # commas in a row
+            named = _plain_param(item)
+            if named is None or not _plain_value(named[1]) or named[0] in params:
+                return None
+            params[named[0]] = named[1]
+    return scheme, params, quoted
+
+
+#: Parameter names already found to be tokens, with their lower-case forms, and bare values
+#: already found plain: both repeat from request to request (strip(_TOKEN) takes longer).
+_PLAIN_NAMES: dict[str, str] = {}
+_PLAIN_VALUES: set[str] = set()
+_PLAIN_MAX: Final = 512
+
+
+def _plain_param(item: str) -> tuple[str, str] | None:
+    """``name = value`` as (lower-case name, value), white space around both dropped."""
+    name, equals, value = item.partition("=")
+    if not equals:
+        return None
+    name = name.strip(_WS)
+    lower = _PLAIN_NAMES.get(name)
+    if lower is None:
+        if not name or name.strip(_TOKEN):  # what strip leaves is not token characters
             return None
-        name, quoted_value, bare_value = p.groups()
-        name = name.lower()
-        if name in params:
-            return None
-        if quoted_value is not None:
-            params[name] = quoted_value
-            quoted.add(name)
-        else:
-            params[name] = bare_value
-        i = p.end()
-    return m.group(1), params, quoted
+        if len(_PLAIN_NAMES) >= _PLAIN_MAX:
+            _PLAIN_NAMES.clear()
+        lower = _PLAIN_NAMES[name] = name.lower()
+    return lower, value.strip(_WS)
+
+
+def _plain_value(value: str) -> bool:
+    """True for a bare value that needs no quotes (tokens, and the /:@= seen in the wild)."""
+    if value in _PLAIN_VALUES:
+        return True
+    if not value or value.strip(_VALUE):
+        return False
+    if len(_PLAIN_VALUES) >= _PLAIN_MAX:
+        _PLAIN_VALUES.clear()
+    _PLAIN_VALUES.add(value)
+    return True
 
 
 def _parse_auth_header(value: str) -> tuple[str, dict[str, str], set[str]]:
@@ -245,22 +292,63 @@ def parse_challenge(value: str) -> Challenge:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
+class Credentials(Record):
     """Digest credentials (``Authorization`` / ``Proxy-Authorization``)."""
 
-    username: str
-    realm: str
-    nonce: str
-    uri: str
-    response: str
-    algorithm: Algorithm = Algorithm.MD5
-    qop: str | None = None
-    nc: str | None = None
-    cnonce: str | None = None
-    opaque: str | None = None
-    #: Every parameter as received (lower-case names), for extensions.
-    params: dict[str, str] = field(default_factory=dict, compare=False)
+    _fields = (
+        "username",
+        "realm",
+        "nonce",
+        "uri",
+        "response",
+        "algorithm",
+        "qop",
+        "nc",
+        "cnonce",
+        "opaque",
+        "params",
+    )
+
+    def __init__(
+        self,
+        username: str,
+        realm: str,
+        nonce: str,
+        uri: str,
+        response: str,
+        algorithm: Algorithm = Algorithm.MD5,
+        qop: str | None = None,
+        nc: str | None = None,
+        cnonce: str | None = None,
+        opaque: str | None = None,
+        params: dict[str, str] | None = None,
+    ) -> None:
+        self.username: Final = username
+        self.realm: Final = realm
+        self.nonce: Final = nonce
+        self.uri: Final = uri
+        self.response: Final = response
+        self.algorithm: Final = algorithm
+        self.qop: Final = qop
+        self.nc: Final = nc
+        self.cnonce: Final = cnonce
+        self.opaque: Final = opaque
+        #: Every parameter as received (lower-case names), for extensions; not compared.
+        self.params: Final[dict[str, str]] = {} if params is None else params
+
+    def _key(self) -> tuple[object, ...]:
+        return (
+            self.username,
+            self.realm,
+            self.nonce,
+            self.uri,
+            self.response,
+            self.algorithm,
+            self.qop,
+            self.nc,
+            self.cnonce,
+            self.opaque,
+        )
 
     def to_header(self) -> str:
         # RFC 7616 §3.4: qop, nc and algorithm are tokens; the rest quoted.

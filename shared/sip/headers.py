@@ -11,8 +11,9 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
+from shared.record import Record
 from shared.sip.errors import LocalProtocolError
 from shared.sip.message import Headers, SipMessage, SipRequest, SipResponse
 from shared.sip.status import reason_phrase
@@ -151,13 +152,18 @@ def _has_param(params: Params, name: str) -> bool:
 # --- name-addr / addr-spec (RFC 3261 §20.10, §25.1) ----------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(Record):
     """``"Display" <uri>;params`` as used by From, To, Contact, Route, Refer-To..."""
 
-    uri: str
-    display_name: str | None = None
-    params: Params = ()
+    _fields = ("uri", "display_name", "params")
+
+    def __init__(self, uri: str, display_name: str | None = None, params: Params = ()) -> None:
+        self.uri: Final = uri
+        self.display_name: Final = display_name
+        self.params: Final = params
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.uri, self.display_name, self.params)
 
     def param(self, name: str) -> str | None:
         return _param(self.params, name)
@@ -340,13 +346,25 @@ _VIA_RE = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Via:
-    transport: str  # upper-case: UDP, TCP, TLS, WS, WSS, SCTP
-    host: str
-    port: int | None = None
-    params: Params = ()
-    protocol: str = "SIP/2.0"
+class Via(Record):
+    _fields = ("transport", "host", "port", "params", "protocol")
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: Params = (),
+        protocol: str = "SIP/2.0",
+    ) -> None:
+        self.transport: Final = transport  # upper-case: UDP, TCP, TLS, WS, WSS, SCTP
+        self.host: Final = host
+        self.port: Final = port
+        self.params: Final = params
+        self.protocol: Final = protocol
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.transport, self.host, self.port, self.params, self.protocol)
 
     def param(self, name: str) -> str | None:
         return _param(self.params, name)
@@ -446,10 +464,15 @@ def _parse_via(value: str) -> Via:
 _CSEQ_MAX = 2**31  # §8.1.1.5: the sequence number MUST be less than 2**31
 
 
-@dataclass(frozen=True, slots=True)
-class CSeq:
-    seq: int
-    method: str
+class CSeq(Record):
+    _fields = ("seq", "method")
+
+    def __init__(self, seq: int, method: str) -> None:
+        self.seq: Final = seq
+        self.method: Final = method
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.seq, self.method)
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"

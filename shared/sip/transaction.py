@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
+from shared.record import Record
 from shared.sip.errors import LocalProtocolError
 from shared.sip.headers import make_response, parse_via
 from shared.sip.message import Headers, SipRequest, SipResponse
@@ -47,16 +48,26 @@ DEFAULT_T4 = 5.0  # maximum duration a message will remain in the network
 # --- events out ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SendBytes:
-    data: bytes
+class SendBytes(Record):
+    _fields = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data: Final = data
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.data,)
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseReceived:
+class ResponseReceived(Record):
     """A response the client transaction passes up to the TU."""
 
-    response: SipResponse
+    _fields = ("response",)
+
+    def __init__(self, response: SipResponse) -> None:
+        self.response: Final = response
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.response,)
 
 
 @dataclass(frozen=True, slots=True)

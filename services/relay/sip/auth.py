@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from typing import Final
 
 from services.relay.guesses import GuessGuard
 from services.relay.sip.caches import CredentialCache
@@ -30,6 +30,7 @@ from shared.digest import (
     parse_credentials,
     verify,
 )
+from shared.record import Record
 from shared.sip.headers import make_response
 from shared.sip.message import SipRequest, SipResponse
 from shared.sip.uri import SipUri, UriError, parse_uri
@@ -37,11 +38,16 @@ from shared.sip.uri import SipUri, UriError, parse_uri
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Authenticated:
+class Authenticated(Record):
     """The request carries valid credentials of ``username`` (in the served domain)."""
 
-    username: str
+    _fields = ("username",)
+
+    def __init__(self, username: str) -> None:
+        self.username: Final = username
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.username,)
 
 
 def nonce_binding(flow: Flow) -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Final
 
 from services.relay.sip.edge import SipEdge
 from services.relay.sip.transactions import ClientTxn
 from services.relay.sip.transport import Flow
 from shared.db.locations import Binding
 from shared.digest import DigestParseError, parse_credentials
+from shared.record import Record
 from shared.sip.headers import make_response
 from shared.sip.message import Headers, LazyResponse, SipRequest, SipResponse
 
@@ -27,24 +28,36 @@ UNREACHABLE = frozenset({408, 480, 503})
 RecordRoute = Callable[[Flow], list[str]]
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(Record):
     """One branch: the Request-URI it gets and the flow it goes on (None: unreachable)."""
 
-    uri: str
-    flow: Flow | None
+    _fields = ("uri", "flow")
+
+    def __init__(self, uri: str, flow: Flow | None) -> None:
+        self.uri: Final = uri
+        self.flow: Final = flow
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.uri, self.flow)
 
     @classmethod
     def of(cls, edge: SipEdge, binding: Binding) -> Target:
         return cls(binding.contact, edge.flow_for(binding))
 
 
-@dataclass(frozen=True)
-class ForkResult:
-    response: SipResponse  # as received (our Via still on top), or synthesised
-    statuses: tuple[int, ...]  # every final status seen, in arrival order
-    #: True when no branch answered: ``response`` answers the original request directly.
-    synthetic: bool = False
+class ForkResult(Record):
+    _fields = ("response", "statuses", "synthetic")
+
+    def __init__(
+        self, response: SipResponse, statuses: tuple[int, ...], synthetic: bool = False
+    ) -> None:
+        self.response: Final = response  # as received (our Via still on top), or synthesised
+        self.statuses: Final = statuses  # every final status seen, in arrival order
+        #: True when no branch answered: ``response`` answers the original request directly.
+        self.synthetic: Final = synthetic
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.response, self.statuses, self.synthetic)
 
     @property
     def ok(self) -> bool:

@@ -16,12 +16,12 @@ import secrets
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import cast
+from typing import Final, cast
 
 from services.relay.sip.flood import RateLimiter
 from services.relay.sniff import ProtocolSniffer
 from services.relay.sources import SourceLimit
+from shared.record import Record
 from shared.sip.errors import LocalProtocolError, RemoteProtocolError
 from shared.sip.headers import make_response, parse_via, stamp_rport
 from shared.sip.message import SipRequest, SipResponse, split_comma_list
@@ -40,14 +40,21 @@ DEFAULT_SIPS_PORT = 5061
 WRITE_BUFFER_LIMIT = 1 << 20  # bytes queued on a connection before it counts as stuck
 
 
-@dataclass(frozen=True, slots=True)
-class Flow:
+class Flow(Record):
     """Where a message came from or goes to; TCP/TLS flows name their connection."""
 
-    transport: str  # "udp", "tcp" or "tls"
-    host: str
-    port: int
-    connection_id: str | None = None
+    _fields = ("transport", "host", "port", "connection_id")
+
+    def __init__(
+        self, transport: str, host: str, port: int, connection_id: str | None = None
+    ) -> None:
+        self.transport: Final = transport  # "udp", "tcp" or "tls"
+        self.host: Final = host
+        self.port: Final = port
+        self.connection_id: Final = connection_id
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.transport, self.host, self.port, self.connection_id)
 
     @property
     def reliable(self) -> bool:
