@@ -12,6 +12,7 @@ import importlib
 
 #: The modules every relayed SIP request runs through.
 MODULES = (
+    "shared.address",
     "shared.digest",
     "shared.record",
     "shared.sip.errors",
@@ -21,6 +22,8 @@ MODULES = (
     "shared.sip.status",
     "shared.sip.transaction",
     "shared.sip.uri",
+    "shared.stats",
+    "services.relay.guesses",
     "services.relay.sip.auth",
     "services.relay.sip.caches",
     "services.relay.sip.delivery",

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from shared.address import Address as Address  # re-exported: it was defined here
 from shared.db.listen import notify
 from shared.db.types import Executor
 from shared.digest import Algorithm, ha1
@@ -42,15 +43,6 @@ class UserNotFound(UserError):
 #: connection in one (where PostgreSQL folds it with an identical NOTIFY of the caller),
 #: else right after the change commits. The SIP edge's credential cache depends on it.
 USERS_CHANNEL = "users"
-
-
-@dataclass(frozen=True)
-class Address:
-    username: str
-    domain: str
-
-    def __str__(self) -> str:
-        return f"{self.username}@{self.domain}"
 
 
 def parse_address(text: str, default_domain: str | None = None) -> Address:

@@ -17,7 +17,6 @@ INVITE (here, as in RFC 3261, a 2xx terminates the INVITE transaction).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Final, TypeAlias
 
@@ -70,18 +69,15 @@ class ResponseReceived(Record):
         return (self.response,)
 
 
-@dataclass(frozen=True, slots=True)
-class TimedOut:
+class TimedOut(Record):
     """Timer B, F or H fired: the TU treats it as a 408 (§8.1.3.1)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TransportFailed:
+class TransportFailed(Record):
     """The transport reported a failure (§17.1.4, §17.2.4): treated as a 503."""
 
 
-@dataclass(frozen=True, slots=True)
-class Terminated:
+class Terminated(Record):
     """The transaction is over; the adapter drops it."""
 
 
@@ -100,22 +96,24 @@ class State(StrEnum):
     TERMINATED = "terminated"
 
 
-class Input(Enum):
+class Input(StrEnum):
+    # A StrEnum hashes as its value in C: a plain Enum's __hash__ runs interpreted, and the
+    # tables are looked up by (state, input) for every event. Values unlike Timer's.
     RESPONSE_1XX = "1xx"  # from the network (client) or the TU (server)
     RESPONSE_2XX = "2xx"
     RESPONSE_FINAL = "300-699"
     REQUEST = "request"  # a retransmission of the request (server)
     ACK = "ack"
-    TIMER_A = "A"
-    TIMER_B = "B"
-    TIMER_D = "D"
-    TIMER_E = "E"
-    TIMER_F = "F"
-    TIMER_G = "G"
-    TIMER_H = "H"
-    TIMER_I = "I"
-    TIMER_J = "J"
-    TIMER_K = "K"
+    TIMER_A = "timer A"
+    TIMER_B = "timer B"
+    TIMER_D = "timer D"
+    TIMER_E = "timer E"
+    TIMER_F = "timer F"
+    TIMER_G = "timer G"
+    TIMER_H = "timer H"
+    TIMER_I = "timer I"
+    TIMER_J = "timer J"
+    TIMER_K = "timer K"
     TRANSPORT_ERROR = "transport-error"
 
 

@@ -10,6 +10,7 @@ import pytest
 from services.relay.sip.auth import Authenticated
 from services.relay.sip.proxy import ForkResult, Target
 from services.relay.sip.transport import Flow
+from shared.address import Address
 from shared.digest import Algorithm, Credentials
 from shared.record import Record
 from shared.sip.headers import CSeq, NameAddr, Via
@@ -87,6 +88,7 @@ EXAMPLES: list[tuple[type[Record], dict[str, Any], dict[str, Any]]] = [
         {"response": BUSY, "statuses": (486, 480), "synthetic": True},
     ),
     (Authenticated, {"username": "alice"}, {"username": "bob"}),
+    (Address, {"username": "alice", "domain": "a.example"}, {"username": "bob", "domain": "b"}),
 ]
 
 #: Fields that, as ``field(compare=False)`` did, do not make two Records unequal.
