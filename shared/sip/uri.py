@@ -245,7 +245,7 @@ def _parse_tel(rest: str) -> TelUri:
     return TelUri(number, _parse_uri_params(params))
 
 
-_MEMO_MAX = 2048
+_MEMO_MAX = 256  # small, as shared.sip.headers' memos (the garbage collector walks them)
 _memo: dict[str, SipUri | TelUri] = {}
 
 

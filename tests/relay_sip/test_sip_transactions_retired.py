@@ -5,6 +5,7 @@ response again for Timer J (32 s) and is a new request after it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any, cast
 
 import pytest
@@ -87,5 +88,65 @@ async def test_a_retransmission_gets_the_same_response_until_timer_j_then_is_new
         layer.receive(message("one"), ALICE)
         assert len(requests) == 3  # "one" again is a new request now
         assert list(layer.answered) == [requests[1].key]
+    finally:
+        layer.close()
+
+
+@pytest.mark.interpreted  # a stand-in transport layer, which the compiled build refuses
+async def test_answered_transactions_leave_nothing_for_the_garbage_collector() -> None:
+    # What an answered transaction leaves for 32 s must be strings, bytes and floats: at
+    # thousands of requests a second, anything the collector tracks piles up in its young
+    # generation, and each collection of it stops the relay for tens of milliseconds.
+    transports = Sent()
+    count = 4000
+
+    def answer(txn: ServerTxn) -> None:
+        txn.respond(make_response(txn.request, 200, to_tag="b"))
+
+    layer = TransactionLayer(cast(TransportLayer, transports), answer, lambda _r, _f: None)
+    requests = [message(f"n{i}") for i in range(count)]  # (made before the count starts)
+    gc.collect()
+    gc.disable()
+    try:
+        for request in requests:
+            layer.receive(request, ALICE)
+        transports.sent.clear()
+        assert len(layer.answered) == count
+        # Tracked objects made since the collection and still alive (parse memos included).
+        kept = len(gc.get_objects(generation=0))
+    finally:
+        gc.enable()
+        layer.close()
+    assert kept < count // 4, kept
+
+
+@pytest.mark.interpreted  # a stand-in transport layer, which the compiled build refuses
+async def test_a_cancel_from_an_rfc_2543_client_finds_its_invite() -> None:
+    # No magic cookie in the branch: the §17.2.3 fallback key, the CANCEL's with INVITE.
+    requests: list[ServerTxn] = []
+    layer = TransactionLayer(
+        cast(TransportLayer, Sent()), requests.append, lambda _request, _flow: None
+    )
+
+    def request(method: str, call_id: str = "2543") -> SipRequest:
+        data = (
+            f"{method} sip:bob@example.test SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=old2543\r\n"
+            "Max-Forwards: 70\r\n"
+            "From: <sip:alice@example.test>;tag=a\r\n"
+            "To: <sip:bob@example.test>\r\n"
+            f"Call-ID: {call_id}\r\n"
+            f"CSeq: 7 {method}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        parsed = parse_datagram(data)
+        assert isinstance(parsed, SipRequest)
+        return parsed
+
+    try:
+        layer.receive(request("INVITE"), ALICE)
+        [invite] = requests
+        assert layer.find_invite(request("CANCEL")) is invite
+        assert layer.find_invite(request("CANCEL", call_id="other")) is None
     finally:
         layer.close()
