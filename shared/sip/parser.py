@@ -118,7 +118,8 @@ def parse_head(
 ) -> SipRequest | SipResponse:
     """Parse a start line and headers (no blank line, no body) and validate them."""
     text = head.decode("utf-8", "surrogateescape")
-    crlf = text.count("\r\n")
+    lines = text.split("\r\n")
+    crlf = len(lines) - 1
     if (
         text.count("\n") == crlf
         and text.count("\r") == crlf
@@ -126,7 +127,6 @@ def parse_head(
         and "\n\t" not in text
     ):
         # What nearly every message looks like: CRLF line ends, no folding.
-        lines = text.split("\r\n")
         message = _parse_start_line(lines[0])
         fields = lines[1:]
         if (
@@ -154,22 +154,33 @@ def parse_head(
             headers.extend_parsed(parsed)
             raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
         name = name.rstrip(" \t")
-        if name not in _VALID_NAMES:
-            if not _TOKEN_RE.fullmatch(name):
-                headers.extend_parsed(parsed)
-                raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
-            if len(_VALID_NAMES) < _VALID_NAMES_MAX:
-                _VALID_NAMES.add(name)
+        if name not in _VALID_NAMES and not _valid_name(name):
+            headers.extend_parsed(parsed)
+            raise RemoteProtocolError(f"invalid header line {field[:80]!r}", partial=message)
         parsed.append((name, value.strip(" \t")))
     headers.extend_parsed(parsed)
     _validate(message)
     return message
 
 
-#: The name of every header line of the usual shape: after a CRLF, a token, optional blanks,
-#: a colon. A head has one match per CRLF exactly when every line is of that shape (a
-#: continuation line, a line without a colon or with a bad name has none).
-_LINE_NAMES_RE = re.compile(r"\r\n([A-Za-z0-9.!%*_+`'~\-]+)[ \t]*:")
+def _line_names(lines: list[str]) -> tuple[str, ...] | None:
+    """The name of each header line of the usual shape (a token, optional blanks, a colon);
+    None when a line is of another (a continuation, no colon, a bad name)."""
+    found: list[str] = []
+    valid = _VALID_NAMES
+    for line in lines:
+        colon = line.find(":")
+        if colon < 0:
+            return None
+        name = line[:colon]
+        if name not in valid:
+            name = name.rstrip(" \t")
+            if name not in valid and not _valid_name(name):
+                return None
+        found.append(name)
+    return tuple(found)
+
+
 _REQUIRED_RESPONSE_KEYS = tuple(name.lower() for name in REQUIRED_RESPONSE_HEADERS)
 
 
@@ -253,16 +264,26 @@ def _parse_request_fields(message: SipRequest, text: str, fields: list[str]) -> 
     not repeated (both known from the sequence of names); a valid CSeq of the request's
     method, a valid Max-Forwards, a non-empty Call-ID: what :func:`_validate` checks.
     """
-    names = tuple(_LINE_NAMES_RE.findall(text))
-    if len(names) != len(fields):
-        return False
+    found: list[str] = []
+    values: list[str] = []
+    valid = _VALID_NAMES
+    for field in fields:
+        name, colon, value = field.partition(":")
+        if not colon:
+            return False
+        if name not in valid:
+            name = name.rstrip(" \t")  # blanks are allowed before the colon (§7.3.1)
+            if name not in valid and not _valid_name(name):
+                return False
+        found.append(name)
+        values.append(value.strip(" \t"))
+    names = tuple(found)
     try:
         shape = _REQUEST_SHAPES[names]
     except KeyError:
         shape = _request_shape(names)
     if shape is None:
         return False
-    values = [field.partition(":")[2].strip(" \t") for field in fields]
     try:
         cseq = parse_cseq(values[shape.cseq])
     except ValueError:
@@ -295,23 +316,23 @@ def parse_response_head(
     a non-empty Call-ID, a well-formed Content-Length.
     """
     text = head.decode("utf-8", "surrogateescape")
-    crlf = text.count("\r\n")
+    lines = text.split("\r\n")
+    crlf = len(lines) - 1
     if (
         0 < crlf <= max_headers
         and len(text) <= max_line_length  # then no line can be too long
         and text.count("\n") == crlf
         and text.count("\r") == crlf
     ):
-        start, _, block = text.partition("\r\n")
+        start = lines.pop(0)
         m = _STATUS_RE.fullmatch(start) if start[:4] == "SIP/" else None
-        names = tuple(_LINE_NAMES_RE.findall(text))
-        if m is not None and len(names) == crlf:
+        names = _line_names(lines) if m is not None else None
+        if m is not None and names is not None:
             try:
                 shape = _SHAPES[names]
             except KeyError:
                 shape = _shape(names)
             if shape is not None:
-                lines = block.split("\r\n")
                 cseq = lines[shape.cseq].partition(":")[2].split()
                 length: int | None = None
                 if shape.length >= 0:
@@ -366,6 +387,15 @@ def _unfold(text: str) -> tuple[SipRequest | SipResponse, list[str]]:
 #: Header names already seen to be tokens (they repeat in every message).
 _VALID_NAMES: set[str] = set()
 _VALID_NAMES_MAX = 4096
+
+
+def _valid_name(name: str) -> bool:
+    """True for a token, remembered in ``_VALID_NAMES`` (while it has room)."""
+    if not _TOKEN_RE.fullmatch(name):
+        return False
+    if len(_VALID_NAMES) < _VALID_NAMES_MAX:
+        _VALID_NAMES.add(name)
+    return True
 
 
 def _validate(message: SipRequest | SipResponse) -> None:
