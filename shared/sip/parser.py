@@ -133,7 +133,7 @@ def parse_head(
             type(message) is SipRequest
             and 0 < len(fields) <= max_headers
             and max(map(len, fields)) <= max_line_length
-            and _parse_request_fields(message, text, fields)
+            and _parse_request_fields(message, fields)
         ):
             return message
     else:
@@ -255,8 +255,8 @@ def _request_shape(names: tuple[str, ...]) -> _RequestShape | None:
     return shape
 
 
-def _parse_request_fields(message: SipRequest, text: str, fields: list[str]) -> bool:
-    """Give ``message`` the headers of ``fields`` (its head ``text``, CRLF line ends, no
+def _parse_request_fields(message: SipRequest, fields: list[str]) -> bool:
+    """Give ``message`` the header lines ``fields`` (CRLF line ends in its head, no
     folding, no line too long, not too many) when the full parse would accept them exactly
     so; False (``message`` untouched) when anything is unusual: the full parse decides.
 
