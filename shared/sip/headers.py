@@ -411,29 +411,39 @@ _PLAIN_VIA_RE = re.compile(
 )
 
 
+#: Source addresses already found to need no quotes in a Via parameter (they repeat).
+_BARE_HOSTS: set[str] = set()
+
+
 def stamp_rport(value: str, host: str, port: int) -> str | None:
     """``value`` (a Via asking for rport) with ``rport=port;received=host`` (RFC 3581 §4),
     exactly as ``str(parse_via(value).with_param("rport", ...).with_param("received", ...))``
     would print it; None when ``value`` is not that plain (the caller takes the long way)."""
     m = _PLAIN_VIA_RE.fullmatch(value)
-    if m is None or ":" in host or not _BARE_VALUE_RE.fullmatch(host):
+    if m is None or ":" in host:
         return None
+    if host not in _BARE_HOSTS:
+        if not _BARE_VALUE_RE.fullmatch(host):
+            return None
+        if len(_BARE_HOSTS) >= _MEMO_MAX:
+            _BARE_HOSTS.clear()
+        _BARE_HOSTS.add(host)
     transport, via_host, via_port, raw_params = m.groups()
-    params = (
-        tuple(
-            (name, param_value)
-            for name, _, param_value in (item.partition("=") for item in raw_params[1:].split(";"))
-        )
-        if raw_params
-        else ()
-    )
-    if any(name.lower() in ("rport", "received") for name, _ in params):
-        return None
+    params: list[tuple[str, str | None]] = []
+    if raw_params:
+        for item in raw_params[1:].split(";"):
+            name, _, param_value = item.partition("=")
+            if name.lower() in ("rport", "received"):
+                return None
+            params.append((name, param_value))
     port_number = None if via_port is None else int(via_port)
     if port_number is not None and port_number > 65535:
         return None
-    stamped = f"{value[:-6]};rport={port};received={host}"
-    via = Via(transport, via_host, port_number, (*params, ("rport", str(port)), ("received", host)))
+    rport = str(port)
+    stamped = f"{value[:-6]};rport={rport};received={host}"
+    params.append(("rport", rport))
+    params.append(("received", host))
+    via = Via(transport, via_host, port_number, tuple(params))
     _remember(_via_memo, stamped, via)
     return stamped
 
