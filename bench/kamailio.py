@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from bench.proc_cpu import stop_process
+from bench.proc_cpu import LocalServer
 
 KAMAILIO = "/usr/sbin/kamailio"
 SCHEMA = Path("/usr/share/kamailio/postgres")
@@ -171,7 +171,7 @@ def ha1(user: str, realm: str, password: str) -> str:
     return hashlib.md5(f"{user}:{realm}:{password}".encode()).hexdigest()
 
 
-class Kamailio:
+class Kamailio(LocalServer):
     """Kamailio on ``port`` with the users ``user_format`` % i for i < ``users``, its data in
     a database ``kamailio`` of the PostgreSQL server behind ``admin_url`` (asyncpg's)."""
 
@@ -189,9 +189,9 @@ class Kamailio:
         db_mode: int = 1,
         cpu: list[str] | None = None,
     ) -> None:
+        super().__init__(port)
         self.workdir = workdir / "kamailio"
         self.admin_url = admin_url
-        self.port = port
         self.realm = realm
         self.password = password
         self.users = users
@@ -199,20 +199,11 @@ class Kamailio:
         self.children = children
         self.db_mode = db_mode
         self.pinned = cpu or []
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         """Kamailio's database (asyncpg's URL)."""
         return self.admin_url.replace(urlsplit(self.admin_url).path, "/kamailio", 1)
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     async def _prepare(self) -> None:
         admin = await asyncpg.connect(self.admin_url)
@@ -284,8 +275,3 @@ class Kamailio:
             except OSError:
                 time.sleep(0.2)
         raise SystemExit(f"kamailio does not answer on 127.0.0.1:{self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None

@@ -154,3 +154,24 @@ class CpuMeter:
             "imstack_cpu_ms_per": round(imstack * 1e3 / items, 3),
             "postgres_cpu_ms_per": round(pg * 1e3 / items, 3),
         }
+
+
+class LocalServer:
+    """A server process a benchmark starts on 127.0.0.1:``port`` (``proc`` once started)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.kamailio import Kamailio  # noqa: E402
-from bench.proc_cpu import stop_process  # noqa: E402
+from bench.proc_cpu import LocalServer  # noqa: E402
 from shared.db.embedded import EmbeddedPostgres  # noqa: E402
 from shared.db.migrate import migrate  # noqa: E402
 from shared.db.users import Address, create_user  # noqa: E402
@@ -148,7 +148,7 @@ def build_compiled() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-class Imstack:
+class Imstack(LocalServer):
     """``imstack serve <services>`` pinned to CPU 0 (``extra_env``: more IMSTACK_* settings)."""
 
     def __init__(
@@ -166,7 +166,7 @@ class Imstack:
         self.python = python
         self.compiled = compiled
         self.services = services
-        self.port = free_port()
+        super().__init__(free_port())
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("IMSTACK_")},
             "IMSTACK_DATABASE_URL": database_url,
@@ -181,15 +181,6 @@ class Imstack:
             "IMSTACK_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
         command = [IMSTACK, "serve", *self.services]
@@ -217,11 +208,6 @@ class Imstack:
             stderr=open(self.workdir / f"{'-'.join(self.services)}.log", "ab"),  # noqa: SIM115
         )
         wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
 
 
 def run_load(
