@@ -8,10 +8,10 @@ credentials, transaction events) are Records instead.
 
 A Record behaves as the frozen dataclass it replaces: equal to another of the same class
 with equal fields, hashable by them, printed as ``Name(field=value, ...)``. A subclass
-lists its field names in ``_fields`` (what ``repr`` prints), assigns them in its own
-``__init__`` as ``Final`` attributes (mypy then refuses any later assignment, as a frozen
-dataclass refuses it at run time) and returns their values from ``_key()``, in the same
-order; a field left out of ``_key`` is not compared (``field(compare=False)``).
+lists its field names in ``_fields`` and assigns them in its own ``__init__`` as ``Final``
+attributes (mypy then refuses any later assignment, as a frozen dataclass refuses it at run
+time). It overrides ``_key()`` where a field is not compared (``field(compare=False)``), or
+to return its fields directly where it is hashed on every request (a dictionary key).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ __all__ = ["Record"]
 class Record:
     __slots__ = ()
 
-    #: The field names ``repr`` prints, in order.
+    #: The field names, in order.
     _fields: ClassVar[tuple[str, ...]] = ()
 
     def _key(self) -> tuple[object, ...]:
         """The values that make two Records of the same class equal."""
-        return ()
+        return tuple(getattr(self, name) for name in self._fields)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

@@ -165,9 +165,6 @@ class NameAddr(Record):
         self.display_name: Final = display_name
         self.params: Final = params
 
-    def _key(self) -> tuple[object, ...]:
-        return (self.uri, self.display_name, self.params)
-
     def param(self, name: str) -> str | None:
         return _param(self.params, name)
 
@@ -366,9 +363,6 @@ class Via(Record):
         self.params: Final = params
         self.protocol: Final = protocol
 
-    def _key(self) -> tuple[object, ...]:
-        return (self.transport, self.host, self.port, self.params, self.protocol)
-
     def param(self, name: str) -> str | None:
         return _param(self.params, name)
 
@@ -483,9 +477,6 @@ class CSeq(Record):
     def __init__(self, seq: int, method: str) -> None:
         self.seq: Final = seq
         self.method: Final = method
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.seq, self.method)
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"

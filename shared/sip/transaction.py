@@ -53,9 +53,6 @@ class SendBytes(Record):
     def __init__(self, data: bytes) -> None:
         self.data: Final = data
 
-    def _key(self) -> tuple[object, ...]:
-        return (self.data,)
-
 
 class ResponseReceived(Record):
     """A response the client transaction passes up to the TU."""
@@ -64,9 +61,6 @@ class ResponseReceived(Record):
 
     def __init__(self, response: SipResponse) -> None:
         self.response: Final = response
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.response,)
 
 
 class TimedOut(Record):

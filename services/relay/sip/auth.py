@@ -46,9 +46,6 @@ class Authenticated(Record):
     def __init__(self, username: str) -> None:
         self.username: Final = username
 
-    def _key(self) -> tuple[object, ...]:
-        return (self.username,)
-
 
 def nonce_binding(flow: Flow) -> str:
     return flow.connection_id or f"{flow.transport}:{flow.host}"

@@ -37,9 +37,6 @@ class Target(Record):
         self.uri: Final = uri
         self.flow: Final = flow
 
-    def _key(self) -> tuple[object, ...]:
-        return (self.uri, self.flow)
-
     @classmethod
     def of(cls, edge: SipEdge, binding: Binding) -> Target:
         return cls(binding.contact, edge.flow_for(binding))
@@ -55,9 +52,6 @@ class ForkResult(Record):
         self.statuses: Final = statuses  # every final status seen, in arrival order
         #: True when no branch answered: ``response`` answers the original request directly.
         self.synthetic: Final = synthetic
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.response, self.statuses, self.synthetic)
 
     @property
     def ok(self) -> bool:
