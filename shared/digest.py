@@ -105,8 +105,18 @@ def _parse_plain_auth_header(text: str) -> tuple[str, dict[str, str], set[str]] 
         return None  # a quote left open
     params: dict[str, str] = {}
     quoted: set[str] = set()
+    naming = _NAMING_PIECES
     for at in range(0, last + 1, 2):
-        items = pieces[at].split(",")
+        piece = pieces[at]
+        if at and at < last:
+            name = naming.get(piece)
+            if name is not None:  # ``, name=`` before a quoted value, seen before
+                if name in params:
+                    return None
+                params[name] = pieces[at + 1]
+                quoted.add(name)
+                continue
+        items = piece.split(",")
         if at:
             if items[0].strip(_WS):
                 return None  # a quoted value is followed by white space, then a comma
@@ -121,6 +131,10 @@ def _parse_plain_auth_header(text: str) -> tuple[str, dict[str, str], set[str]] 
                 return None
             params[named[0]] = pieces[at + 1]
             quoted.add(named[0])
+            if at and len(items) == 1:  # the piece held that name alone
+                if len(naming) >= _PLAIN_MAX:
+                    naming.clear()
+                naming[piece] = named[0]
         for item in items:
             if not item.strip(_WS):
                 continue  # commas in a row
@@ -134,6 +148,9 @@ def _parse_plain_auth_header(text: str) -> tuple[str, dict[str, str], set[str]] 
 #: Parameter names already found to be tokens, with their lower-case forms, and bare values
 #: already found plain: both repeat from request to request (strip(_TOKEN) takes longer).
 _PLAIN_NAMES: dict[str, str] = {}
+#: The text between two quoted values that only names the next one (``, realm=``), with
+#: that name in lower case: the same from request to request of a client.
+_NAMING_PIECES: dict[str, str] = {}
 _PLAIN_VALUES: set[str] = set()
 _PLAIN_MAX: Final = 512
 

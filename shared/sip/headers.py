@@ -62,6 +62,20 @@ def _remember(memo: dict[str, _T], value: str, result: _T) -> _T:
 
 _TOKEN = r"[A-Za-z0-9.!%*_+`'~\-]+"
 _TOKEN_RE = re.compile(_TOKEN)
+#: The same characters, for ``str.strip``: what it leaves of a text is not token characters.
+_TOKEN_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+#: A host name or IPv4 address (what a plain Via's sent-by host is).
+_HOST_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
+
+
+def _is_token(text: str) -> bool:
+    """``text`` is a token (RFC 3261 §25.1); letters and digits alone are checked first:
+    string methods, because the regular expression engine costs far more per character."""
+    if text.isascii() and text.isalnum():
+        return True
+    return bool(text) and not text.strip(_TOKEN_CHARS)
+
+
 # A param value that needs no quotes: token, or host (IPv6 reference, IPv4, name).
 _BARE_VALUE_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+|\[[0-9A-Fa-f:.]+\]")
 _WS = " \t"
@@ -192,23 +206,39 @@ def parse_name_addr(value: str) -> NameAddr:
     return _remember(_name_addr_memo, value, _parse_name_addr(value))
 
 
-#: The usual From/To/Route shape: ``<uri>`` and plain ``;name=value`` parameters, as
-#: :func:`_parse_name_addr_general` reads it (no display name, no quotes, no blanks).
-_PLAIN_NAME_ADDR_RE = re.compile(rf'<([^<>" \t]+)>((?:;{_TOKEN}(?:={_TOKEN})?)*)')
-
-
 def _parse_name_addr(value: str) -> NameAddr:
-    m = _PLAIN_NAME_ADDR_RE.fullmatch(value.strip(" \t"))
-    if m is None:
-        return _parse_name_addr_general(value)
-    uri, raw_params = m.groups()
-    params = tuple(_plain_param(item) for item in raw_params[1:].split(";")) if raw_params else ()
-    return NameAddr(uri, None, params)
+    # The usual From/To/Route shape first: ``<uri>`` (no blank, quote or angle bracket in
+    # it) and ``;token`` or ``;token=token`` parameters, read with string methods exactly
+    # as _parse_name_addr_general reads them; anything else is left to that.
+    text = value.strip(" \t")
+    close = text.find(">")
+    if text[:1] == "<" and close > 1:
+        uri = text[1:close]
+        if "<" not in uri and '"' not in uri and " " not in uri and "\t" not in uri:
+            params = _plain_params(text[close + 1 :])
+            if params is not None:
+                return NameAddr(uri, None, params)
+    return _parse_name_addr_general(value)
 
 
-def _plain_param(item: str) -> tuple[str, str | None]:
-    name, eq, value = item.partition("=")
-    return (name, value) if eq else (name, None)
+def _plain_params(text: str) -> Params | None:
+    """``;token[=token]...`` (or nothing) as Params; None for any other text."""
+    if not text:
+        return ()
+    if text[0] != ";":
+        return None
+    params: list[tuple[str, str | None]] = []
+    for item in text[1:].split(";"):
+        name, equals, value = item.partition("=")
+        if not _is_token(name):
+            return None
+        if not equals:
+            params.append((name, None))
+        elif _is_token(value):
+            params.append((name, value))
+        else:
+            return None
+    return tuple(params)
 
 
 def _parse_name_addr_general(value: str) -> NameAddr:
@@ -397,14 +427,6 @@ class Via(Record):
         return f"{self.protocol}/{self.transport} {self.host}{port}{format_params(self.params)}"
 
 
-#: A Via exactly as str(Via) prints it: SIP/2.0, a host name or IPv4 address, token=token
-#: parameters and a valueless rport at the end (what nearly every UA sends).
-_PLAIN_VIA_RE = re.compile(
-    r"SIP/2\.0/([A-Z]+) ([A-Za-z0-9.\-]+)(?::(\d{1,5}))?"
-    rf"((?:;(?!\+){_TOKEN}={_TOKEN})*);rport"  # a +feature value str(Via) would quote
-)
-
-
 #: Source addresses already found to need no quotes in a Via parameter (they repeat).
 _BARE_HOSTS: set[str] = set()
 
@@ -412,9 +434,14 @@ _BARE_HOSTS: set[str] = set()
 def stamp_rport(value: str, host: str, port: int) -> str | None:
     """``value`` (a Via asking for rport) with ``rport=port;received=host`` (RFC 3581 §4),
     exactly as ``str(parse_via(value).with_param("rport", ...).with_param("received", ...))``
-    would print it; None when ``value`` is not that plain (the caller takes the long way)."""
-    m = _PLAIN_VIA_RE.fullmatch(value)
-    if m is None or ":" in host:
+    would print it; None when ``value`` is not that plain (the caller takes the long way).
+
+    Plain is what str(Via) prints and nearly every UA sends: ``SIP/2.0/``, an upper-case
+    transport, one space, a host name or IPv4 address, an optional port of up to five
+    digits, ``;token=token`` parameters (none named with a ``+``, whose value str(Via)
+    would quote, nor rport or received) and a valueless ``;rport`` at the end.
+    """
+    if not value.startswith("SIP/2.0/") or not value.endswith(";rport") or ":" in host:
         return None
     if host not in _BARE_HOSTS:
         if not _BARE_VALUE_RE.fullmatch(host):
@@ -422,17 +449,29 @@ def stamp_rport(value: str, host: str, port: int) -> str | None:
         if len(_BARE_HOSTS) >= _MEMO_MAX:
             _BARE_HOSTS.clear()
         _BARE_HOSTS.add(host)
-    transport, via_host, via_port, raw_params = m.groups()
+    transport, space, sent_by = value[8:-6].partition(" ")
+    if not (space and transport.isascii() and transport.isalpha() and transport.isupper()):
+        return None
+    host_port, semicolon, raw_params = sent_by.partition(";")
+    via_host, colon, via_port = host_port.partition(":")
+    if not via_host or not via_host.isascii() or via_host.strip(_HOST_CHARS):
+        return None
+    port_number: int | None = None
+    if colon:
+        if not (0 < len(via_port) <= 5 and via_port.isascii() and via_port.isdigit()):
+            return None
+        port_number = int(via_port)
+        if port_number > 65535:
+            return None
     params: list[tuple[str, str | None]] = []
-    if raw_params:
-        for item in raw_params[1:].split(";"):
-            name, _, param_value = item.partition("=")
+    if semicolon:
+        for item in raw_params.split(";"):
+            name, equals, param_value = item.partition("=")
+            if not equals or name[:1] == "+" or not _is_token(name) or not _is_token(param_value):
+                return None
             if name.lower() in ("rport", "received"):
                 return None
             params.append((name, param_value))
-    port_number = None if via_port is None else int(via_port)
-    if port_number is not None and port_number > 65535:
-        return None
     rport = str(port)
     stamped = f"{value[:-6]};rport={rport};received={host}"
     params.append(("rport", rport))
@@ -487,7 +526,7 @@ def parse_cseq(value: str) -> CSeq:
     if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 12:
         raise ValueError(f"invalid CSeq {value!r}")
     seq = int(parts[0])
-    if seq >= _CSEQ_MAX or not _TOKEN_RE.fullmatch(parts[1]):
+    if seq >= _CSEQ_MAX or not _is_token(parts[1]):
         raise ValueError(f"invalid CSeq {value!r}")
     return CSeq(seq, parts[1])
 

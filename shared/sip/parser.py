@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from shared.sip.errors import RemoteProtocolError
 from shared.sip.headers import parse_cseq
@@ -79,6 +80,26 @@ _METHODS = frozenset(
 _BAD_URI_CHAR_RE = re.compile(r'[\x00-\x1f\x7f<>"]')
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?", re.IGNORECASE | re.DOTALL)
 
+#: Request-URIs and status lines already checked: both repeat from message to message, and
+#: the regular expression engine costs far more per character than a look-up.
+_GOOD_URIS: set[str] = set()
+_STATUS_LINES: dict[str, tuple[int, str]] = {}
+_CHECKED_MAX: Final = 256
+
+
+def _status_line(line: str) -> tuple[int, str] | None:
+    """A status line's code and reason phrase (blanks around it dropped); None if invalid."""
+    known = _STATUS_LINES.get(line)
+    if known is not None:
+        return known
+    m = _STATUS_RE.fullmatch(line)
+    if m is None:
+        return None
+    if len(_STATUS_LINES) >= _CHECKED_MAX:
+        _STATUS_LINES.clear()
+    known = _STATUS_LINES[line] = (int(m.group(1)), (m.group(2) or "").strip())
+    return known
+
 
 @dataclass(frozen=True, slots=True)
 class KeepAlivePing:
@@ -90,10 +111,10 @@ StreamEvent = SipRequest | SipResponse | KeepAlivePing
 
 def _parse_start_line(line: str) -> SipRequest | SipResponse:
     if line[:4].upper() == "SIP/":
-        m = _STATUS_RE.fullmatch(line)
-        if m is None:
+        known = _status_line(line)
+        if known is None:
             raise RemoteProtocolError(f"invalid status line {line[:80]!r}")
-        return SipResponse(status=int(m.group(1)), reason=(m.group(2) or "").strip())
+        return SipResponse(status=known[0], reason=known[1])
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         # RFC 4475 §3.1.2.11: exactly one SP between the request-line elements.
@@ -104,9 +125,13 @@ def _parse_start_line(line: str) -> SipRequest | SipResponse:
     if version != "SIP/2.0" and version.upper() != "SIP/2.0":
         status = StatusCode.VERSION_NOT_SUPPORTED if version[:4].upper() == "SIP/" else 400
         raise RemoteProtocolError(f"unsupported version {version[:20]!r}", status_hint=status)
-    if _BAD_URI_CHAR_RE.search(uri):
-        # RFC 4475 §3.1.2.7: a Request-URI in <> is invalid.
-        raise RemoteProtocolError(f"invalid Request-URI {uri[:80]!r}")
+    if uri not in _GOOD_URIS:
+        if _BAD_URI_CHAR_RE.search(uri):
+            # RFC 4475 §3.1.2.7: a Request-URI in <> is invalid.
+            raise RemoteProtocolError(f"invalid Request-URI {uri[:80]!r}")
+        if len(_GOOD_URIS) >= _CHECKED_MAX:
+            _GOOD_URIS.clear()
+        _GOOD_URIS.add(uri)
     return SipRequest(method=method, uri=uri)
 
 
@@ -325,9 +350,9 @@ def parse_response_head(
         and text.count("\r") == crlf
     ):
         start = lines.pop(0)
-        m = _STATUS_RE.fullmatch(start) if start[:4] == "SIP/" else None
-        names = _line_names(lines) if m is not None else None
-        if m is not None and names is not None:
+        status = _status_line(start) if start[:4] == "SIP/" else None
+        names = _line_names(lines) if status is not None else None
+        if status is not None and names is not None:
             try:
                 shape = _SHAPES[names]
             except KeyError:
@@ -350,8 +375,8 @@ def parse_response_head(
                     and length != -1
                 ):
                     return LazyResponse(
-                        status=int(m.group(1)),
-                        reason=(m.group(2) or "").strip(),
+                        status=status[0],
+                        reason=status[1],
                         lines=lines,
                         keys=shape.keys,
                         content_length=length,

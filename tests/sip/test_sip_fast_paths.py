@@ -1,8 +1,9 @@
 """The short ways the hot path takes give exactly what the careful ways give.
 
 The parser reads plain CRLF heads without unfolding, the transport stamps a plain Via's
-rport/received by text, and Digest credentials without escapes are split by regular
-expressions; anything unusual goes the careful way. A client must not be able to tell.
+rport/received by text, From/To values of the usual shape are read by string methods, and
+Digest credentials without escapes are split on their quotes and commas; anything unusual
+goes the careful way. A client must not be able to tell.
 """
 
 from __future__ import annotations
@@ -51,6 +52,40 @@ def test_a_plain_via_is_stamped_as_the_parsed_one_would_be(
     expected = via.with_param("rport", "5062").with_param("received", source)
     assert stamped == str(expected)
     assert parse_via(stamped) == _parse_via(stamped) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (  # baresip
+            "SIP/2.0/UDP 127.0.0.1:40001;branch=z9hG4bKa9c1e3f2b5d0;rport",
+            "SIP/2.0/UDP 127.0.0.1:40001;branch=z9hG4bKa9c1e3f2b5d0;rport=5062;received=192.0.2.7",
+        ),
+        (  # linphone: the branch before rport, a host name, no port
+            "SIP/2.0/TCP pc33.atlanta.example;branch=z9hG4bK.Xy-12_3;rport",
+            "SIP/2.0/TCP pc33.atlanta.example;branch=z9hG4bK.Xy-12_3;rport=5062;received=192.0.2.7",
+        ),
+    ],
+)
+def test_what_clients_send_in_a_via_is_stamped_the_short_way(value: str, expected: str) -> None:
+    stamped = stamp_rport(value, "192.0.2.7", 5062)
+    assert stamped == expected
+    assert parse_via(stamped) == _parse_via(stamped)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "SIP/2.0/UDP 127.0.0.1:40001;branch=z9hG4bK1;rport=1",  # rport already there
+        "SIP/2.0/UDP 127.0.0.1:40001;+sip.x=1;rport",  # a feature value str(Via) quotes
+        "SIP/2.0/UDP [::1]:40001;branch=z9hG4bK1;rport",  # an IPv6 reference
+        "SIP/2.0/udp 127.0.0.1;branch=z9hG4bK1;rport",  # a lower-case transport
+        "SIP/2.0/UDP 127.0.0.1:123456;branch=z9hG4bK1;rport",  # six digits of port
+        "SIP/2.0/UDP 127.0.0.1;branch;rport",  # a valueless parameter
+    ],
+)
+def test_a_via_of_another_shape_is_left_to_the_careful_parser(value: str) -> None:
+    assert stamp_rport(value, "192.0.2.7", 5062) is None
 
 
 HEADS = [
