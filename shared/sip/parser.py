@@ -144,14 +144,9 @@ def parse_head(
     """Parse a start line and headers (no blank line, no body) and validate them."""
     text = head.decode("utf-8", "surrogateescape")
     lines = text.split("\r\n")
-    crlf = len(lines) - 1
-    if (
-        text.count("\n") == crlf
-        and text.count("\r") == crlf
-        and "\n " not in text
-        and "\n\t" not in text
-    ):
-        # What nearly every message looks like: CRLF line ends, no folding.
+    if _crlf_only(lines):
+        # What nearly every message looks like: CRLF line ends (and no folding, which the
+        # request's short way finds in a header line of no valid name).
         message = _parse_start_line(lines[0])
         fields = lines[1:]
         if (
@@ -161,6 +156,8 @@ def parse_head(
             and _parse_request_fields(message, fields)
         ):
             return message
+        if "\n " in text or "\n\t" in text:
+            message, fields = _unfold(text)
     else:
         message, fields = _unfold(text)
     headers = Headers()
@@ -186,6 +183,14 @@ def parse_head(
     headers.extend_parsed(parsed)
     _validate(message)
     return message
+
+
+def _crlf_only(lines: list[str]) -> bool:
+    """No CR or LF in ``lines`` (a text split at its CRLFs): it had no other line end.
+    Two searches of the joined lines, not two counts over the text: counting a character
+    costs several times more than finding it absent."""
+    rest = "".join(lines)
+    return "\r" not in rest and "\n" not in rest
 
 
 def _line_names(lines: list[str]) -> tuple[str, ...] | None:
@@ -346,8 +351,7 @@ def parse_response_head(
     if (
         0 < crlf <= max_headers
         and len(text) <= max_line_length  # then no line can be too long
-        and text.count("\n") == crlf
-        and text.count("\r") == crlf
+        and _crlf_only(lines)
     ):
         start = lines.pop(0)
         status = _status_line(start) if start[:4] == "SIP/" else None
