@@ -287,12 +287,38 @@ _STATE_TIMERS: dict[State, frozenset[Timer]] = {
 }
 
 
+# The members the per-message code uses, as module constants: in the compiled build a
+# Final name is a C global, while ``Act.DELIVER`` is a look-up on an interpreted class each
+# time (about 40 of them per relayed MESSAGE).
+_CALLING: Final = S.CALLING
+_TRYING: Final = S.TRYING
+_PROCEEDING: Final = S.PROCEEDING
+_TERMINATED: Final = S.TERMINATED
+_RESPONSE_1XX: Final = In.RESPONSE_1XX
+_RESPONSE_2XX: Final = In.RESPONSE_2XX
+_RESPONSE_FINAL: Final = In.RESPONSE_FINAL
+_REQUEST: Final = In.REQUEST
+_ACK: Final = In.ACK
+_SEND_REQUEST: Final = Act.SEND_REQUEST
+_SEND_ACK: Final = Act.SEND_ACK
+_SEND_RESPONSE: Final = Act.SEND_RESPONSE
+_RESEND_RESPONSE: Final = Act.RESEND_RESPONSE
+_DELIVER: Final = Act.DELIVER
+_TIMEOUT: Final = Act.TIMEOUT
+_TRANSPORT_ERROR: Final = Act.TRANSPORT_ERROR
+_BACKOFF: Final = Act.BACKOFF
+_REARM_T2: Final = Act.REARM_T2
+_TIMER_A: Final = T.A
+_INVITE_CLIENT_TIMERS: Final = (T.A, T.B)
+_NON_INVITE_CLIENT_TIMERS: Final = (T.E, T.F)
+
+
 def _response_input(status: int) -> Input:
     if 100 <= status < 200:
-        return In.RESPONSE_1XX
+        return _RESPONSE_1XX
     if 200 <= status < 300:
-        return In.RESPONSE_2XX
-    return In.RESPONSE_FINAL
+        return _RESPONSE_2XX
+    return _RESPONSE_FINAL
 
 
 #: Initial timer intervals by (reliable, T1, T4): they are the same for most transactions.
@@ -390,19 +416,19 @@ class Transaction:
         for action in actions:
             if isinstance(action, Timer):
                 self._start(action, now)
-            elif action in (Act.BACKOFF, Act.REARM_T2):
+            elif action is _BACKOFF or action is _REARM_T2:
                 assert fired is not None
                 interval = 2 * self._intervals[fired]
-                if fired is not T.A:
+                if fired is not _TIMER_A:
                     interval = min(interval, self.t2)
-                self._start(fired, now, self.t2 if action is Act.REARM_T2 else interval)
+                self._start(fired, now, self.t2 if action is _REARM_T2 else interval)
             else:
                 self._act(action, response)
         if new_state is not self.state:
             self.state = new_state
             allowed = _STATE_TIMERS[new_state]
             self._deadlines = {t: d for t, d in self._deadlines.items() if t in allowed}
-            if new_state is S.TERMINATED:
+            if new_state is _TERMINATED:
                 self._events.append(Terminated())
         # Zero-length timers (D, I, J, K over reliable transports) fire at once.
         if not self._zero_timers:
@@ -433,13 +459,11 @@ class ClientTransaction(Transaction):
         if request.method == "ACK":
             raise LocalProtocolError("ACK never creates a client transaction (§17.1)")
         self.is_invite = request.method == "INVITE"
-        table, state = (
-            (INVITE_CLIENT, S.CALLING) if self.is_invite else (NON_INVITE_CLIENT, S.TRYING)
-        )
+        table, state = (INVITE_CLIENT, _CALLING) if self.is_invite else (NON_INVITE_CLIENT, _TRYING)
         super().__init__(table, state, request, reliable=reliable, t1=t1, t2=t2, t4=t4)
         self._request_bytes = request.to_bytes()
         self._events.append(SendBytes(self._request_bytes))
-        for timer in (T.A, T.B) if self.is_invite else (T.E, T.F):
+        for timer in _INVITE_CLIENT_TIMERS if self.is_invite else _NON_INVITE_CLIENT_TIMERS:
             self._start(timer, now)
 
     def start(self) -> list[TransactionEvent]:
@@ -451,17 +475,17 @@ class ClientTransaction(Transaction):
         return self._take()
 
     def _act(self, action: Action, response: SipResponse | None) -> None:
-        if action is Act.SEND_REQUEST:
+        if action is _SEND_REQUEST:
             self._events.append(SendBytes(self._request_bytes))
-        elif action is Act.DELIVER:
+        elif action is _DELIVER:
             assert response is not None
             self._events.append(ResponseReceived(response))
-        elif action is Act.SEND_ACK:
+        elif action is _SEND_ACK:
             assert response is not None
             self._events.append(SendBytes(self._ack_for(response).to_bytes()))
-        elif action is Act.TIMEOUT:
+        elif action is _TIMEOUT:
             self._events.append(TimedOut())
-        elif action is Act.TRANSPORT_ERROR:
+        elif action is _TRANSPORT_ERROR:
             self._events.append(TransportFailed())
         else:
             raise LocalProtocolError(f"client transaction cannot {action.value}")
@@ -508,12 +532,12 @@ class ServerTransaction(Transaction):
             raise LocalProtocolError("ACK never creates a server transaction (§17.2)")
         self.is_invite = request.method == "INVITE"
         table, state = (
-            (INVITE_SERVER, S.PROCEEDING) if self.is_invite else (NON_INVITE_SERVER, S.TRYING)
+            (INVITE_SERVER, _PROCEEDING) if self.is_invite else (NON_INVITE_SERVER, _TRYING)
         )
         super().__init__(table, state, request, reliable=reliable, t1=t1, t2=t2, t4=t4)
         self._last_response: bytes | None = None
         if self.is_invite and send_trying:
-            self._step(In.RESPONSE_1XX, now, response=make_response(request, 100))
+            self._step(_RESPONSE_1XX, now, response=make_response(request, 100))
 
     @property
     def last_response(self) -> bytes | None:
@@ -526,7 +550,7 @@ class ServerTransaction(Transaction):
 
     def receive_request(self, request: SipRequest, now: float) -> list[TransactionEvent]:
         """A retransmission of the request, or (INVITE) the ACK for a 300-699 response."""
-        self._step(In.ACK if request.method == "ACK" else In.REQUEST, now)
+        self._step(_ACK if request.method == "ACK" else _REQUEST, now)
         return self._take()
 
     def send_response(self, response: SipResponse, now: float) -> list[TransactionEvent]:
@@ -535,16 +559,16 @@ class ServerTransaction(Transaction):
         return self._take()
 
     def _act(self, action: Action, response: SipResponse | None) -> None:
-        if action is Act.SEND_RESPONSE:
+        if action is _SEND_RESPONSE:
             assert response is not None
             self._last_response = response.to_bytes()
             self._events.append(SendBytes(self._last_response))
-        elif action is Act.RESEND_RESPONSE:
+        elif action is _RESEND_RESPONSE:
             if self._last_response is not None:
                 self._events.append(SendBytes(self._last_response))
-        elif action is Act.TIMEOUT:
+        elif action is _TIMEOUT:
             self._events.append(TimedOut())
-        elif action is Act.TRANSPORT_ERROR:
+        elif action is _TRANSPORT_ERROR:
             self._events.append(TransportFailed())
         else:
             raise LocalProtocolError(f"server transaction cannot {action.value}")
