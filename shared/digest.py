@@ -96,7 +96,7 @@ def _parse_plain_auth_header(text: str) -> tuple[str, dict[str, str], set[str]] 
     if "\\" in text:
         return None
     scheme, space, rest = text.partition(" ")
-    if not space or scheme.strip(_TOKEN):  # what strip leaves is not token characters
+    if not space or (scheme != "Digest" and scheme.strip(_TOKEN)):  # (not token characters)
         return None
     # Outside quotes at even places, quoted values at odd ones.
     pieces = rest.split('"')
@@ -145,9 +145,10 @@ def _parse_plain_auth_header(text: str) -> tuple[str, dict[str, str], set[str]] 
     return scheme, params, quoted
 
 
-#: Parameter names already found to be tokens, with their lower-case forms, and bare values
-#: already found plain: both repeat from request to request (strip(_TOKEN) takes longer).
-_PLAIN_NAMES: dict[str, str] = {}
+#: ``name = value`` items already read, with what :func:`_plain_param` made of them, and
+#: bare values already found plain: most repeat from request to request of a client
+#: (``username=``, ``algorithm=MD5``, ``qop=auth``), and strip(_TOKEN) takes longer.
+_PLAIN_ITEMS: dict[str, tuple[str, str]] = {}
 #: The text between two quoted values that only names the next one (``, realm=``), with
 #: that name in lower case: the same from request to request of a client.
 _NAMING_PIECES: dict[str, str] = {}
@@ -157,18 +158,19 @@ _PLAIN_MAX: Final = 512
 
 def _plain_param(item: str) -> tuple[str, str] | None:
     """``name = value`` as (lower-case name, value), white space around both dropped."""
+    known = _PLAIN_ITEMS.get(item)
+    if known is not None:
+        return known
     name, equals, value = item.partition("=")
     if not equals:
         return None
     name = name.strip(_WS)
-    lower = _PLAIN_NAMES.get(name)
-    if lower is None:
-        if not name or name.strip(_TOKEN):  # what strip leaves is not token characters
-            return None
-        if len(_PLAIN_NAMES) >= _PLAIN_MAX:
-            _PLAIN_NAMES.clear()
-        lower = _PLAIN_NAMES[name] = name.lower()
-    return lower, value.strip(_WS)
+    if not name or name.strip(_TOKEN):  # what strip leaves is not token characters
+        return None
+    if len(_PLAIN_ITEMS) >= _PLAIN_MAX:
+        _PLAIN_ITEMS.clear()
+    known = _PLAIN_ITEMS[item] = (name.lower(), value.strip(_WS))
+    return known
 
 
 def _plain_value(value: str) -> bool:
