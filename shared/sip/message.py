@@ -135,6 +135,16 @@ def _name_key(name: str) -> tuple[str, str]:
     return result
 
 
+def _position(keys: list[str], key: str) -> int:
+    """Where ``key`` first is in ``keys`` (-1: absent). Not ``keys.index``: on a miss, and
+    headers are looked up that a request usually lacks (Proxy-Require, P-Asserted-Identity),
+    that raises a ValueError whose message it formats, which costs more than the scan."""
+    for index, k in enumerate(keys):
+        if k == key:
+            return index
+    return -1
+
+
 def canonical_name(name: str) -> str:
     """Full, canonically spelled header name (``i`` → ``Call-ID``, ``cseq`` → ``CSeq``)."""
     return _name_key(name)[0]
@@ -234,11 +244,8 @@ class Headers:
 
     def first(self, name: str) -> str | None:
         """The value of the first line named ``name``, unsplit (None: no such line)."""
-        key = _name_key(name)[1]
-        try:
-            return self._items[self._keys.index(key)][1]
-        except ValueError:
-            return None
+        index = _position(self._keys, _name_key(name)[1])
+        return self._items[index][1] if index >= 0 else None
 
     def count(self, name: str) -> int:
         """How many lines are named ``name``."""
@@ -254,9 +261,8 @@ class Headers:
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name`` (the topmost element for comma-list headers)."""
         key = _name_key(name)[1]
-        try:
-            index = self._keys.index(key)
-        except ValueError:
+        index = _position(self._keys, key)
+        if index < 0:
             return default
         if key not in COMMA_LIST_HEADERS:
             return self._items[index][1]
@@ -290,9 +296,8 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every ``name`` line by one, where the first one was (else at the end)."""
         canonical, key = _name_key(name)
-        try:
-            index = self._keys.index(key)
-        except ValueError:
+        index = _position(self._keys, key)
+        if index < 0:
             self.add(name, value)
             return
         if self._keys.count(key) == 1:
@@ -308,10 +313,8 @@ class Headers:
 
     def index(self, name: str) -> int | None:
         """The position of the first line named ``name`` (None: no such line)."""
-        try:
-            return self._keys.index(_name_key(name)[1])
-        except ValueError:
-            return None
+        index = _position(self._keys, _name_key(name)[1])
+        return index if index >= 0 else None
 
     def remove(self, name: str) -> None:
         key = _name_key(name)[1]
@@ -324,9 +327,8 @@ class Headers:
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the topmost element of a header (e.g. the top Via, §16.7)."""
         key = _name_key(name)[1]
-        try:
-            i = self._keys.index(key)
-        except ValueError:
+        i = _position(self._keys, key)
+        if i < 0:
             return None
         n, v = self._items[i]
         parts = split_comma_list(v) if key in COMMA_LIST_HEADERS else [v.strip()]
@@ -595,9 +597,8 @@ class LazyResponse(SipResponse):
         lines = self._lines
         if lines is None:
             return self.headers.first(name)
-        try:
-            index = self._keys.index(_name_key(name)[1])
-        except ValueError:
+        index = _position(self._keys, _name_key(name)[1])
+        if index < 0:
             return None
         return lines[index].partition(":")[2].strip(" \t")
 
@@ -663,9 +664,8 @@ class LazyResponse(SipResponse):
         if lines is not None:
             start = self.start_line()
             if "\r" not in start and "\n" not in start:
-                try:
-                    index = self._keys.index("content-length")
-                except ValueError:
+                index = _position(self._keys, "content-length")
+                if index < 0:
                     head = "\r\n".join([start, *lines, f"Content-Length: {len(body)}"])
                     return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
                 value = lines[index].partition(":")[2].strip(" \t")
