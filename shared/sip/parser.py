@@ -144,7 +144,15 @@ def parse_head(
     """Parse a start line and headers (no blank line, no body) and validate them."""
     text = head.decode("utf-8", "surrogateescape")
     lines = text.split("\r\n")
-    if _crlf_only(lines):
+    return _parse_head_text(text, lines, _crlf_only(lines), max_headers, max_line_length)
+
+
+def _parse_head_text(
+    text: str, lines: list[str], crlf_only: bool, max_headers: int, max_line_length: int
+) -> SipRequest | SipResponse:
+    """:func:`parse_head` of the decoded head ``text``, split at its CRLFs into ``lines``
+    (``crlf_only``: no other CR or LF in them)."""
+    if crlf_only:
         # What nearly every message looks like: CRLF line ends (and no folding, which the
         # request's short way finds in a header line of no valid name).
         message = _parse_start_line(lines[0])
@@ -347,25 +355,33 @@ def parse_response_head(
     """
     text = head.decode("utf-8", "surrogateescape")
     lines = text.split("\r\n")
+    return _parse_response_text(text, lines, _crlf_only(lines), max_headers, max_line_length)
+
+
+def _parse_response_text(
+    text: str, lines: list[str], crlf_only: bool, max_headers: int, max_line_length: int
+) -> SipRequest | SipResponse:
+    """:func:`parse_response_head` of the decoded head (as :func:`_parse_head_text`)."""
     crlf = len(lines) - 1
     if (
-        0 < crlf <= max_headers
+        crlf_only
+        and 0 < crlf <= max_headers
         and len(text) <= max_line_length  # then no line can be too long
-        and _crlf_only(lines)
     ):
-        start = lines.pop(0)
+        start = lines[0]
+        fields = lines[1:]
         status = _status_line(start) if start[:4] == "SIP/" else None
-        names = _line_names(lines) if status is not None else None
+        names = _line_names(fields) if status is not None else None
         if status is not None and names is not None:
             try:
                 shape = _SHAPES[names]
             except KeyError:
                 shape = _shape(names)
             if shape is not None:
-                cseq = lines[shape.cseq].partition(":")[2].split()
+                cseq = fields[shape.cseq].partition(":")[2].split()
                 length: int | None = None
                 if shape.length >= 0:
-                    value = lines[shape.length].partition(":")[2].strip(" \t")
+                    value = fields[shape.length].partition(":")[2].strip(" \t")
                     ok = value.isascii() and value.isdigit() and len(value) <= 12
                     length = int(value) if ok else -1
                 if (
@@ -375,17 +391,17 @@ def parse_response_head(
                     and len(cseq[0]) <= 12
                     and int(cseq[0]) < _CSEQ_MAX
                     and (cseq[1] in _METHODS or _TOKEN_RE.fullmatch(cseq[1]))
-                    and lines[shape.call_id].partition(":")[2].strip(" \t")
+                    and fields[shape.call_id].partition(":")[2].strip(" \t")
                     and length != -1
                 ):
                     return LazyResponse(
                         status=status[0],
                         reason=status[1],
-                        lines=lines,
+                        lines=fields,
                         keys=shape.keys,
                         content_length=length,
                     )
-    return parse_head(head, max_headers=max_headers, max_line_length=max_line_length)
+    return _parse_head_text(text, lines, crlf_only, max_headers, max_line_length)
 
 
 def _unfold(text: str) -> tuple[SipRequest | SipResponse, list[str]]:
@@ -485,24 +501,33 @@ def parse_datagram(
     """
     if len(data) > max_size:
         raise RemoteProtocolError("datagram too large", status_hint=_TOO_LARGE)
-    # §7.5: CRLFs before the start line are ignored.
-    data = data.lstrip(b"\r\n")
-    if not data:
-        return None
+    if not data or data[0] == 0x0D or data[0] == 0x0A:
+        # §7.5: CRLFs before the start line are ignored.
+        data = data.lstrip(b"\r\n")
+        if not data:
+            return None
+    message: SipRequest | SipResponse | None = None
     end = data.find(b"\r\n\r\n")
-    if (
-        end > 0
-        and data[end - 1] != 0x0A
-        and data.find(b"\n\n", 0, end) < 0
-        and data.find(b"\n\r\n", 0, end) < 0
-    ):
-        head, body = data[:end], data[end + 4 :]  # the usual CRLF CRLF
-    elif (m := _HEAD_END_RE.search(data)) is None:
-        head, body = data.rstrip(b"\r\n"), b""
-    else:
-        head, body = data[: m.start()], data[m.end() :]
-    parse = parse_response_head if lazy_responses and head[:4] == b"SIP/" else parse_head
-    message = parse(head, max_headers=max_headers, max_line_length=max_line_length)
+    if end > 0:
+        # The usual CRLF CRLF. The head ends there when its lines, split at the CRLFs, hold
+        # no other CR or LF (no blank line of bare LFs can come first); the parse needs
+        # that check and those lines anyway, so they are made once, here.
+        text = data[:end].decode("utf-8", "surrogateescape")
+        lines = text.split("\r\n")
+        if _crlf_only(lines):
+            body = data[end + 4 :]
+            if lazy_responses and text[:4] == "SIP/":
+                message = _parse_response_text(text, lines, True, max_headers, max_line_length)
+            else:
+                message = _parse_head_text(text, lines, True, max_headers, max_line_length)
+    if message is None:
+        m = _HEAD_END_RE.search(data)
+        if m is None:
+            head, body = data.rstrip(b"\r\n"), b""
+        else:
+            head, body = data[: m.start()], data[m.end() :]
+        parse = parse_response_head if lazy_responses and head[:4] == b"SIP/" else parse_head
+        message = parse(head, max_headers=max_headers, max_line_length=max_line_length)
     length = _content_length(message)
     if length is not None:
         if length > len(body):
