@@ -150,3 +150,28 @@ async def test_a_cancel_from_an_rfc_2543_client_finds_its_invite() -> None:
         assert layer.find_invite(request("CANCEL", call_id="other")) is None
     finally:
         layer.close()
+
+
+@pytest.mark.interpreted  # a stand-in transport layer, which the compiled build refuses
+async def test_answered_client_transactions_leave_the_timer_heap_small() -> None:
+    # Each request we send arms Timer E (T1 = 0.5 s) and is answered within milliseconds;
+    # the entries it left behind in the timer heap each came due on their own, one wake-up
+    # of the loop per relayed request. The heap is now rebuilt without them, while the
+    # timer of a transaction still waiting fires as before.
+    transports = Sent()
+    bob = Flow("udp", "127.0.0.1", 5080)
+    layer = TransactionLayer(cast(TransportLayer, transports), lambda _t: None, lambda _r, _f: None)
+    try:
+        waiting = layer.send_request(message("waiting"), bob)
+        for i in range(2000):
+            txn = layer.send_request(message(f"c{i}"), bob)
+            layer.receive(make_response(txn.tx.request, 200, to_tag="b"), bob)
+            assert txn.final.done()
+        assert len(layer._timers) < 200, len(layer._timers)  # 2,001 entries before
+        first = [data for flow, data in transports.sent if b"Call-ID: waiting" in data]
+        await asyncio.sleep(0.7)  # past Timer E: the waiting request is sent again
+        again = [data for flow, data in transports.sent if b"Call-ID: waiting" in data]
+        assert len(first) == 1 and len(again) == 2 and again[1] == again[0]
+        assert not waiting.final.done()
+    finally:
+        layer.close()

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 #: answered transaction's key is kept for 32 s.
 ServerKey = str
 
+#: Stale timer-heap entries tolerated beyond the live ones before the heap is rebuilt.
+_STALE_SLACK = 64
+
 #: The monotonic clock's resolution: asyncio runs a timer that is due within it.
 _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
@@ -386,9 +389,21 @@ class TransactionLayer:
             seq = next(self._timer_seq)
             txn.timer_when, txn.timer_seq = when, seq
             self._armed[seq] = txn
-            heapq.heappush(self._timers, (when, seq))
+            timers = self._timers
+            heapq.heappush(timers, (when, seq))
+            if len(timers) > 2 * len(self._armed) + _STALE_SLACK:
+                self._compact()
             if when < self._wakeup_when:
                 self._schedule(when)
+
+    def _compact(self) -> None:
+        """Drop the stale heap entries. A relayed MESSAGE's client transaction is answered
+        within milliseconds of arming Timer E (0.5 s): left in the heap, each stale entry
+        came due on its own, one loop wake-up per request (2,500 a second at 2,500/s).
+        Rebuilt whenever they outnumber the live ones, the heap stays small."""
+        armed, timers = self._armed, self._timers
+        timers[:] = [entry for entry in timers if entry[1] in armed]  # (in place: _run_timers
+        heapq.heapify(timers)  # may be iterating over it when a transaction re-arms)
 
     def _disarm(self, txn: _Txn[Any]) -> None:
         """Make the transaction's heap entry, if any, stale."""
