@@ -81,9 +81,11 @@ _ALGORITHMS = {
 
 # --- header syntax (RFC 7616 §3.3/§3.4, RFC 3261 §25.1 auth-param) -------------
 
-_TOKEN: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
-_VALUE: Final = _TOKEN + "/:@="  # unquoted values seen in the wild
-_TOKEN_CHARS: Final = frozenset(_TOKEN)
+#: The token characters of RFC 2616 §2.2 and RFC 3261 §25.1, for ``str.strip``: what it
+#: leaves of a text is not token characters (the SIP header parsers use it too).
+TOKEN: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+_VALUE: Final = TOKEN + "/:@="  # unquoted values seen in the wild
+_TOKEN_CHARS: Final = frozenset(TOKEN)
 _VALUE_CHARS: Final = frozenset(_VALUE)
 _WS: Final = " \t\r\n"
 
@@ -96,7 +98,7 @@ def _parse_plain_auth_header(text: str) -> tuple[str, dict[str, str], set[str]] 
     if "\\" in text:
         return None
     scheme, space, rest = text.partition(" ")
-    if not space or (scheme != "Digest" and scheme.strip(_TOKEN)):  # (not token characters)
+    if not space or (scheme != "Digest" and scheme.strip(TOKEN)):  # (not token characters)
         return None
     # Outside quotes at even places, quoted values at odd ones.
     pieces = rest.split('"')
@@ -147,7 +149,7 @@ def _parse_plain_auth_header(text: str) -> tuple[str, dict[str, str], set[str]] 
 
 #: ``name = value`` items already read, with what :func:`_plain_param` made of them, and
 #: bare values already found plain: most repeat from request to request of a client
-#: (``username=``, ``algorithm=MD5``, ``qop=auth``), and strip(_TOKEN) takes longer.
+#: (``username=``, ``algorithm=MD5``, ``qop=auth``), and strip(TOKEN) takes longer.
 _PLAIN_ITEMS: dict[str, tuple[str, str]] = {}
 #: The text between two quoted values that only names the next one (``, realm=``), with
 #: that name in lower case: the same from request to request of a client.
@@ -165,7 +167,7 @@ def _plain_param(item: str) -> tuple[str, str] | None:
     if not equals:
         return None
     name = name.strip(_WS)
-    if not name or name.strip(_TOKEN):  # what strip leaves is not token characters
+    if not name or name.strip(TOKEN):  # what strip leaves is not token characters
         return None
     if len(_PLAIN_ITEMS) >= _PLAIN_MAX:
         _PLAIN_ITEMS.clear()

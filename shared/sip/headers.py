@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from shared.digest import TOKEN
 from shared.record import Record
 from shared.sip.errors import LocalProtocolError
 from shared.sip.message import Headers, SipMessage, SipRequest, SipResponse
@@ -62,8 +63,6 @@ def _remember(memo: dict[str, _T], value: str, result: _T) -> _T:
 
 _TOKEN = r"[A-Za-z0-9.!%*_+`'~\-]+"
 _TOKEN_RE = re.compile(_TOKEN)
-#: The same characters, for ``str.strip``: what it leaves of a text is not token characters.
-_TOKEN_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 #: A host name or IPv4 address (what a plain Via's sent-by host is).
 _HOST_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
 
@@ -73,7 +72,7 @@ def _is_token(text: str) -> bool:
     string methods, because the regular expression engine costs far more per character."""
     if text.isascii() and text.isalnum():
         return True
-    return bool(text) and not text.strip(_TOKEN_CHARS)
+    return bool(text) and not text.strip(TOKEN)
 
 
 # A param value that needs no quotes: token, or host (IPv6 reference, IPv4, name).

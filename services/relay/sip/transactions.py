@@ -401,9 +401,10 @@ class TransactionLayer:
         within milliseconds of arming Timer E (0.5 s): left in the heap, each stale entry
         came due on its own, one loop wake-up per request (2,500 a second at 2,500/s).
         Rebuilt whenever they outnumber the live ones, the heap stays small."""
+        # In place: _run_timers may be popping from this list when a transaction re-arms.
         armed, timers = self._armed, self._timers
-        timers[:] = [entry for entry in timers if entry[1] in armed]  # (in place: _run_timers
-        heapq.heapify(timers)  # may be iterating over it when a transaction re-arms)
+        timers[:] = [entry for entry in timers if entry[1] in armed]
+        heapq.heapify(timers)
 
     def _disarm(self, txn: _Txn[Any]) -> None:
         """Make the transaction's heap entry, if any, stale."""
