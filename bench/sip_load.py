@@ -75,6 +75,7 @@ class Stats:
     lost: int = 0
     challenges: int = 0
     latencies: list[float] = field(default_factory=list)
+    sent: list[float] = field(default_factory=list)  # when each of ``latencies`` was due
 
     def summary(self, seconds: float) -> dict[str, object]:
         lat = sorted(self.latencies)
@@ -232,6 +233,7 @@ class Generator:
             if 200 <= status < 300:
                 self.stats.ok += 1
                 self.stats.latencies.append(time.perf_counter() - pending.first_sent)
+                self.stats.sent.append(pending.first_sent)
             else:
                 self.stats.failed[status] = self.stats.failed.get(status, 0) + 1
         self.completed.append(pending.user)
@@ -360,6 +362,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--rate", type=float, default=0.0, help="open loop at this rate")
     parser.add_argument("--server-pid", type=int, help="report this process's CPU per request")
+    parser.add_argument(
+        "--latency-log",
+        help="write each measured request's due time (s into the run) and latency (ms) here",
+    )
     args = parser.parse_args()
     gen = Generator(args)
     everyone = list(range(args.users))
@@ -395,7 +401,22 @@ def main() -> None:
         # Includes the drain after the last send; the closed loop's last window is small.
         result["server_cpu_us"] = round((cpu_after - cpu_before) / gen.stats.ok * 1e6, 1)
     unregister(gen, registered)
+    if args.latency_log:
+        write_latency_log(Path(args.latency_log), gen.stats)
     print(json.dumps(result), flush=True)
+
+
+def write_latency_log(path: Path, stats: Stats) -> None:
+    """One line per measured request, in the order answered: when it was due to be sent
+    (seconds from the first) and its latency (ms). Slow requests that come in bursts at a
+    steady period point at something outside the server (docs/performance.md, stop 17)."""
+    start = min(stats.sent, default=0.0)
+    path.write_text(
+        "".join(
+            f"{sent - start:.6f} {latency * 1000:.3f}\n"
+            for sent, latency in zip(stats.sent, stats.latencies, strict=True)
+        )
+    )
 
 
 if __name__ == "__main__":

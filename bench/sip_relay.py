@@ -27,6 +27,8 @@ pinned to CPU 0 like the relay; ``--kamailio-children`` worker processes, usrloc
 ``--kamailio-db-mode``; ``--no-imstack``: Kamailio alone), and the table has both, one after
 the other in the same run: on a shared machine compare these, not figures from different
 runs. ``BENCH_KEEP=1`` keeps the temporary folder (logs, Kamailio's configuration).
+``--latency-log DIR`` writes every latency of each rate run, with when its request was
+due, to DIR/<server>-<rate>.txt: whether the slow ones come alone or in bursts, and when.
 """
 
 from __future__ import annotations
@@ -259,6 +261,15 @@ def run_tests(
     ]
     rates = args.rates.split(",") if "rates" in tests else []
     runs += [("message", "--rate", f"{float(r):g}") for r in rates if r.strip()]
+    if args.latency_log:  # a file per server and rate
+        folder = Path(args.latency_log)
+        folder.mkdir(parents=True, exist_ok=True)
+        runs = [
+            (*run, "--latency-log", str(folder / f"{name}-{run[2]}.txt"))
+            if run[1] == "--rate"
+            else run
+            for run in runs
+        ]
     results = []
     for extra in runs:
         result = run_load(args, target, realm, password, *extra, server_pid=pid)
@@ -306,6 +317,11 @@ def main() -> None:
         help="usrloc's db_mode: 1 write-through (as imstack), 2 write-back, 0 memory only",
     )
     parser.add_argument("--no-imstack", action="store_true", help="with --kamailio: only it")
+    parser.add_argument(
+        "--latency-log",
+        metavar="DIR",
+        help="write each rate run's latencies to DIR/<server>-<rate>.txt (sip_load.py)",
+    )
     args = parser.parse_args()
     if args.kamailio and args.target:
         parser.error("--kamailio starts its own database: not with --target")

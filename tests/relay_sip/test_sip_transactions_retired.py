@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from services.relay.sip.transactions import ServerTxn, TransactionLayer
+from services.relay.sip.transactions import TIMER_TICK, ServerTxn, TransactionLayer
 from services.relay.sip.transport import Flow, TransportLayer
 from shared.sip.headers import make_response
 from shared.sip.message import SipRequest
@@ -173,5 +173,47 @@ async def test_answered_client_transactions_leave_the_timer_heap_small() -> None
         again = [data for flow, data in transports.sent if b"Call-ID: waiting" in data]
         assert len(first) == 1 and len(again) == 2 and again[1] == again[0]
         assert not waiting.final.done()
+    finally:
+        layer.close()
+
+
+class CountingLoop:
+    """The running loop, counting the timers the layer asks it for."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.timers = 0
+
+    def call_at(self, when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        self.timers += 1
+        return self.loop.call_at(when, callback, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loop, name)
+
+
+@pytest.mark.interpreted  # a stand-in transport layer, which the compiled build refuses
+async def test_timers_due_close_together_share_one_wake_up() -> None:
+    # Forty requests sent a millisecond apart, none answered: their Timer E comes due over
+    # about 40 ms, and each is retransmitted, but the loop is woken once per 10 ms tick,
+    # not once per request (forty wake-ups, and forty loop timers set and cancelled).
+    transports = Sent()
+    bob = Flow("udp", "127.0.0.1", 5080)
+    layer = TransactionLayer(cast(TransportLayer, transports), lambda _t: None, lambda _r, _f: None)
+    loop = CountingLoop(asyncio.get_running_loop())
+    layer.loop = cast(asyncio.AbstractEventLoop, loop)
+    try:
+        started = loop.time()
+        for i in range(40):
+            layer.send_request(message(f"e{i}"), bob)
+            await asyncio.sleep(0.001)
+        spread = loop.time() - started
+        loop.timers = 0
+        await asyncio.sleep(0.5 + spread + 0.05)  # past every Timer E
+        sent = [data for _flow, data in transports.sent]
+        for i in range(40):
+            assert sum(f"Call-ID: e{i}\r\n".encode() in data for data in sent) == 2, i
+        ticks = spread / TIMER_TICK
+        assert loop.timers <= ticks + 3, (loop.timers, spread)
     finally:
         layer.close()

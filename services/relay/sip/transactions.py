@@ -57,6 +57,13 @@ _STALE_SLACK = 64
 #: The monotonic clock's resolution: asyncio runs a timer that is due within it.
 _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
+#: Timers are run on ticks of this many seconds: all those due within one tick share one
+#: wake-up of the loop. At 2,500 relayed MESSAGEs a second, each client transaction's
+#: Timer K came due on its own, 0.4 ms after the last: a wake-up, a new loop timer and a
+#: cancelled one per request. RFC 3261's timers are multiples of T1 (0.5 s) and T4 (5 s);
+#: firing up to 10 ms late changes nothing a peer can tell.
+TIMER_TICK = 0.01
+
 
 def _server_key(request: SipRequest) -> ServerKey:
     key = server_key(request)
@@ -413,6 +420,9 @@ class TransactionLayer:
         txn.timer_when = txn.timer_seq = None
 
     def _schedule(self, when: float) -> None:
+        when = math.ceil(when / TIMER_TICK) * TIMER_TICK
+        if when >= self._wakeup_when:
+            return  # that tick's wake-up is already set
         if self._wakeup is not None:
             self._wakeup.cancel()
         self._wakeup = self.loop.call_at(when, self._run_timers)
@@ -420,19 +430,24 @@ class TransactionLayer:
 
     def _run_timers(self) -> None:
         self._wakeup = None
-        self._wakeup_when = math.inf
+        # No wake-up is set while the due timers run (the ones they re-arm go in the heap):
+        # the next one is set once, for the earliest timer left.
+        self._wakeup_when = -math.inf
         now = self.loop.time()
         limit = now + _CLOCK_RESOLUTION  # what the loop itself counts as due
         timers, armed = self._timers, self._armed
-        while timers and timers[0][0] <= limit:
-            when, seq = heapq.heappop(timers)
-            txn = armed.pop(seq, None)
-            if txn is None:
-                continue  # stale: re-armed since, or ended
-            txn.timer_when = txn.timer_seq = None
-            self.drive(txn, txn.tx.handle_timer(max(now, when)))
-        if timers:
-            self._schedule(timers[0][0])
+        try:
+            while timers and timers[0][0] <= limit:
+                when, seq = heapq.heappop(timers)
+                txn = armed.pop(seq, None)
+                if txn is None:
+                    continue  # stale: re-armed since, or ended
+                txn.timer_when = txn.timer_seq = None
+                self.drive(txn, txn.tx.handle_timer(max(now, when)))
+        finally:
+            self._wakeup_when = math.inf
+            if timers:
+                self._schedule(timers[0][0])
 
     @property
     def pending(self) -> int:
