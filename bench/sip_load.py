@@ -409,10 +409,12 @@ def main() -> None:
 def write_latency_log(path: Path, stats: Stats) -> None:
     """One line per measured request, in the order answered: when it was due to be sent
     (seconds from the first) and its latency (ms). Slow requests that come in bursts at a
-    steady period point at something outside the server (docs/performance.md, stop 17)."""
+    steady period point at something outside the server (docs/performance.md, stop 17).
+    The first line gives the first one's time on this machine's monotonic clock."""
     start = min(stats.sent, default=0.0)
     path.write_text(
-        "".join(
+        f"# start {start:.6f} (time.perf_counter / CLOCK_MONOTONIC)\n"
+        + "".join(
             f"{sent - start:.6f} {latency * 1000:.3f}\n"
             for sent, latency in zip(stats.sent, stats.latencies, strict=True)
         )

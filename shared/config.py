@@ -249,8 +249,9 @@ class Settings(BaseSettings):
         "channel, and a digest that does not match is checked against the database again. "
         "This limit bounds staleness after a lost notification or a change made with plain "
         "SQL. The same limit applies to what the edge remembers about users' offline "
-        "mailboxes being empty (every stored message NOTIFYs). 0: read the database on "
-        "every request.",
+        "mailboxes being empty (every stored message NOTIFYs). An entry in use is reloaded "
+        "in the background before it expires, so requests do not wait for the database. "
+        "0: read the database on every request.",
     )
     sip_bindings_cache_ttl: float = Field(
         2.0,
@@ -258,7 +259,9 @@ class Settings(BaseSettings):
         description="Seconds the SIP edge reuses an AoR's bindings (or their absence: "
         "an offline user) when routing. Changes made by this relay apply at once, and so "
         "do bindings added by another relay instance (or the control API: a NOTIFY); "
-        "bindings removed elsewhere are seen only after this delay. 0: read the "
+        "bindings removed elsewhere are seen only after this delay. An entry in use is "
+        "reloaded in the background before it expires (between half and nine tenths of "
+        "this delay), so requests do not wait for the database. 0: read the "
         "locations table for every request (several relays sharing one database and "
         "needing every change at once).",
     )

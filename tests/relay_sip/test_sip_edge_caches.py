@@ -184,6 +184,84 @@ async def test_entries_expire_after_the_ttl_and_refused_values_are_not_kept() ->
     assert loads == ["a", "a", "empty", "empty"]
 
 
+async def test_an_entry_in_use_is_reloaded_before_it_expires_so_no_lookup_waits() -> None:
+    # A relay at 2,500 MESSAGEs a second looked up its 50 receivers' bindings every 20 ms;
+    # all loaded at once, their 2 s TTL ran out at once, and the next 50 requests each
+    # waited for a query: a stall of the whole relay every 2 s.
+    now = [0.0]
+    loaded_at: list[float] = []
+
+    async def load(_key: str) -> float:
+        loaded_at.append(now[0])
+        return now[0]
+
+    cache: TtlCache[str, float] = TtlCache(load, ttl=2.0, clock=lambda: now[0])
+    await cache.get("bob")
+    while now[0] < 10.0:
+        now[0] = round(now[0] + 0.02, 2)
+        entry = cache.peek("bob")
+        assert entry is not None, now[0]  # never a miss: the request needs no coroutine
+        assert now[0] - entry.value < 2.0  # nothing older than the TTL
+        await asyncio.sleep(0)  # the reload in the background, if one was started
+    assert 6 <= len(loaded_at) <= 21, loaded_at  # every 1.0-1.8 s
+    assert cache.misses == 1 and cache.refreshes == len(loaded_at) - 1
+
+
+async def test_entries_loaded_together_are_not_reloaded_together() -> None:
+    now = [0.0]
+    reloads: list[float] = []
+
+    async def load(key: str) -> str:
+        if now[0] > 0:
+            reloads.append(now[0])
+        return key
+
+    cache: TtlCache[str, str] = TtlCache(load, ttl=2.0, clock=lambda: now[0])
+    keys = [f"user{i}" for i in range(100)]
+    for key in keys:
+        await cache.get(key)
+    while now[0] < 1.9:
+        now[0] = round(now[0] + 0.01, 2)
+        for key in keys:
+            assert cache.peek(key) is not None
+        await asyncio.sleep(0)
+    assert len(reloads) == 100
+    assert max(reloads) - min(reloads) > 0.5, (min(reloads), max(reloads))
+    busiest = max(sum(t <= r < t + 0.1 for r in reloads) for t in reloads)
+    assert busiest <= 40, busiest  # about 12 per 0.1 s, not 100 at once
+
+
+async def test_a_failed_reload_leaves_the_entry_to_expire_and_a_refused_one_drops_it() -> None:
+    now = [0.0]
+    results: list[str | Exception] = ["first", OSError("database gone"), "third", "empty"]
+
+    async def load(_key: str) -> str:
+        result = results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    cache: TtlCache[str, str] = TtlCache(
+        load, ttl=2.0, keep=lambda value: value != "empty", clock=lambda: now[0]
+    )
+    assert await cache.get("k") == "first"
+    now[0] = 1.9  # past any refresh point: a reload starts, and fails
+    entry = cache.peek("k")
+    assert entry is not None and entry.value == "first"
+    await asyncio.sleep(0)
+    assert cache.refreshes == 1
+    assert cache.peek("k") is not None  # still held, not reloaded again at each lookup
+    await asyncio.sleep(0)
+    assert cache.refreshes == 1
+    now[0] = 2.0
+    assert cache.peek("k") is None  # expired, as it would have without the reload
+    assert await cache.get("k") == "third"
+    now[0] = 3.9  # the next reload gets a value ``keep`` refuses: the held one is dropped
+    assert cache.peek("k") is not None
+    await asyncio.sleep(0)
+    assert cache.peek("k") is None
+
+
 async def test_concurrent_lookups_of_a_missing_key_share_one_load() -> None:
     release = asyncio.Event()
     loads: list[str] = []

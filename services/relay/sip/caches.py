@@ -21,12 +21,18 @@
 
 A lookup that races with an invalidation does not store its (possibly stale) result.
 Concurrent lookups of one missing key share one load (one query, not one per request).
+An entry in use is reloaded in the background before it expires, once it is past a point
+drawn at random between half and nine tenths of the TTL: a request never waits for the
+database on an entry it keeps using, and entries loaded together (a relay's first minute)
+are not all reloaded together. Nothing older than the TTL is ever served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
@@ -45,13 +51,19 @@ V = TypeVar("V")
 Clock = Callable[[], float]
 
 
+#: An entry in use is reloaded in the background once this share of the TTL (drawn
+#: anew for each load) has passed since it was loaded.
+REFRESH_AHEAD = (0.5, 0.9)
+
+
 class _Entry(Generic[V]):
     # Not a frozen dataclass: mypyc (shared/compiled.py) does not compile a generic one.
-    __slots__ = ("expires", "value")
+    __slots__ = ("expires", "refresh", "value")
 
-    def __init__(self, value: V, expires: float) -> None:
+    def __init__(self, value: V, expires: float, refresh: float = math.inf) -> None:
         self.value = value
         self.expires = expires  # clock time
+        self.refresh = refresh  # clock time after which a lookup reloads it in the background
 
 
 class TtlCache(Generic[K, V]):
@@ -81,31 +93,60 @@ class TtlCache(Generic[K, V]):
         self._invalidated: dict[K, int] = {}  # key → _seq of its last invalidation
         self._cleared = 0  # _seq of the last invalidation of everything
         self._loading: dict[K, tuple[int, asyncio.Future[V]]] = {}  # key → (_seq, load)
+        self._refreshing: set[asyncio.Task[None]] = set()
         self.hits = 0
         self.misses = 0
+        self.refreshes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def peek(self, key: K) -> _Entry[V] | None:
-        """The fresh entry for ``key`` (counted as a hit), or None: no coroutine needed."""
+        """The fresh entry for ``key`` (counted as a hit), or None: no coroutine needed.
+        An entry past its refresh point is reloaded in the background meanwhile."""
         entry = self._entries.get(key)
-        if entry is None or entry.expires <= self.clock() or self.ttl <= 0:
+        if entry is None or self.ttl <= 0:
             return None
+        now = self.clock()
+        if entry.expires <= now:
+            return None
+        if entry.refresh <= now:
+            self._refresh_ahead(key, entry)
         self.hits += 1
         return entry
 
     async def get(self, key: K, *, use_cache: bool = True) -> V:
         """The value for ``key``, from memory when fresh and ``use_cache`` holds."""
-        now = self.clock()
-        if use_cache and self.ttl > 0:
-            entry = self._entries.get(key)
-            if entry is not None and entry.expires > now:
-                self.hits += 1
-                return entry.value
-        self.misses += 1
         if not (use_cache and self.ttl > 0):
+            self.misses += 1
             return await self.load(key)
+        entry = self.peek(key)
+        if entry is not None:
+            return entry.value
+        self.misses += 1
+        return await self._load_shared(key, self.clock())
+
+    def _refresh_ahead(self, key: K, entry: _Entry[V]) -> None:
+        entry.refresh = math.inf  # once per load
+        if key in self._loading:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a test's synchronous use): it expires as it would have
+        self.refreshes += 1
+        task = loop.create_task(self._refresh(key, self.clock()))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh(self, key: K, now: float) -> None:
+        try:
+            await self._load_shared(key, now)
+        except Exception as exc:  # the entry expires as it would have: a lookup then loads
+            log.debug("reloading %r ahead of its expiry failed: %s", key, exc)
+
+    async def _load_shared(self, key: K, now: float) -> V:
+        """Load ``key`` (loaded at clock time ``now``, or later), or share a load in flight."""
         loading = self._loading.get(key)
         # A load in flight that began before an invalidation of the key cannot be shared.
         if loading is not None and self._unchanged_since(key, loading[0]):
@@ -141,14 +182,19 @@ class TtlCache(Generic[K, V]):
     def store(self, key: K, value: V, *, started: int, now: float) -> None:
         """Keep ``value``, loaded for ``key`` since :meth:`mark` gave ``started`` (at clock
         time ``now``), unless ``key`` was invalidated meanwhile or ``keep`` refuses it."""
-        if self.ttl > 0 and self._unchanged_since(key, started) and self.keep(value):
-            self.put(key, value, expires=now + self.ttl)
+        if self.ttl <= 0 or not self._unchanged_since(key, started):
+            return
+        if not self.keep(value):
+            self._entries.pop(key, None)  # what was held (a reload's old value) is out of date
+            return
+        ahead = random.uniform(*REFRESH_AHEAD)
+        self.put(key, value, expires=now + self.ttl, refresh=now + ahead * self.ttl)
 
-    def put(self, key: K, value: V, *, expires: float) -> None:
+    def put(self, key: K, value: V, *, expires: float, refresh: float = math.inf) -> None:
         self._entries.pop(key, None)
         while len(self._entries) >= self.max_entries:
             del self._entries[next(iter(self._entries))]  # the oldest load
-        self._entries[key] = _Entry(value, expires)
+        self._entries[key] = _Entry(value, expires, refresh)
 
     def _unchanged_since(self, key: K, started: int) -> bool:
         return self._cleared <= started and self._invalidated.get(key, 0) <= started
