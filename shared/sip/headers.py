@@ -61,7 +61,8 @@ def _remember(memo: dict[str, _T], value: str, result: _T) -> _T:
     return result
 
 
-_TOKEN = r"[A-Za-z0-9.!%*_+`'~\-]+"
+#: One or more token characters (``shared.digest.TOKEN``), as a regular expression.
+_TOKEN = f"[{re.escape(TOKEN)}]+"
 _TOKEN_RE = re.compile(_TOKEN)
 #: A host name or IPv4 address (what a plain Via's sent-by host is).
 _HOST_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
