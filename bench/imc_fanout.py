@@ -143,6 +143,7 @@ class RoomLoad(Generator):
         self.pending[branch.encode()] = pending
         pending.datagram = (data + body).encode()
         pending.interval = T1
+        pending.sent_at = pending.sent_at or time.perf_counter()
         pending.resend_at = time.perf_counter() + T1
         self.sock.sendto(pending.datagram, self.target)
 

@@ -18,7 +18,10 @@ measures the rate; ``--rate R`` runs open-loop at R per second and measures late
 With ``--server-pid`` (a server on this machine) the CPU time that process and its children
 (Kamailio's workers) used during the measured phase (utime + stime from /proc/<pid>/stat) is
 reported per successful request:
-``server_cpu_us`` — on a busy machine steadier than the rates. Prints one JSON object.
+``server_cpu_us`` — on a busy machine steadier than the rates. ``sent_late_max_ms`` and
+``sent_late_over_1ms`` say how late this process itself sent requests in the open loop: a
+stall of its own core, or of the whole machine (docs/performance.md, stop 18). Prints one
+JSON object.
 """
 
 from __future__ import annotations
@@ -61,11 +64,12 @@ def md5(text: str) -> str:
 class Pending:
     kind: str  # "REGISTER" or "MESSAGE"
     user: int
-    first_sent: float
+    first_sent: float  # when it was due (open loop) or first sent (closed loop)
     measured: bool
     to: int = 0  # MESSAGE: the receiving user
     challenges: int = 0
     body: str = "hello"  # MESSAGE: the text sent (bench/msilo.py numbers its messages)
+    sent_at: float = 0.0  # when this process really sent it first
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Stats:
     challenges: int = 0
     latencies: list[float] = field(default_factory=list)
     sent: list[float] = field(default_factory=list)  # when each of ``latencies`` was due
+    late: list[float] = field(default_factory=list)  # how late this process sent each
 
     def summary(self, seconds: float) -> dict[str, object]:
         lat = sorted(self.latencies)
@@ -92,6 +97,10 @@ class Stats:
             "p50_ms": pct(0.50),
             "p99_ms": pct(0.99),
             "max_ms": round(lat[-1] * 1000, 3) if lat else None,
+            # This process's own delay in sending (open loop): a stall of its core or of the
+            # whole machine, which the server on the other core most likely had too.
+            "sent_late_max_ms": round(max(self.late) * 1000, 3) if self.late else None,
+            "sent_late_over_1ms": sum(late > 0.001 for late in self.late),
         }
 
 
@@ -183,6 +192,8 @@ class Generator:
             pending = Pending(kind, user, time.perf_counter(), measured=True)
         pending.to = to
         self.pending[branch.encode()] = pending
+        if not pending.sent_at:
+            pending.sent_at = time.perf_counter()
         self.sock.sendto((data + body).encode(), self.target)
 
     # -- receiving ----------------------------------------------------------------------
@@ -234,6 +245,7 @@ class Generator:
                 self.stats.ok += 1
                 self.stats.latencies.append(time.perf_counter() - pending.first_sent)
                 self.stats.sent.append(pending.first_sent)
+                self.stats.late.append(pending.sent_at - pending.first_sent)
             else:
                 self.stats.failed[status] = self.stats.failed.get(status, 0) + 1
         self.completed.append(pending.user)
@@ -408,15 +420,17 @@ def main() -> None:
 
 def write_latency_log(path: Path, stats: Stats) -> None:
     """One line per measured request, in the order answered: when it was due to be sent
-    (seconds from the first) and its latency (ms). Slow requests that come in bursts at a
-    steady period point at something outside the server (docs/performance.md, stop 17).
-    The first line gives the first one's time on this machine's monotonic clock."""
+    (seconds from the first), its latency (ms, from when it was due) and how late this
+    process sent it (ms). Slow requests that come in bursts at a steady period point at
+    something outside the server (docs/performance.md, stop 17); slow requests that this
+    process sent late, at a stall of the machine (stop 18). The first line gives the first
+    one's time on this machine's monotonic clock."""
     start = min(stats.sent, default=0.0)
     path.write_text(
         f"# start {start:.6f} (time.perf_counter / CLOCK_MONOTONIC)\n"
         + "".join(
-            f"{sent - start:.6f} {latency * 1000:.3f}\n"
-            for sent, latency in zip(stats.sent, stats.latencies, strict=True)
+            f"{sent - start:.6f} {latency * 1000:.3f} {late * 1000:.3f}\n"
+            for sent, latency, late in zip(stats.sent, stats.latencies, stats.late, strict=True)
         )
     )
 

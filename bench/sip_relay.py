@@ -28,7 +28,10 @@ pinned to CPU 0 like the relay; ``--kamailio-children`` worker processes, usrloc
 the other in the same run: on a shared machine compare these, not figures from different
 runs. ``BENCH_KEEP=1`` keeps the temporary folder (logs, Kamailio's configuration).
 ``--latency-log DIR`` writes every latency of each rate run, with when its request was
-due, to DIR/<server>-<rate>.txt: whether the slow ones come alone or in bursts, and when.
+due and how late the generator sent it, to DIR/<server>-<rate>.txt: whether the slow ones
+come alone or in bursts, and when. The table's ``late ms`` is the most the generator itself
+sent a request late in a rate run: a stall of CPU 1 or of the whole machine, which a
+server on CPU 0 most likely had at the same moment (docs/performance.md, stop 18).
 """
 
 from __future__ import annotations
@@ -387,13 +390,15 @@ def main() -> None:
                 shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\n{'server':<10} {'run':<40} {'ok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>10} "
-        f"{'lost':>6} failed"
+        f"{'late ms':>8} {'lost':>6} failed"
     )
     for r in results:
         name = f"{r['test']} ({r['mode']})"
+        late = r.get("sent_late_max_ms") if "open loop" in str(r["mode"]) else "-"
         print(
             f"{r['server']!s:<10} {name:<40} {r['rate']!s:>8} {r['p50_ms']!s:>8} "
-            f"{r['p99_ms']!s:>8} {r.get('server_cpu_us', '-')!s:>10} {r['lost']!s:>6} {r['failed']}"
+            f"{r['p99_ms']!s:>8} {r.get('server_cpu_us', '-')!s:>10} {late!s:>8} "
+            f"{r['lost']!s:>6} {r['failed']}"
         )
 
 
