@@ -16,6 +16,19 @@ from shared.sip.parser import KeepAlivePing, SipStreamParser, parse_datagram
 TIMEOUT = 10.0  # seconds a test waits for something that should come at once
 
 
+def ack_for(invite: SipRequest, to: str) -> SipRequest:
+    """The ACK a UA sends for a non-2xx final response to ``invite`` (§17.1.1.3)."""
+    headers = Headers()
+    headers.add("Via", invite.get("Via") or "")
+    headers.add("Max-Forwards", "70")
+    headers.add("From", invite.get("From") or "")
+    headers.add("To", to)
+    headers.add("Call-ID", invite.get("Call-ID") or "")
+    seq = (invite.get("CSeq") or "1").split()[0]
+    headers.add("CSeq", f"{seq} ACK")
+    return SipRequest(method="ACK", uri=invite.uri, headers=headers)
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, ua: SipUA) -> None:
         self.ua = ua

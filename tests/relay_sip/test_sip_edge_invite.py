@@ -5,18 +5,7 @@ from __future__ import annotations
 from shared.sip.headers import make_response, parse_via
 from shared.sip.message import Headers, SipRequest
 from tests.relay_sip.conftest import SipServer
-
-
-def _ack(invite: SipRequest, to: str) -> SipRequest:
-    headers = Headers()
-    headers.add("Via", invite.get("Via") or "")
-    headers.add("Max-Forwards", "70")
-    headers.add("From", invite.get("From") or "")
-    headers.add("To", to)
-    headers.add("Call-ID", invite.get("Call-ID") or "")
-    seq = (invite.get("CSeq") or "1").split()[0]
-    headers.add("CSeq", f"{seq} ACK")
-    return SipRequest(method="ACK", uri=invite.uri, headers=headers)
+from tests.relay_sip.sip_ua import ack_for
 
 
 async def test_invite_is_forwarded_ringing_relayed_and_cancel_ends_it_with_487(
@@ -34,7 +23,7 @@ async def test_invite_is_forwarded_ringing_relayed_and_cancel_ends_it_with_487(
     )
     challenge = await alice.send(invite)
     assert challenge.status == 407
-    alice.send_bytes(_ack(invite, challenge.get("To") or "").to_bytes())
+    alice.send_bytes(ack_for(invite, challenge.get("To") or "").to_bytes())
 
     authorized = alice.authorize(invite, challenge)
     branch = parse_via(authorized.get("Via") or "").branch or ""
@@ -90,7 +79,7 @@ async def test_a_2xx_is_relayed_and_the_ack_sent_through_the_relay_reaches_the_c
         "INVITE", "sip:bob@example.test", to="sip:bob@example.test", body=b"v=0\r\n"
     )
     challenge = await alice.send(invite)
-    alice.send_bytes(_ack(invite, challenge.get("To") or "").to_bytes())
+    alice.send_bytes(ack_for(invite, challenge.get("To") or "").to_bytes())
     authorized = alice.authorize(invite, challenge)
     branch = parse_via(authorized.get("Via") or "").branch or ""
     alice.send_bytes(authorized.to_bytes())
@@ -102,7 +91,7 @@ async def test_a_2xx_is_relayed_and_the_ack_sent_through_the_relay_reaches_the_c
 
     # The ACK for a 2xx is end to end (§13.2.2.4); a UA using us as outbound proxy routes it
     # through the relay, which sends it on to the callee's registered contact.
-    ack = _ack(authorized, answered.get("To") or "")
+    ack = ack_for(authorized, answered.get("To") or "")
     ack.uri = bob.contact
     ack.headers.set("Via", f"SIP/2.0/UDP 127.0.0.1:{alice.local_port};branch=z9hG4bKack1;rport")
     ack.headers.add("Route", f"<sip:127.0.0.1:{sip.settings.sip_port};lr>")

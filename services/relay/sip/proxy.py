@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Final
 
 from services.relay.sip.edge import SipEdge
@@ -114,6 +115,7 @@ class Fork:
         self.record_route = record_route
         self.branches: list[ClientTxn] = []
         self.cancelled = False
+        self._cancelled_branches: set[int] = set()  # (their ids: CANCEL each once)
 
     async def run(
         self,
@@ -160,6 +162,20 @@ class Fork:
             )
         return ForkResult(min(responses, key=_rank), tuple(statuses))
 
+    def relay_later_2xx(self, winner: SipResponse, send: Callable[[SipResponse], None]) -> None:
+        """§16.7 step 5: every 2xx to an INVITE goes upstream, not only the first. A branch
+        that answers 2xx before our CANCEL reaches it has set up a dialog of its own, which
+        only the caller can ACK and end (with a BYE)."""
+
+        def relay(future: asyncio.Future[SipResponse]) -> None:
+            response = future.result()
+            if response is not winner and 200 <= response.status < 300:
+                send(response)
+
+        for txn in self.branches:
+            if txn.tx.request.method == "INVITE":
+                txn.final.add_done_callback(relay)
+
     def cancel(self) -> None:
         """§16.10: CANCEL every INVITE branch still without a final response (§9.1)."""
         self.cancelled = True
@@ -169,7 +185,23 @@ class Fork:
         for txn in self.branches:
             if txn.final.done() or txn.tx.request.method != "INVITE":
                 continue
-            self.edge.transactions.send_request(cancel_request(txn.tx.request), txn.flow)
+            if id(txn) in self._cancelled_branches:
+                continue
+            self._cancelled_branches.add(id(txn))
+            if txn.tx.state == "calling":
+                # §9.1: no provisional response yet, so no CANCEL yet (it could overtake
+                # the INVITE and leave it ringing); it goes with the first one instead.
+                txn.on_provisional = partial(self._cancel_at_provisional, txn)
+            else:
+                self._send_cancel(txn)
+
+    def _cancel_at_provisional(self, txn: ClientTxn, _response: SipResponse) -> None:
+        txn.on_provisional = None
+        if not txn.final.done():
+            self._send_cancel(txn)
+
+    def _send_cancel(self, txn: ClientTxn) -> None:
+        self.edge.transactions.send_request(cancel_request(txn.tx.request), txn.flow)
 
 
 def cancel_request(invite: SipRequest) -> SipRequest:

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from services.relay.sip.transport import DEFAULT_SIP_PORT, DEFAULT_SIPS_PORT, Flow, same_host
+from services.relay.sip.transport import DEFAULT_SIP_PORT, DEFAULT_SIPS_PORT, Flow
 from shared.sip.headers import make_response, parse_name_addr, to_tag
 from shared.sip.message import SipRequest, SipResponse
 from shared.sip.uri import SipUri, UriError, parse_sip_uri, parse_uri
@@ -209,11 +209,7 @@ class LooseRouter:
             host = str(infos[0][4][0])
         if transport == "udp":
             return Flow("udp", host, port)
-        for conn in self.edge.transports.connections.values():
-            flow = conn.flow
-            if flow.transport == transport and flow.port == port and same_host(flow.host, host):
-                return flow
-        return None
+        return self.edge.transports.connection_from(transport, host, port)
 
 
 def _end(flow: Flow) -> str:

@@ -315,6 +315,8 @@ class Router:
         txn.on_cancel = None
         if result.ok:
             fork.cancel_pending()  # §16.7 step 10: the other branches have lost
+            if request.method == "INVITE" and len(fork.branches) > 1:
+                fork.relay_later_2xx(result.response, partial(self._relay_2xx, txn.flow))
         if fork.cancelled and not result.ok:
             return make_response(request, 487)
         if not result.ok and offline_aor is not None and result.unreachable:
@@ -333,6 +335,35 @@ class Router:
         else:
             invite.respond(make_response(invite.request, 487))
         return make_response(txn.request, 200)
+
+    def _relay_2xx(self, flow: Flow, response: SipResponse) -> None:
+        """A 2xx to an INVITE after the first: sent upstream as it is, without a transaction
+        (§16.7 step 5; the INVITE's server transaction ended with the first 2xx)."""
+        self.edge.transports.send(flow, upstream_copy(response).to_bytes())
+
+    def stray_response(self, response: SipResponse, flow: Flow) -> None:
+        """A response that matches no transaction goes on as a stateless proxy would send it
+        (§16.7 step 1, §16.11), by its next Via: chiefly a 2xx to an INVITE that the callee
+        sends again until the caller's ACK reaches it (§13.3.1.4), after our transaction
+        ended with the first. Other stray responses (late 1xx, the end of a transaction we
+        no longer hold) are dropped: nobody upstream waits for them."""
+        cseq = (response.get("CSeq") or "").split()
+        vias = response.get_all("Via")
+        if not (200 <= response.status < 300 and cseq[1:] == ["INVITE"] and len(vias) > 1):
+            log.debug("response %d from %s matches no transaction", response.status, flow)
+            return
+        try:
+            top = parse_via(vias[0])
+        except ValueError:
+            return
+        if not (top.branch or "").startswith(BRANCH_PREFIX) or not self.edge.is_local(top.host):
+            log.debug("dropped a %d from %s: its top Via is not ours", response.status, flow)
+            return
+        upstream = self.edge.transports.upstream_flow(vias[1])
+        if upstream is None:
+            log.debug("no way back for a %d from %s: %s", response.status, flow, vias[1])
+            return
+        self._relay_2xx(upstream, response)
 
     def stray_ack(self, request: SipRequest, flow: Flow) -> None:
         """An ACK for a 2xx (end to end, §16.7): forward it statelessly along the dialog's

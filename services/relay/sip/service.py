@@ -42,6 +42,7 @@ async def run_sip(
     router = Router(edge)
     edge.handle_request = router.handle
     edge.handle_ack = router.stray_ack
+    edge.transactions.on_stray_response = router.stray_response
     removed = await delete_instance_stream_bindings(ctx.pool, edge.relay_instance)
     if removed:
         log.info("dropped %d TCP/TLS binding(s) left by an earlier run", removed)

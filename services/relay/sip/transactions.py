@@ -207,6 +207,7 @@ class ClientTxn(_Txn[ClientTransaction]):
 
 RequestHandler = Callable[[ServerTxn], None]
 AckHandler = Callable[[SipRequest, Flow], None]
+ResponseHandler = Callable[[SipResponse, Flow], None]
 
 
 class TransactionLayer:
@@ -217,6 +218,8 @@ class TransactionLayer:
         self.transports = transports
         self.on_request = on_request
         self.on_stray_ack = on_stray_ack
+        #: A response that matches no client transaction (set by the router; None: drop).
+        self.on_stray_response: ResponseHandler | None = None
         self.server: dict[ServerKey, ServerTxn] = {}
         self.client: dict[tuple[str, str], ClientTxn] = {}
         #: Client transactions by the top Via text they sent (see ClientTxn.via).
@@ -289,7 +292,10 @@ class TransactionLayer:
         key = client_key(response)
         txn = self.client.get(key) if key is not None else None
         if txn is None:
-            log.debug("response %d from %s matches no transaction; dropped", response.status, flow)
+            if self.on_stray_response is not None:
+                self.on_stray_response(response, flow)
+            else:
+                log.debug("response %d from %s matches no transaction", response.status, flow)
             return
         self.drive(txn, txn.tx.receive_response(response, self.loop.time()))
 

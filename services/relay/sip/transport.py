@@ -388,6 +388,31 @@ class TransportLayer:
     def has_connection(self, connection_id: str) -> bool:
         return connection_id in self.connections
 
+    def connection_from(self, transport: str, host: str, port: int) -> Flow | None:
+        """The flow of a TCP/TLS connection open from ``host``:``port`` (we open none)."""
+        for conn in self.connections.values():
+            flow = conn.flow
+            if flow.transport == transport and flow.port == port and same_host(flow.host, host):
+                return flow
+        return None
+
+    def upstream_flow(self, via: str) -> Flow | None:
+        """Where a response goes that we forward by its next ``via`` alone (§18.2.2,
+        RFC 3581): ``received``/``rport`` first; TCP/TLS only on a connection still open."""
+        try:
+            parsed = parse_via(via)
+        except ValueError:
+            return None
+        transport = parsed.transport.lower()
+        host = _bare_host(parsed.received or parsed.host)
+        default = DEFAULT_SIPS_PORT if transport == "tls" else DEFAULT_SIP_PORT
+        port = parsed.rport or parsed.port or default
+        if transport == "udp":
+            return Flow("udp", host, port)
+        if transport in ("tcp", "tls"):
+            return self.connection_from(transport, host, port)
+        return None
+
     def sweep_idle(self) -> None:
         now = self.loop.time()
         for conn in list(self.connections.values()):
