@@ -122,6 +122,21 @@ async def test_message_to_a_user_who_is_not_registered_goes_to_the_offline_store
     assert stored == b"later"
 
 
+async def test_message_that_every_binding_turns_away_as_unreachable_is_stored(
+    sip: SipServer,
+) -> None:
+    phone, laptop = await registered(sip, "bob"), await registered(sip, "bob")
+    alice = await sip.ua("alice")
+    sending = asyncio.create_task(alice.message("sip:bob@example.test", b"when you can"))
+    phone.answer(await phone.next_request(), 480)  # temporarily unavailable
+    laptop.answer(await laptop.next_request(), 503)  # service unavailable
+    assert (await sending).status == 202
+    stored = await sip.pool.fetchval(
+        "SELECT body FROM offline_messages WHERE recipient = 'bob@example.test'"
+    )
+    assert stored == b"when you can"
+
+
 async def test_message_for_a_foreign_domain_is_refused(sip: SipServer) -> None:
     alice = await sip.ua("alice")
     to = "sip:someone@elsewhere.example"
