@@ -6,6 +6,7 @@ depend on them). ``imstack settings`` prints the reference table the README carr
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -51,13 +52,18 @@ class Settings(BaseSettings):
     imc_domain: str | None = Field(
         None, description="Chat room domain. Unset: conference.<IMSTACK_DOMAIN>."
     )
-    sip_host: str = Field("0.0.0.0", description="SIP listen address (UDP, TCP and TLS).")
+    sip_host: str = Field(
+        "0.0.0.0",
+        description="SIP listen address (UDP, TCP and TLS), or an IPv4 and an IPv6 address "
+        "separated by a comma to listen on both (0.0.0.0,:: for every address of each).",
+    )
     sip_port: Port = Field(5060, description="SIP port, UDP and TCP.")
     sip_tls_port: Port = Field(5061, description="SIP over TLS port (needs a certificate).")
     sip_public_host: str | None = Field(
         None,
         description="Host name or address the relay puts in its Via and Record-Route "
-        "headers. Unset: IMSTACK_SIP_HOST, or IMSTACK_DOMAIN when that is a wildcard address.",
+        "headers. Unset: IMSTACK_SIP_HOST (the first of two), or IMSTACK_DOMAIN when it is a "
+        "wildcard address (0.0.0.0, ::).",
     )
     sip_nonce_lifetime: float = Field(
         300.0, gt=0, description="Seconds a SIP digest nonce stays valid (then stale=true)."
@@ -427,6 +433,25 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return level
+
+    @field_validator("sip_host")
+    @classmethod
+    def _check_sip_hosts(cls, value: str) -> str:
+        hosts = [host.strip() for host in value.split(",")]
+        if len(hosts) == 1:
+            return hosts[0]
+        try:
+            versions = sorted(ipaddress.ip_address(host.strip("[]")).version for host in hosts)
+        except ValueError:
+            versions = []
+        if versions != [4, 6]:
+            raise ValueError("one address, or an IPv4 and an IPv6 address (0.0.0.0,::)")
+        return ",".join(hosts)
+
+    @property
+    def sip_hosts(self) -> list[str]:
+        """The addresses SIP listens on: one, or an IPv4 and an IPv6 one."""
+        return self.sip_host.split(",")
 
     @field_validator("domain")
     @classmethod

@@ -1,8 +1,10 @@
-"""The SIP listeners besides UDP/TCP on IPv4: TLS (IMSTACK_SIP_TLS_PORT with a certificate)
-and IPv6 (IMSTACK_SIP_HOST=::1), each carrying a registration and a relayed MESSAGE."""
+"""The SIP listeners besides UDP/TCP on IPv4: TLS (IMSTACK_SIP_TLS_PORT with a certificate),
+IPv6 (IMSTACK_SIP_HOST=::1) and both families at once (IMSTACK_SIP_HOST=127.0.0.1,::1), each
+carrying a registration and a relayed MESSAGE."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.relay.tls import write_selfsigned
+from shared.config import Settings
 from shared.db.locations import get_bindings
 from tests.relay_sip.conftest import SipServer, free_port
 from tests.relay_sip.sip_ua import SipUA
@@ -140,3 +143,39 @@ async def test_the_relay_listens_only_on_the_configured_address(sip: SipServer) 
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
         probe.settimeout(2)
         assert probe.connect_ex(("::1", sip.settings.sip_port)) != 0
+
+
+class TestBothFamilies:
+    @pytest.fixture
+    def sip_settings(self) -> dict[str, object]:
+        return {"sip_host": "127.0.0.1,::1"}
+
+    @pytest.mark.parametrize("transport", ["udp", "tcp"])
+    async def test_an_ipv4_ua_and_an_ipv6_ua_message_each_other(
+        self, sip: SipServer, transport: str
+    ) -> None:
+        port, domain = sip.settings.sip_port, sip.settings.domain
+        alice = await SipUA(transport, ("127.0.0.1", port), "alice", "alice-pw", domain).start()
+        bob = await SipUA(
+            transport, ("::1", port), "bob", "bob-pw", domain, local_host="::1"
+        ).start()
+        sip.uas += [alice, bob]
+        for ua in (alice, bob):
+            assert (await ua.register()).status == 200
+
+        sending = asyncio.create_task(alice.message(bob.aor, TEXT))  # IPv4 to IPv6
+        received = await bob.next_request()
+        assert received.body == TEXT and received.uri == bob.contact
+        bob.answer(received, 200)
+        assert (await sending).status == 200
+
+        sending = asyncio.create_task(bob.message(alice.aor, b"back"))  # and IPv6 to IPv4
+        received = await alice.next_request()
+        assert received.body == b"back" and received.uri == alice.contact
+        alice.answer(received, 200)
+        assert (await sending).status == 200
+
+    def test_more_than_one_address_of_a_family_is_refused(self) -> None:
+        for hosts in ("127.0.0.1,127.0.0.2", "::1,::2", "127.0.0.1,example.test"):
+            with pytest.raises(ValueError, match="an IPv4 and an IPv6 address"):
+                Settings(sip_host=hosts)

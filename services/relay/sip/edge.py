@@ -100,12 +100,14 @@ class SipEdge:
         )
         self.transactions = TransactionLayer(self.transports, self._on_request, self._on_ack)
         self.tasks: set[asyncio.Task[None]] = set()
+        hosts = settings.sip_hosts
         self.public_host = settings.sip_public_host or (
-            settings.domain if _is_wildcard(settings.sip_host) else settings.sip_host
+            settings.domain if any(_is_wildcard(host) for host in hosts) else hosts[0]
         )
         self.local_hosts = {self.public_host.lower().strip("[]"), settings.domain}
-        if not _is_wildcard(settings.sip_host):
-            self.local_hosts.add(settings.sip_host.lower().strip("[]"))
+        self.local_hosts.update(
+            host.lower().strip("[]") for host in hosts if not _is_wildcard(host)
+        )
         self.local_ports = {settings.sip_port, settings.sip_tls_port}
         self._address_cache: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, bool] = {}
         #: The start of our Via by transport (``SIP/2.0/UDP host:port``).
@@ -116,7 +118,7 @@ class SipEdge:
 
     async def start(self, tls_context: ssl.SSLContext | None) -> None:
         s = self.settings
-        await self.transports.start(s.sip_host, s.sip_port, s.sip_tls_port, tls_context)
+        await self.transports.start(s.sip_hosts, s.sip_port, s.sip_tls_port, tls_context)
         compiled = compiled_modules()
         if compiled:
             log.info("SIP core compiled: %d of %d modules", len(compiled), len(MODULES))

@@ -258,6 +258,8 @@ class TransportLayer:
             max_connections_per_source, "SIP", "IMSTACK_SIP_MAX_CONNECTIONS_PER_SOURCE"
         )
         self.udp: UdpProtocol | None = None
+        #: The IPv6 socket when SIP listens on an IPv4 and an IPv6 address (``udp``: IPv4).
+        self.udp6: UdpProtocol | None = None
         self.servers: list[asyncio.Server] = []
         self.connections: dict[str, StreamConnection] = {}
         self.bound: list[tuple[str, str, int]] = []  # (transport, host, port) listening
@@ -266,23 +268,29 @@ class TransportLayer:
         self.msrp_factory: Callable[[bool], asyncio.Protocol] | None = None
 
     async def start(
-        self, host: str, port: int, tls_port: int, tls_context: ssl.SSLContext | None
+        self, hosts: list[str], port: int, tls_port: int, tls_context: ssl.SSLContext | None
     ) -> None:
-        udp_transport, udp = await self.loop.create_datagram_endpoint(
-            lambda: UdpProtocol(self), local_addr=(host, port)
-        )
-        _enlarge_receive_buffer(udp_transport.get_extra_info("socket"))
-        self.udp = udp
-        self.bound.append(("udp", host, port))
-        self.servers.append(await self.loop.create_server(self._stream_factory("tcp"), host, port))
-        self.bound.append(("tcp", host, port))
-        if tls_context is not None:
-            self.servers.append(
-                await self.loop.create_server(
-                    self._stream_factory("tls"), host, tls_port, ssl=tls_context
-                )
+        """Listen on ``hosts``: one address, or an IPv4 and an IPv6 one (Settings.sip_hosts)."""
+        for host in hosts:
+            udp_transport, udp = await self.loop.create_datagram_endpoint(
+                lambda: UdpProtocol(self), local_addr=(host, port)
             )
-            self.bound.append(("tls", host, tls_port))
+            _enlarge_receive_buffer(udp_transport.get_extra_info("socket"))
+            if len(hosts) > 1 and ":" in host:
+                self.udp6 = udp
+            else:
+                self.udp = udp
+            self.bound.append(("udp", host, port))
+        for host in hosts:
+            factory = self._stream_factory("tcp")
+            self.servers.append(await self.loop.create_server(factory, host, port))
+            self.bound.append(("tcp", host, port))
+            if tls_context is not None:
+                factory = self._stream_factory("tls")
+                self.servers.append(
+                    await self.loop.create_server(factory, host, tls_port, ssl=tls_context)
+                )
+                self.bound.append(("tls", host, tls_port))
         log.info("SIP listening on %s", ", ".join(f"{t}:{h}:{p}" for t, h, p in self.bound))
 
     def _stream_factory(self, name: str) -> Callable[[], asyncio.Protocol]:
@@ -300,8 +308,9 @@ class TransportLayer:
         self.stop_accepting()
         for conn in list(self.connections.values()):
             conn.close()
-        if self.udp is not None and self.udp.transport is not None:
-            self.udp.transport.close()
+        for udp in (self.udp, self.udp6):
+            if udp is not None and udp.transport is not None:
+                udp.transport.close()
 
     # -- callbacks from the protocols ---------------------------------------------------
 
@@ -379,7 +388,8 @@ class TransportLayer:
     def send(self, flow: Flow, data: bytes) -> bool:
         """Send ``data`` on ``flow``; False when that is impossible (connection gone)."""
         if flow.transport == "udp":
-            return self.udp is not None and self.udp.send(data, flow.host, flow.port)
+            udp = self.udp6 if self.udp6 is not None and ":" in flow.host else self.udp
+            return udp is not None and udp.send(data, flow.host, flow.port)
         if flow.connection_id is None:
             return False
         conn = self.connections.get(flow.connection_id)
