@@ -1,17 +1,74 @@
-"""Interop with real clients: baresip (alice) and linphonec (bob) chat through the edge."""
+"""Interop with real clients: baresip (alice) and linphonec (bob) chat through
+``imstack serve relay``, run as a user runs it (its own process, the real database)."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from shared.config import Settings
 from shared.db.locations import get_bindings
-from tests.relay_sip.conftest import PASSWORDS, SipServer, eventually
+from tests.cli_helpers import IMSTACK, imstack_env
+from tests.relay_sip.conftest import PASSWORDS, SipServer, eventually, free_port
 from tests.relay_sip.real_clients import Baresip, Linphonec, free_port_block, missing_clients
 
 pytestmark = pytest.mark.skipif(missing_clients() is not None, reason=missing_clients() or "")
+
+
+@pytest.fixture
+async def sip(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    database_url: str,
+    users: dict[str, str],
+    sip_settings: dict[str, object],
+    tmp_path: Path,
+) -> AsyncIterator[SipServer]:
+    """``imstack serve relay`` in a process of its own (``sip_settings`` as its variables)."""
+    port = free_port()
+    configured = settings.model_copy(update={"sip_host": "127.0.0.1", "sip_port": port})
+    env = imstack_env(
+        IMSTACK_DATABASE_URL=database_url,
+        IMSTACK_DATA_DIR=str(tmp_path / "relay"),
+        IMSTACK_DOMAIN=configured.domain,
+        IMSTACK_SIP_HOST="127.0.0.1",
+        IMSTACK_SIP_PORT=str(port),
+        IMSTACK_SIP_TLS_PORT=str(free_port()),
+        IMSTACK_MSRP_HOST="127.0.0.1",
+        IMSTACK_MSRP_PORT=str(free_port()),
+        **{f"IMSTACK_{name.upper()}": str(value) for name, value in sip_settings.items()},
+    )
+    proc = subprocess.Popen(
+        [IMSTACK, "serve", "relay"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        async with asyncio.timeout(30):
+            while True:  # listening once its TCP port takes a connection
+                assert proc.poll() is None, proc.communicate()[0]
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.1)
+                    continue
+                writer.close()
+                break
+        yield SipServer(configured, pool)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        print("imstack serve relay:", out, sep="\n")  # shown when a test fails
+    assert proc.returncode == 0, out
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
