@@ -6,6 +6,7 @@ provisionally (§9.1)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import pytest
 
@@ -38,6 +39,26 @@ async def send_authorized(alice: SipUA, request: SipRequest) -> str:
 async def invite_bob(alice: SipUA) -> str:
     invite = alice.build("INVITE", BOB, to=BOB, body=b"v=0\r\n")
     return await send_authorized(alice, invite)
+
+
+@dataclass
+class ForkedInvite:
+    alice: SipUA
+    branch: str  # alice's
+    phone: SipUA
+    laptop: SipUA
+    to_phone: SipRequest  # the copies of the INVITE each device got
+    to_laptop: SipRequest
+
+
+async def forked_invite(sip: SipServer) -> ForkedInvite:
+    """alice calls bob, registered from a phone and a laptop: both get the INVITE."""
+    phone, laptop = await two_bindings(sip)
+    alice = await sip.ua("alice")
+    branch = await invite_bob(alice)
+    to_phone, to_laptop = await phone.next_request(), await laptop.next_request()
+    assert to_phone.method == to_laptop.method == "INVITE"
+    return ForkedInvite(alice, branch, phone, laptop, to_phone, to_laptop)
 
 
 def answer(ua: SipUA, request: SipRequest, status: int, tag: str) -> SipResponse:
@@ -79,11 +100,9 @@ async def test_a_message_goes_to_both_bindings_and_a_2xx_wins_over_an_earlier_fa
 async def test_a_forked_invite_is_won_by_the_first_2xx_and_the_ringing_loser_is_cancelled(
     sip: SipServer,
 ) -> None:
-    phone, laptop = await two_bindings(sip)
-    alice = await sip.ua("alice")
-    branch = await invite_bob(alice)
-    to_phone, to_laptop = await phone.next_request(), await laptop.next_request()
-    assert to_phone.method == to_laptop.method == "INVITE"
+    call = await forked_invite(sip)
+    alice, branch, phone, laptop = call.alice, call.branch, call.phone, call.laptop
+    to_phone, to_laptop = call.to_phone, call.to_laptop
     answer(phone, to_phone, 180, "phone")
     answer(laptop, to_laptop, 180, "laptop")
     tags = set()
@@ -109,36 +128,29 @@ async def test_a_forked_invite_is_won_by_the_first_2xx_and_the_ringing_loser_is_
 async def test_a_branch_that_has_not_answered_yet_is_cancelled_only_once_it_rings(
     sip: SipServer,
 ) -> None:
-    phone, laptop = await two_bindings(sip)
-    alice = await sip.ua("alice")
-    branch = await invite_bob(alice)
-    to_phone, to_laptop = await phone.next_request(), await laptop.next_request()
-
-    answer(laptop, to_laptop, 200, "laptop")  # the phone has said nothing yet
-    assert (await alice.wait_response(branch)).status == 200
+    call = await forked_invite(sip)
+    answer(call.laptop, call.to_laptop, 200, "laptop")  # the phone has said nothing yet
+    assert (await call.alice.wait_response(call.branch)).status == 200
     await asyncio.sleep(0.3)
-    assert phone.requests.empty()  # a CANCEL now could overtake the INVITE (§9.1)
+    assert call.phone.requests.empty()  # a CANCEL now could overtake the INVITE (§9.1)
 
-    answer(phone, to_phone, 180, "phone")
-    cancel = await phone.next_request()
+    answer(call.phone, call.to_phone, 180, "phone")
+    cancel = await call.phone.next_request()
     assert cancel.method == "CANCEL"
-    assert cancel.get("Via") == to_phone.get_all("Via")[0]
+    assert cancel.get("Via") == call.to_phone.get_all("Via")[0]
 
 
 async def test_a_2xx_from_the_losing_branch_reaches_the_caller_too(sip: SipServer) -> None:
-    phone, laptop = await two_bindings(sip)
-    alice = await sip.ua("alice")
-    branch = await invite_bob(alice)
-    to_phone, to_laptop = await phone.next_request(), await laptop.next_request()
-    answer(phone, to_phone, 180, "phone")
-    answer(laptop, to_laptop, 180, "laptop")
+    call = await forked_invite(sip)
+    answer(call.phone, call.to_phone, 180, "phone")
+    answer(call.laptop, call.to_laptop, 180, "laptop")
 
     # Both pick up at once: the phone's 2xx is on its way before our CANCEL reaches it.
-    answer(laptop, to_laptop, 200, "laptop")
-    answer(phone, to_phone, 200, "phone")
+    answer(call.laptop, call.to_laptop, 200, "laptop")
+    answer(call.phone, call.to_phone, 200, "phone")
     tags = set()
     for _ in range(2):
-        response = await alice.wait_response(branch)
+        response = await call.alice.wait_response(call.branch)
         assert response.status == 200
         tags.add((response.get("To") or "").rpartition("tag=")[2])
     assert tags == {"phone", "laptop"}  # two dialogs: the caller ACKs both, then ends one

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,9 +13,10 @@ import pytest
 
 from shared.config import Settings
 from shared.db.locations import get_bindings
-from tests.cli_helpers import IMSTACK, imstack_env
+from tests.cli_helpers import imstack_env
 from tests.relay_sip.conftest import PASSWORDS, SipServer, eventually, free_port
 from tests.relay_sip.real_clients import Baresip, Linphonec, free_port_block, missing_clients
+from tests.test_serve import start
 
 pytestmark = pytest.mark.skipif(missing_clients() is not None, reason=missing_clients() or "")
 
@@ -44,14 +44,7 @@ async def sip(
         IMSTACK_MSRP_PORT=str(free_port()),
         **{f"IMSTACK_{name.upper()}": str(value) for name, value in sip_settings.items()},
     )
-    proc = subprocess.Popen(
-        [IMSTACK, "serve", "relay"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start(env, "relay")
     try:
         async with asyncio.timeout(30):
             while True:  # listening once its TCP port takes a connection
