@@ -446,7 +446,7 @@ class Settings(BaseSettings):
             versions = []
         if versions != [4, 6]:
             raise ValueError("one address, or an IPv4 and an IPv6 address (0.0.0.0,::)")
-        return ",".join(hosts)
+        return ",".join(host.strip("[]") for host in hosts)
 
     @property
     def sip_hosts(self) -> list[str]:

@@ -175,6 +175,9 @@ class TestBothFamilies:
         alice.answer(received, 200)
         assert (await sending).status == 200
 
+    def test_the_two_addresses_may_come_in_either_order_and_in_brackets(self) -> None:
+        assert Settings(sip_host=" [::] , 0.0.0.0").sip_hosts == ["::", "0.0.0.0"]
+
     def test_more_than_one_address_of_a_family_is_refused(self) -> None:
         for hosts in ("127.0.0.1,127.0.0.2", "::1,::2", "127.0.0.1,example.test"):
             with pytest.raises(ValueError, match="an IPv4 and an IPv6 address"):
