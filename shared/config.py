@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between polls of the outbound message queue without a NOTIFY.",
     )
+    sip_invite_timeout: float = Field(
+        180.0,
+        gt=0,
+        description="Seconds a forwarded INVITE may go on ringing without a final answer "
+        "(RFC 3261 Timer C; each provisional response starts it again): then that device's "
+        "ringing is CANCELled and counts as 408 Request Timeout.",
+    )
     sip_tcp_idle_timeout: float = Field(
         3600.0,
         gt=0,

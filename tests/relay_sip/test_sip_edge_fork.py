@@ -186,3 +186,34 @@ async def test_a_stray_2xx_whose_top_via_is_not_ours_is_not_relayed(sip: SipServ
     ok.headers.prepend("Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-ims-forged")
     mallory.send_bytes(ok.to_bytes())
     await nothing_more(carol, "z9hG4bKcarol")
+
+
+class TestTimerC:
+    """§16.6 step 11: an INVITE branch that goes on ringing is CANCELled after
+    IMSTACK_SIP_INVITE_TIMEOUT, which each provisional response starts again."""
+
+    @pytest.fixture
+    def sip_settings(self) -> dict[str, object]:
+        return {"sip_invite_timeout": 1.0}
+
+    async def test_a_device_that_rings_too_long_is_cancelled_and_the_caller_gets_408(
+        self, sip: SipServer
+    ) -> None:
+        bob = await sip.ua("bob")
+        assert (await bob.register()).status == 200
+        alice = await sip.ua("alice")
+        branch = await invite_bob(alice)
+        invite = await bob.next_request()
+        for _ in range(3):  # ringing, then more ringing: each one starts Timer C again
+            answer(bob, invite, 180, "bob")
+            await asyncio.sleep(0.5)
+        assert bob.requests.empty()
+
+        cancel = await bob.next_request()  # a second after the last 180
+        assert cancel.method == "CANCEL"
+        assert cancel.get("Via") == invite.get_all("Via")[0]
+        assert (await alice.wait_response(branch)).status == 408
+        bob.answer(cancel, 200)
+        answer(bob, invite, 487, "bob")
+        assert (await bob.next_request()).method == "ACK"  # the relay's, for the 487
+        await nothing_more(alice, branch)  # the 487 stays between the relay and bob

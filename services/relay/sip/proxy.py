@@ -116,6 +116,7 @@ class Fork:
         self.branches: list[ClientTxn] = []
         self.cancelled = False
         self._cancelled_branches: set[int] = set()  # (their ids: CANCEL each once)
+        self._timers_c: dict[int, asyncio.TimerHandle] = {}  # INVITE branches, by id
 
     async def run(
         self,
@@ -141,9 +142,12 @@ class Fork:
                 decrement=decrement,
                 record_route=self.record_route(flow) if self.record_route is not None else (),
             )
-            self.branches.append(
-                edge.transactions.send_request(branch, flow, on_provisional, branch=branch_id)
-            )
+            txn = edge.transactions.send_request(branch, flow, on_provisional, branch=branch_id)
+            self.branches.append(txn)
+            if self.request.method == "INVITE":
+                self._arm_timer_c(txn)
+                txn.on_provisional = partial(self._provisional, txn, on_provisional)
+                txn.final.add_done_callback(partial(self._branch_ended, txn))
         if len(self.branches) == 1 and not statuses:  # one binding: nothing to race
             response = await self.branches[0].final
             return ForkResult(response, (response.status,))
@@ -161,6 +165,39 @@ class Fork:
                 make_response(self.request, 480), tuple(statuses) or (480,), synthetic=True
             )
         return ForkResult(min(responses, key=_rank), tuple(statuses))
+
+    # -- Timer C (§16.6 step 11, §16.7 step 2) ------------------------------------------------
+
+    def _arm_timer_c(self, txn: ClientTxn) -> None:
+        self._branch_ended(txn)
+        loop = self.edge.transactions.loop
+        timeout = self.edge.settings.sip_invite_timeout
+        self._timers_c[id(txn)] = loop.call_later(timeout, self._timer_c_fired, txn)
+
+    def _provisional(
+        self,
+        txn: ClientTxn,
+        relay: Callable[[SipResponse], None] | None,
+        response: SipResponse,
+    ) -> None:
+        self._arm_timer_c(txn)  # each provisional response starts Timer C again
+        if relay is not None:
+            relay(response)
+
+    def _branch_ended(self, txn: ClientTxn, _final: object = None) -> None:
+        handle = self._timers_c.pop(id(txn), None)
+        if handle is not None:
+            handle.cancel()
+
+    def _timer_c_fired(self, txn: ClientTxn) -> None:
+        """A branch rang too long: CANCEL it (if it rang at all) and count it as a 408."""
+        self._timers_c.pop(id(txn), None)
+        if txn.final.done():
+            return
+        if txn.tx.state != "calling" and id(txn) not in self._cancelled_branches:
+            self._cancelled_branches.add(id(txn))
+            self._send_cancel(txn)
+        txn.on_timeout()
 
     def relay_later_2xx(self, winner: SipResponse, send: Callable[[SipResponse], None]) -> None:
         """§16.7 step 5: every 2xx to an INVITE goes upstream, not only the first. A branch
