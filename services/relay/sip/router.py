@@ -37,7 +37,7 @@ from services.relay.sip.transport import Flow
 from shared.db.locations import find_by_contact
 from shared.db.pool import DATABASE_ERRORS
 from shared.db.users import Address
-from shared.sip.headers import make_response, parse_name_addr, parse_via, to_tag
+from shared.sip.headers import Via, make_response, parse_name_addr, parse_via, to_tag
 from shared.sip.message import SipRequest, SipResponse
 from shared.sip.uri import SipUri, UnsupportedUriScheme, UriError, parse_uri
 from shared.stats import for_service
@@ -96,10 +96,13 @@ class Router:
                 via = parse_via(value)
             except ValueError:
                 continue
-            branch = via.branch or ""
-            if branch.startswith(BRANCH_PREFIX) and self.edge.is_local(via.host):
+            if self._ours(via):
                 return True
         return False
+
+    def _ours(self, via: Via) -> bool:
+        """``via`` is one this relay wrote: our branch prefix, our host."""
+        return (via.branch or "").startswith(BRANCH_PREFIX) and self.edge.is_local(via.host)
 
     async def route(self, txn: ServerTxn) -> SipResponse | None:
         request, s = txn.request, self.settings
@@ -356,7 +359,7 @@ class Router:
             top = parse_via(vias[0])
         except ValueError:
             return
-        if not (top.branch or "").startswith(BRANCH_PREFIX) or not self.edge.is_local(top.host):
+        if not self._ours(top):
             log.debug("dropped a %d from %s: its top Via is not ours", response.status, flow)
             return
         upstream = self.edge.transports.upstream_flow(vias[1])

@@ -23,7 +23,7 @@ from services.relay.sniff import ProtocolSniffer
 from services.relay.sources import SourceLimit
 from shared.record import Record
 from shared.sip.errors import LocalProtocolError, RemoteProtocolError
-from shared.sip.headers import make_response, parse_via, stamp_rport
+from shared.sip.headers import Via, make_response, parse_via, stamp_rport
 from shared.sip.message import SipRequest, SipResponse, split_comma_list
 from shared.sip.parser import (
     DEFAULT_MAX_DATAGRAM_SIZE,
@@ -138,9 +138,13 @@ def response_flow(request: SipRequest, flow: Flow) -> Flow:
         via = parse_via(request.get("Via") or "")
     except ValueError:
         return flow
-    host = via.received or _bare_host(via.host)
-    port = via.rport or via.port or DEFAULT_SIP_PORT
-    return Flow("udp", _bare_host(host), port)
+    return Flow("udp", *_sent_to(via, DEFAULT_SIP_PORT))
+
+
+def _sent_to(via: Via, default_port: int) -> tuple[str, int]:
+    """The address a response goes to by ``via`` (§18.2.2, RFC 3581): ``received`` and
+    ``rport`` before the sent-by host and port."""
+    return _bare_host(via.received or via.host), via.rport or via.port or default_port
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
@@ -414,9 +418,8 @@ class TransportLayer:
         except ValueError:
             return None
         transport = parsed.transport.lower()
-        host = _bare_host(parsed.received or parsed.host)
         default = DEFAULT_SIPS_PORT if transport == "tls" else DEFAULT_SIP_PORT
-        port = parsed.rport or parsed.port or default
+        host, port = _sent_to(parsed, default)
         if transport == "udp":
             return Flow("udp", host, port)
         if transport in ("tcp", "tls"):
